@@ -1,0 +1,56 @@
+"""RunConfig: every setting of `score-eval run`, validated once, saved as config.json."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+
+@dataclass
+class RunConfig:
+    task: str = field(default="math", metadata={"help": "task name (a file in tasks/) or path to a task .yaml"})
+    model: str | None = field(default=None, metadata={"help": "checkpoint dir, .gguf file or hub id; default: embedded SmolLM2-135M-Instruct"})
+    backend: str = field(default="hf", metadata={"help": "inference engine"})
+    data: str | None = field(default=None, metadata={"help": "local .jsonl/.json/.parquet; default: the task's hub dataset"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N problems"})
+    turns: int = field(default=2, metadata={"help": "attempts per episode (1 + corrections)"})
+    samples: int = field(default=1, metadata={"help": "independent episodes per problem"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "per turn; default: the task's"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    batch_size: int = field(default=16, metadata={"help": "conversations per generation batch"})
+    output_dir: str = field(default="results", metadata={"help": "parent of the run directory"})
+    run_name: str | None = field(default=None, metadata={"help": "run directory name; default: task-model-time"})
+
+    def validate(self) -> RunConfig:
+        checks = [
+            (self.turns >= 1, f"--turns must be at least 1 (got {self.turns})"),
+            (self.samples >= 1, f"--samples must be at least 1 (got {self.samples})"),
+            (self.max_new_tokens is None or self.max_new_tokens > 0,
+             f"--max-new-tokens must be positive (got {self.max_new_tokens})"),
+            (self.limit is None or self.limit > 0, f"--limit must be positive (got {self.limit})"),
+            (self.temperature >= 0, f"--temperature must be 0 (greedy) or positive (got {self.temperature})"),
+            (0 < self.top_p <= 1, f"--top-p must be in (0, 1] (got {self.top_p})"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise HarnessError(message)
+        if self.run_name is not None and not re.fullmatch(r"[\w.-]+", self.run_name):
+            raise HarnessError(f"--run-name '{self.run_name}' may use only letters, digits, '.', '_' and '-'")
+        return self
+
+    def resolved_run_name(self, model_name: str) -> str:
+        if self.run_name:
+            return self.run_name
+        short = re.sub(r"[^\w.-]+", "-", Path(model_name).name or model_name).strip("-")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        return f"{Path(self.task).stem}-{short}-{stamp}"
+
+    def as_dict(self) -> dict:
+        return asdict(self)

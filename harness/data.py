@@ -1,0 +1,139 @@
+"""Load and validate problems from a local file or the hub, with one-line errors.
+
+Problems are plain records (whatever fields the file holds); a task names the fields it needs.
+Local files are read by extension: .jsonl, .json (an array of objects, or an object holding one)
+and .parquet. The sha256 of a local file goes into config.json so a run names its exact data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.hub import require_hub
+from harness.tasks import Task
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One benchmark item: a stable id, the gold answer, and every field of the source record."""
+
+    id: str
+    answer: Any
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where problems came from, as recorded in config.json."""
+
+    kind: str  # "file" or "hub"
+    location: str
+    sha256: str | None
+    records: int
+
+
+def load_problems(task: Task, data_path: str | None, limit: int | None = None) -> tuple[list[Problem], DataSource]:
+    if data_path is not None:
+        records, source = _read_file(Path(data_path))
+    else:
+        records, source = _read_hub(task)
+    if not records:
+        raise HarnessError(f"data file {source.location} holds no records; point --data at a non-empty file")
+    problems = [_to_problem(task, rec, i, source.location) for i, rec in enumerate(records)]
+    seen: set[str] = set()
+    for p in problems:
+        if p.id in seen:
+            raise HarnessError(f"{source.location}: id '{p.id}' appears twice; ids must be unique")
+        seen.add(p.id)
+    if limit is not None:
+        problems = problems[:limit]
+    return problems, source
+
+
+def _to_problem(task: Task, record: Any, index: int, where: str) -> Problem:
+    line = index + 1
+    if not isinstance(record, dict):
+        raise HarnessError(f"{where}: record {line} is not a JSON object; each record must be an object")
+    for name in task.data.required_fields:
+        if name not in record or record[name] is None:
+            raise HarnessError(
+                f"{where}: record {line} lacks the field '{name}' that task '{task.name}' needs "
+                f"(required: {', '.join(task.data.required_fields)})"
+            )
+    pid = record.get(task.data.id_field) if task.data.id_field else None
+    return Problem(id=str(pid if pid is not None else index), answer=record[task.data.answer_field], fields=record)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_file(path: Path) -> tuple[list[Any], DataSource]:
+    if not path.is_file():
+        raise HarnessError(f"data file {path} does not exist; check the --data path")
+    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    try:
+        if suffix in (".jsonl", ".jsonl.gz"):
+            records = _read_jsonl(path)
+        elif suffix == ".json":
+            loaded = json.loads(path.read_text())
+            records = _unwrap_json(loaded)
+        elif suffix == ".parquet":
+            import pandas as pd
+
+            records = pd.read_parquet(path).to_dict(orient="records")
+        else:
+            raise HarnessError(f"data file {path} has an unknown format '{suffix}'; use .jsonl, .json or .parquet")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HarnessError(f"data file {path} is not valid {suffix[1:].upper()} ({exc}); fix or replace the file") from exc
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"data file {path} could not be read as {suffix} ({exc}); fix or replace the file") from exc
+    return records, DataSource("file", str(path.resolve()), sha256_file(path), len(records))
+
+
+def _read_jsonl(path: Path) -> list[Any]:
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    records = []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise HarnessError(f"data file {path} line {n} is not valid JSON ({exc.msg}); fix that line") from exc
+    return records
+
+
+def _unwrap_json(loaded: Any) -> list[Any]:
+    if isinstance(loaded, list):
+        return loaded
+    if isinstance(loaded, dict):
+        lists = [v for v in loaded.values() if isinstance(v, list)]
+        if len(lists) == 1:
+            return lists[0]
+    raise ValueError("expected a JSON array of records (or an object holding exactly one array)")
+
+
+def _read_hub(task: Task) -> tuple[list[Any], DataSource]:
+    hub = task.data.hub
+    if not hub:
+        raise HarnessError(f"task '{task.name}' names no hub dataset; pass --data PATH to a local file")
+    name = hub["path"]
+    require_hub(f"dataset {name}", "pass --data PATH to a local .jsonl/.json/.parquet copy instead")
+    import datasets
+
+    ds = datasets.load_dataset(name, hub.get("name"), split=hub.get("split", "test"))
+    records = [dict(r) for r in ds]
+    digest = hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()
+    return records, DataSource("hub", f"{name}:{hub.get('split', 'test')}", digest, len(records))

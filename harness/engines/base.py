@@ -1,0 +1,57 @@
+"""The engine interface: chat conversations and sampling settings in, completions out.
+
+Everything above this layer (tasks, the k-turn loop, grading, metrics, the trainer) sees only
+these types, so it never knows which engine produced a completion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+Conversation = list[Message]
+ProgressCallback = Callable[[int], None]  # called with the number of completions just finished
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int
+    temperature: float = 0.0  # 0 means greedy decoding
+    top_p: float = 1.0
+    n: int = 1  # completions per conversation
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of turn) or "length" (hit max_new_tokens)
+
+
+class Engine(Protocol):
+    """What every backend provides."""
+
+    name: str
+    model_name: str
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        settings: SamplingSettings,
+        on_progress: ProgressCallback | None = None,
+    ) -> list[list[Completion]]:
+        """Return `settings.n` completions for each conversation, in input order."""
+
+    def describe(self) -> dict:
+        """Engine facts for config.json (model path, dtype, device, ...)."""

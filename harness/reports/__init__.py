@@ -1,0 +1,1 @@
+"""Reports written from graded records: per-run summaries (summary.py)."""
