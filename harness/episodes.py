@@ -66,7 +66,7 @@ def conversation(task: Task, problem: Problem, previous: Sequence[str]) -> Conve
     messages.append({"role": "user", "content": task.first_prompt(problem.fields)})
     for attempt in previous:
         messages.append({"role": "assistant", "content": attempt})
-        messages.append({"role": "user", "content": task.prompts.correction})
+        messages.append({"role": "user", "content": task.correction_prompt(problem.fields)})
     return messages
 
 

@@ -8,14 +8,19 @@ prompt variant is adding a YAML file; no code changes.
 from __future__ import annotations
 
 import os
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
+import jinja2.meta
 import yaml
 
 from harness.errors import HarnessError
+
+# Prompt templates are Jinja2 (as in lm-evaluation-harness task files): `{{ problem }}`,
+# `{{ test_list | join("\n") }}`. Undefined names are errors, never silently empty.
+_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 
@@ -47,7 +52,10 @@ class Task:
     source: str = ""
 
     def first_prompt(self, fields: dict[str, Any]) -> str:
-        return self.prompts.first_turn.format_map(fields)
+        return _JINJA.from_string(self.prompts.first_turn).render(**fields)
+
+    def correction_prompt(self, fields: dict[str, Any]) -> str:
+        return _JINJA.from_string(self.prompts.correction).render(**fields)
 
     def as_dict(self) -> dict[str, Any]:
         """Everything that shapes the prompts and grading, for config.json."""
@@ -87,7 +95,7 @@ def load_task(name_or_path: str) -> Task:
     try:
         raw = yaml.safe_load(path.read_text())
         return _parse(raw, source=str(path))
-    except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+    except (yaml.YAMLError, jinja2.TemplateError, KeyError, TypeError, ValueError) as exc:
         raise HarnessError(f"task file {path} is malformed ({exc}); compare it with tasks/math.yaml") from exc
 
 
@@ -112,8 +120,9 @@ def _parse(raw: dict[str, Any], source: str) -> Task:
             system=prompts.get("system"),
         ),
     )
-    placeholders = {f for _, f, _, _ in string.Formatter().parse(task.prompts.first_turn) if f}
-    unknown = placeholders - set(task.data.required_fields)
-    if unknown:
-        raise ValueError(f"first_turn uses {sorted(unknown)} which are not in data.required_fields")
+    for template in (task.prompts.first_turn, task.prompts.correction):
+        used = jinja2.meta.find_undeclared_variables(_JINJA.parse(template))
+        unknown = used - set(task.data.required_fields)
+        if unknown:
+            raise ValueError(f"a prompt uses {sorted(unknown)}, which are not in data.required_fields")
     return task

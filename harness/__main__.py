@@ -1,0 +1,5 @@
+"""`python -m harness` is `score-eval`."""
+
+from harness.cli import main
+
+main()

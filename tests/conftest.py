@@ -1,0 +1,104 @@
+"""Shared fixtures. Tests never touch the network: HF_HUB_OFFLINE is set for the whole session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+MATH500 = SHARED_DATA / "math" / "math500.jsonl"
+
+
+def require_shared(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"benchmark data {path} is absent (see ../shared/data/SOURCES.md)")
+    return path
+
+
+@pytest.fixture
+def math500() -> Path:
+    return require_shared(MATH500)
+
+
+def run_cli(args: Sequence[str], env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `score-eval ARGS` from this checkout in a subprocess, as a user would."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class ScriptedEngine:
+    """An engine that answers from a script: `responses[turn][problem_text]` or a function.
+
+    It records every call, so tests can check batching and the conversations it was sent.
+    """
+
+    name = "scripted"
+    model_name = "scripted"
+
+    def __init__(self, reply):
+        self.reply = reply  # callable(conversation) -> str
+        self.calls: list[list] = []
+
+    def chat(self, conversations, settings, on_progress=None):
+        from harness.engines.base import Completion
+
+        self.calls.append([list(c) for c in conversations])
+        out = [[Completion(self.reply(c), 0, 1, "stop") for _ in range(settings.n)] for c in conversations]
+        if on_progress:
+            on_progress(len(conversations) * settings.n)
+        return out
+
+    def describe(self) -> dict:
+        return {"backend": self.name}
+
+
+@pytest.fixture(scope="session")
+def embedded_checkpoint() -> Path:
+    """The embedded SmolLM2 model as a cached safetensors checkpoint (converted once per machine)."""
+    from harness.models import resolve_model
+
+    return Path(resolve_model(None)[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, embedded_checkpoint) -> Path:
+    """A 2-layer Llama with random weights and the embedded tokenizer: fast, real code paths."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_checkpoint)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
