@@ -38,6 +38,9 @@ class RunConfig:
             (0 < self.top_p <= 1, f"--top-p must be in (0, 1] (got {self.top_p})"),
             (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
         ]
+        from harness.engines import BACKENDS
+
+        checks.append((self.backend in BACKENDS, f"unknown backend '{self.backend}'; choose one of: {', '.join(BACKENDS)}"))
         for ok, message in checks:
             if not ok:
                 raise HarnessError(message)
