@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -38,19 +40,56 @@ def _help(name: str) -> str:
 @click.option("--batch-size", type=int, default=16, show_default=True, help=_help("batch_size"))
 @click.option("--output-dir", default="results", show_default=True, help=_help("output_dir"))
 @click.option("--run-name", default=None, help=_help("run_name"))
+@click.option("--resume", is_flag=True, help=_help("resume"))
 def run(**options) -> None:
-    """Run k turns of intrinsic self-correction and write results/<run>/."""
-    from rich.console import Console
+    """Run k turns of intrinsic self-correction and write results/<run>/.
 
+    Rerunning a command whose run directory exists continues that run; finished work is kept.
+    """
     from harness.progress import RichProgress
     from harness.run import execute_run
 
     config = RunConfig(**options)
-    console = Console(stderr=True)
-    with RichProgress(console) as progress:
-        result = execute_run(config, progress)
+    config.validate()
+    if config.run_name is None:
+        # Fix the name now, so that an interruption can print the command that resumes this run.
+        config.run_name = config.resolved_run_name(config.model or "SmolLM2-135M-Instruct")
+    console = _console()
+    try:
+        with RichProgress(console) as progress:
+            result = execute_run(config, progress)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/yellow]; finished work is saved. Resume with:\n  {_resume_command(config)}")
+        sys.exit(130)
     _show_summary(result.summary, console)
     console.print(f"[green]wrote[/green] {result.run_dir}/ (config.json, samples.jsonl, summary.json, summary.csv, summary.md)")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _resume_command(config: RunConfig) -> str:
+    import shlex
+
+    args = [a for a in sys.argv[1:] if a != "--resume"]
+    if "--run-name" not in args:
+        args += ["--run-name", config.run_name or ""]
+    return shlex.join(["score-eval", *args, "--resume"])
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+def regrade(run_dir: Path) -> None:
+    """Grade a finished run's stored responses again with the current grader (no generation)."""
+    from harness.regrade import regrade_run
+
+    document, changed = regrade_run(run_dir)
+    console = _console()
+    _show_summary(document, console)
+    console.print("changed verdicts: " + ", ".join(f"{k.rsplit('_', 1)[1]}: {v}" for k, v in changed.items()))
 
 
 def _show_summary(document: dict, console) -> None:
@@ -70,8 +109,18 @@ def _show_summary(document: dict, console) -> None:
     console.print(table)
 
 
+class _NoteHandler(logging.Handler):
+    """Harness log records become one-line notes on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"note: {record.getMessage()}", err=True)
+
+
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
+    logger = logging.getLogger("score_eval")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(_NoteHandler())
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

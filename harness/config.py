@@ -26,6 +26,7 @@ class RunConfig:
     batch_size: int = field(default=16, metadata={"help": "conversations per generation batch"})
     output_dir: str = field(default="results", metadata={"help": "parent of the run directory"})
     run_name: str | None = field(default=None, metadata={"help": "run directory name; default: task-model-time"})
+    resume: bool = field(default=False, metadata={"help": "continue the unfinished run named by --run-name"})
 
     def validate(self) -> RunConfig:
         checks = [
@@ -44,6 +45,8 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise HarnessError(message)
+        if self.resume and self.run_name is None:
+            raise HarnessError("--resume needs --run-name: the name of the run directory to continue")
         if self.run_name is not None and not re.fullmatch(r"[\w.-]+", self.run_name):
             raise HarnessError(f"--run-name '{self.run_name}' may use only letters, digits, '.', '_' and '-'")
         return self

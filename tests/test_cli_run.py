@@ -68,14 +68,13 @@ def test_summaries_agree_with_samples_on_a_scripted_run(tmp_path, math500):
     assert "| Accuracy@t2 | 62.5% |" in md and "| Δi→c(t1,t2) | 37.5% |" in md
 
 
-def test_existing_run_is_not_overwritten(tmp_path, math500):
+def test_rerunning_a_finished_run_keeps_it_as_it_is(tmp_path, math500):
     config = RunConfig(data=str(math500), limit=1, output_dir=str(tmp_path), run_name="once")
     execute_run(config, engine=ScriptedEngine(lambda c: "x"))
     before = (tmp_path / "once" / "samples.jsonl").read_text()
-    from harness.errors import HarnessError
-
-    with pytest.raises(HarnessError, match="already holds a run"):
-        execute_run(config, engine=ScriptedEngine(lambda c: "y"))
+    engine = ScriptedEngine(lambda c: "y")
+    again = execute_run(config, engine=engine)
+    assert again.resumed and engine.calls == []
     assert (tmp_path / "once" / "samples.jsonl").read_text() == before
 
 

@@ -6,10 +6,10 @@ returned in input order. Generation uses the model's KV cache; float32 on CPU, b
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Sequence
 
-from harness.engines.base import Completion, Conversation, ProgressCallback, SamplingSettings
+from harness.engines.base import PROMPT_TOO_LONG, Completion, Conversation, DoneCallback, SamplingSettings
 
 # Used only when a tokenizer ships no chat template (e.g. a base model); a warning says so.
 PLAIN_CHAT_TEMPLATE = (
@@ -30,7 +30,9 @@ class HFEngine:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         if not tokenizer.chat_template:
-            warnings.warn(f"{model_name} has no chat template; using a plain 'Role: text' template", stacklevel=2)
+            logging.getLogger("score_eval").warning(
+                "%s has no chat template; using a plain 'Role: text' template", model_name
+            )
             tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
 
     @classmethod
@@ -65,24 +67,40 @@ class HFEngine:
         self,
         conversations: Sequence[Conversation],
         settings: SamplingSettings,
-        on_progress: ProgressCallback | None = None,
+        on_done: DoneCallback | None = None,
     ) -> list[list[Completion]]:
         import torch
 
-        prompts = [self.render(c) for c in conversations for _ in range(settings.n)]
-        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-        results: list[Completion | None] = [None] * len(encoded)
-        for batch_no, start in enumerate(range(0, len(order), self.batch_size)):
-            idx = order[start : start + self.batch_size]
+        n = settings.n
+        encoded = [self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"] for c in conversations]
+        results: list[list[Completion]] = [[] for _ in conversations]
+
+        def finish(conv: int, completion: Completion) -> None:
+            results[conv].append(completion)
+            if len(results[conv]) == n and on_done:
+                on_done(conv, results[conv])
+
+        context = self.context_length
+        runnable = []
+        for conv, ids in enumerate(encoded):
+            if context is not None and len(ids) >= context:
+                for _ in range(n):
+                    finish(conv, Completion("", len(ids), 0, PROMPT_TOO_LONG))
+            else:
+                runnable += [conv] * n
+        # Longest prompts first, so each batch holds prompts of similar length and pads little.
+        runnable.sort(key=lambda conv: -len(encoded[conv]))
+        for batch_no, start in enumerate(range(0, len(runnable), self.batch_size)):
+            batch = runnable[start : start + self.batch_size]
             # One seed per batch: the same command on the same machine repeats its samples exactly.
             torch.manual_seed(settings.seed + batch_no)
-            for i, completion in zip(idx, self._generate([encoded[i] for i in idx], settings)):
-                results[i] = completion
-            if on_progress:
-                on_progress(len(idx))
-        flat = [c for c in results if c is not None]
-        return [flat[i * settings.n : (i + 1) * settings.n] for i in range(len(conversations))]
+            for conv, completion in zip(batch, self._generate([encoded[c] for c in batch], settings)):
+                finish(conv, completion)
+        return results
+
+    @property
+    def context_length(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
 
     def _generate(self, batch: list[list[int]], settings: SamplingSettings) -> list[Completion]:
         import torch
