@@ -25,6 +25,20 @@ def _help(name: str) -> str:
     return RunConfig.__dataclass_fields__[name].metadata["help"]
 
 
+class BatchSize(click.ParamType):
+    """A positive batch size, or 'auto'."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or isinstance(value, int):
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
+
+
 @cli.command()
 @click.option("--model", default=None, help=_help("model"))
 @click.option("--task", default="math", show_default=True, help=_help("task"))
@@ -37,10 +51,18 @@ def _help(name: str) -> str:
 @click.option("--temperature", type=float, default=0.0, show_default=True, help=_help("temperature"))
 @click.option("--top-p", type=float, default=1.0, show_default=True, help=_help("top_p"))
 @click.option("--seed", type=int, default=0, show_default=True, help=_help("seed"))
-@click.option("--batch-size", type=int, default=16, show_default=True, help=_help("batch_size"))
+@click.option("--batch-size", type=BatchSize(), default=16, show_default=True, help=_help("batch_size"))
 @click.option("--output-dir", default="results", show_default=True, help=_help("output_dir"))
 @click.option("--run-name", default=None, help=_help("run_name"))
 @click.option("--resume", is_flag=True, help=_help("resume"))
+@click.option("--base-url", default=None, help=_help("base_url"))
+@click.option("--api-key", default=None, envvar="OPENAI_API_KEY", show_envvar=True, help=_help("api_key"))
+@click.option("--concurrency", type=int, default=8, show_default=True, help=_help("concurrency"))
+@click.option("--request-timeout", type=float, default=600.0, show_default=True, help=_help("request_timeout"))
+@click.option("--tensor-parallel-size", type=int, default=1, show_default=True, help=_help("tensor_parallel_size"))
+@click.option("--pipeline-parallel-size", type=int, default=1, show_default=True, help=_help("pipeline_parallel_size"))
+@click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True, help=_help("gpu_memory_utilization"))
+@click.option("--max-model-len", type=int, default=None, help=_help("max_model_len"))
 def run(**options) -> None:
     """Run k turns of intrinsic self-correction and write results/<run>/.
 

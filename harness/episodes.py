@@ -28,6 +28,14 @@ from harness.tasks import Task
 TURN_SEED_STRIDE = 1_000_003
 
 
+def episode_seed(base: int, problem_id: str, sample: int, turn: int) -> int:
+    """A seed of its own for each episode and turn, stable across resumes and batch layouts."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{base}:{problem_id}:{sample}:{turn}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**31)
+
+
 @dataclass
 class Turn:
     response: str
@@ -153,7 +161,8 @@ def run_episodes(
                         _record_generation(todo[i], t, completions[0], save)
                         advance(1)
 
-                    engine.chat(convs, turn_settings, on_done=done)
+                    seeds = [episode_seed(settings.seed, e.problem.id, e.sample, t) for e in todo]
+                    engine.chat(convs, turn_settings, on_done=done, seeds=seeds)
             pending_grades.append(grading.submit(grade_turn, t))
         for future in pending_grades:
             future.result()

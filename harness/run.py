@@ -65,12 +65,27 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def redact_command(argv: list[str]) -> list[str]:
+    """The command line with any --api-key value hidden."""
+    out, hide = [], False
+    for arg in argv:
+        if hide:
+            out.append("***")
+            hide = False
+        elif arg.startswith("--api-key="):
+            out.append("--api-key=***")
+        else:
+            out.append(arg)
+            hide = arg == "--api-key"
+    return out
+
+
 def identity(config: dict[str, Any]) -> dict[str, Any]:
     """The settings that shape a run's results; a resumed run must match them all."""
     settings = config["settings"]
     return {
         "model": config["model"],
-        "engine": {k: v for k, v in config["engine"].items() if k not in ("batch_size", "device")},
+        "engine": {k: v for k, v in config["engine"].items() if k not in ("batch_size", "device", "concurrency")},
         "task": config["task"],
         "data": config["data"]["sha256"],
         "limit": settings["limit"],
@@ -99,7 +114,7 @@ def execute_run(
         log.warning("--limit %d is larger than the %d problems in the data; using all of them", config.limit, source.records)
     if engine is None:
         with progress.step("loading model", None):
-            engine = make_engine(config.backend, config.model, batch_size=config.batch_size)
+            engine = make_engine(config.backend, config.model, config.engine_options())
     settings = SamplingSettings(
         max_new_tokens=config.max_new_tokens or int(task.generation.get("max_new_tokens", 512)),
         temperature=config.temperature,
@@ -110,7 +125,7 @@ def execute_run(
     run_config = {
         "run_name": run_name,
         "model": engine.model_name,
-        "command": sys.argv,
+        "command": redact_command(sys.argv),
         "started": datetime.now(timezone.utc).isoformat(),
         "settings": config.as_dict(),
         "sampling": settings.as_dict(),

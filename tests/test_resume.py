@@ -174,7 +174,7 @@ def test_regrade_keeps_old_verdicts_beside_new_ones(tmp_path, math500_path):
 
 def test_prompt_too_long_skips_the_problem_and_counts_it(tmp_path, math500_path):
     class Overflowing(ScriptedEngine):
-        def chat(self, conversations, settings, on_done=None):
+        def chat(self, conversations, settings, on_done=None, seeds=None):
             out = [[Completion("", 9999, 0, PROMPT_TOO_LONG) if "$(0,3)$" in c[0]["content"]
                     else Completion("x", 10, 1, "stop")] for c in conversations]
             for i, cs in enumerate(out):

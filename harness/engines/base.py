@@ -57,8 +57,15 @@ class Engine(Protocol):
         conversations: Sequence[Conversation],
         settings: SamplingSettings,
         on_done: DoneCallback | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        """Return `settings.n` completions for each conversation, in input order."""
+        """Return `settings.n` completions for each conversation, in input order.
+
+        `seeds` gives each conversation its own sampling seed where the engine can honour one
+        (vLLM, servers that accept `seed`), so identical conversations of different episodes
+        still draw different samples, and a conversation draws the same samples whatever else
+        shares its call. Without it, seeds derive from `settings.seed` and the position.
+        """
 
     def describe(self) -> dict:
         """Engine facts for config.json (model path, dtype, device, ...)."""

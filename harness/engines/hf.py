@@ -21,11 +21,13 @@ PLAIN_CHAT_TEMPLATE = (
 class HFEngine:
     name = "hf"
 
-    def __init__(self, model, tokenizer, model_name: str, batch_size: int = 16):
+    def __init__(self, model, tokenizer, model_name: str, batch_size: int | str = 16):
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
-        self.batch_size = batch_size
+        # "auto" starts large and halves on out-of-memory; a number is used as given.
+        self.auto_batch = batch_size == "auto"
+        self.batch_size = (64 if str(model.device).startswith("cuda") else 16) if self.auto_batch else int(batch_size)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -36,7 +38,7 @@ class HFEngine:
             tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
 
     @classmethod
-    def from_model(cls, model: str | None, batch_size: int = 16, device: str | None = None) -> HFEngine:
+    def from_model(cls, model: str | None, batch_size: int | str = 16, device: str | None = None) -> HFEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -56,7 +58,7 @@ class HFEngine:
             "model_path": str(getattr(self.model, "name_or_path", "")),
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "device": str(self.model.device),
-            "batch_size": self.batch_size,
+            "batch_size": "auto" if self.auto_batch else self.batch_size,
         }
 
     def render(self, conversation: Conversation) -> str:
@@ -68,7 +70,11 @@ class HFEngine:
         conversations: Sequence[Conversation],
         settings: SamplingSettings,
         on_done: DoneCallback | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
+        """See Engine.chat. Per-conversation `seeds` are not honoured: transformers samples a
+        whole batch from one random stream, seeded per batch from `settings.seed`, so the same
+        call repeats exactly but a conversation's samples depend on its batch."""
         import torch
 
         n = settings.n
@@ -90,12 +96,24 @@ class HFEngine:
                 runnable += [conv] * n
         # Longest prompts first, so each batch holds prompts of similar length and pads little.
         runnable.sort(key=lambda conv: -len(encoded[conv]))
-        for batch_no, start in enumerate(range(0, len(runnable), self.batch_size)):
+        start = batch_no = 0
+        while start < len(runnable):
             batch = runnable[start : start + self.batch_size]
             # One seed per batch: the same command on the same machine repeats its samples exactly.
             torch.manual_seed(settings.seed + batch_no)
-            for conv, completion in zip(batch, self._generate([encoded[c] for c in batch], settings)):
+            try:
+                completions = self._generate([encoded[c] for c in batch], settings)
+            except torch.OutOfMemoryError:
+                if not self.auto_batch or self.batch_size == 1:
+                    raise
+                self.batch_size //= 2
+                logging.getLogger("score_eval").warning("out of memory; batch size lowered to %d", self.batch_size)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            for conv, completion in zip(batch, completions):
                 finish(conv, completion)
+            start, batch_no = start + len(batch), batch_no + 1
         return results
 
     @property
