@@ -157,7 +157,7 @@ def run_episodes(
                 turn_settings = replace(settings, n=1, seed=settings.seed + t * TURN_SEED_STRIDE)
                 with progress.step(f"turn {t + 1}/{turns}: generating", len(todo)) as advance:
 
-                    def done(i: int, completions: list[Completion], t: int = t, advance=advance) -> None:
+                    def done(i: int, completions: list[Completion], t=t, todo=todo, advance=advance) -> None:
                         _record_generation(todo[i], t, completions[0], save)
                         advance(1)
 
