@@ -1,0 +1,76 @@
+"""Rewrite a MATH answer into a canonical string, so that most equal answers compare equal as text.
+
+Only notation that never changes the value is removed or rewritten: spacing, `\\left`/`\\right`,
+`\\dfrac`/`\\tfrac`, units and `\\text{}` wrappers, degree signs, `\\%` and `\\$`, thousands
+separators, a leading `x =`, trailing decimal zeros, and the brace-less `\\frac12` / `\\sqrt2`.
+The percent sign is dropped, never read as x/100: "50\\%" is 50, so a response that says 0.5 for
+a gold "50\\%" is wrong (the MATH convention is that a percent answer is the number before %).
+"""
+
+from __future__ import annotations
+
+import re
+
+from harness.grading.math_extract import unbox
+
+# Unit words that may follow a number; removed only after something that is not itself a unit.
+UNITS = (
+    "degrees?", "radians?", "units?", "square", "sq", "cubic", "centimeters?", "meters?", "kilometers?",
+    "millimeters?", "inch(?:es)?", "feet", "foot", "ft", "yards?", "miles?", "cm", "mm", "km", "m", "in",
+    "seconds?", "minutes?", "hours?", "days?", "weeks?", "months?", "years?", "mph", "dollars?", "cents?",
+    "pounds?", "ounces?", "grams?", "kg", "g", "liters?", "gallons?", "cups?", "people", "students?",
+    "ways", "points?", "percent", "sec", "min", "hrs?", "times", "steps?", "tiles?", "coins?",
+    "marbles?", "games?", "boxes", "balls?", "cards?", "books?",
+)
+_UNIT = "(?:" + "|".join(UNITS) + r")(?:\^\{?[23]\}?)?"
+_TEXT_UNIT = re.compile(r"(?<=[\w})])\s*\\(?:text|mbox|mathrm|textrm)\{\s*(?:" + _UNIT + r"\s*)+\}(?:\^\{?[23]\}?)?")
+_PLAIN_UNIT = re.compile(r"(?<=[\d}])\s+(?:" + _UNIT + r")(?:\s+(?:" + _UNIT + r"))*\s*$")
+_WRAPPERS = re.compile(r"\\(?:text|textbf|textrm|textit|mbox|mathrm|mathbf|mathit|operatorname|rm|bf)\s*\{([^{}]*)\}")
+_REMOVE = (
+    "\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\quad", "\\qquad", "\\displaystyle", "\\limits",
+    "\\$", "$", "\\%", "%", "^{\\circ}", "^\\circ", "°", "\\degree", "{,}",
+)
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_PREFIX = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*(?:=|\\equiv)(?!.*=)")
+_TRAILING_ZEROS = re.compile(r"(\d+)\.(\d*?)0+(?!\d)")
+_CONNECTIVES = re.compile(r"\\text\{\s*(?:and|or|,)\s*\}|\s+(?:and|or)\s+")
+
+
+def _brace_shorthand(s: str) -> str:
+    """`\\frac12` -> `\\frac{1}{2}`, `\\frac1x` -> `\\frac{1}{x}`, `\\sqrt2` -> `\\sqrt{2}`."""
+    s = re.sub(r"\\frac\s*(\w)\s*(\w)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*(\w)", r"\\frac\1{\2}", s)
+    s = re.sub(r"\\frac\s*(\w)\s*(\{)", r"\\frac{\1}\2", s)
+    return re.sub(r"\\sqrt\s*(\w)", r"\\sqrt{\1}", s)
+
+
+def strip_prefix(s: str) -> str:
+    """`x=5` and `k \\equiv 3` are 5 and 3; `y = 2x + 3` keeps only its right side."""
+    return _PREFIX.sub("", s, count=1)
+
+
+def normalize(answer: str) -> str:
+    """The canonical text of an answer (see the module docstring for what is rewritten)."""
+    s = unbox(str(answer)).strip()
+    if s.startswith("\\[") and s.endswith("\\]") or s.startswith("\\(") and s.endswith("\\)"):
+        s = s[2:-2]
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
+    s = s.replace("\\le ", "\\leq ").replace("\\ge ", "\\geq ").replace("\\neq", "\\ne")
+    s = s.replace("\\ ", " ").replace("~", " ")
+    s = _CONNECTIVES.sub(",", s)
+    s = _TEXT_UNIT.sub("", s)
+    for token in _REMOVE:
+        s = s.replace(token, "")
+    s = _PLAIN_UNIT.sub("", s)
+    for _ in range(3):  # \text{\textbf{x}} and similar nest
+        s = _WRAPPERS.sub(r"\1", s)
+    s = re.sub(r"\s+", "", s)
+    s = s.rstrip(".").rstrip("\\")
+    s = strip_prefix(s)
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
+    s = _TRAILING_ZEROS.sub(lambda m: m.group(1) + ("." + m.group(2) if m.group(2) else ""), s)
+    s = _brace_shorthand(s)
+    if re.fullmatch(r"\(([A-Ea-e])\)", s):  # multiple choice "(C)" is C
+        s = s[1]
+    return s
