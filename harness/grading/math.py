@@ -22,7 +22,7 @@ __all__ = ["MathGrader", "extract_answer", "grade_math_answer", "last_boxed"]
 
 DEFAULT_TIMEOUT = 5.0  # seconds for one comparison: the slowest honest answer in MATH takes well under 1 s
 MEMORY_LIMIT = 4 << 30  # per worker; a runaway integer dies of MemoryError instead of swapping the machine
-_PRELOAD = ("harness.grading.math_equiv", "sympy", "latex2sympy2_extended")
+_PRELOAD = ("harness.grading.math_preload",)
 
 
 def _problem_text(problem: Any) -> str | None:

@@ -33,6 +33,7 @@ _REMOVE = (
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _PREFIX = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*(?:=|\\equiv)(?!.*=)")
 _TRAILING_ZEROS = re.compile(r"(\d+)\.(\d*?)0+(?!\d)")
+_ROW, _KEPT_SPACE = "\x01", "\x02"
 _CONNECTIVES = re.compile(r"\\text\{\s*(?:and|or|,)\s*\}|\s+(?:and|or)\s+")
 
 
@@ -42,6 +43,13 @@ def _brace_shorthand(s: str) -> str:
     s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*(\w)", r"\\frac\1{\2}", s)
     s = re.sub(r"\\frac\s*(\w)\s*(\{)", r"\\frac{\1}\2", s)
     return re.sub(r"\\sqrt\s*(\w)", r"\\sqrt{\1}", s)
+
+
+def _remove_spaces(s: str) -> str:
+    """Drop spaces except where they end a command or a one-character subscript (`\\sin x`, `\\log_2 8`)."""
+    s = re.sub(r"_(\w)\s+", r"_{\1}", s)
+    s = re.sub(r"(\\[a-zA-Z]+)\s+(?=\w)", "\\1" + _KEPT_SPACE, s)
+    return re.sub(r"\s+", "", s).replace(_KEPT_SPACE, " ")
 
 
 def strip_prefix(s: str) -> str:
@@ -56,6 +64,7 @@ def normalize(answer: str) -> str:
         s = s[2:-2]
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
     s = s.replace("\\le ", "\\leq ").replace("\\ge ", "\\geq ").replace("\\neq", "\\ne")
+    s = s.replace("\\\\", _ROW)  # a matrix row break must survive the removal of "\ "
     s = s.replace("\\ ", " ").replace("~", " ")
     s = _CONNECTIVES.sub(",", s)
     s = _TEXT_UNIT.sub("", s)
@@ -64,7 +73,7 @@ def normalize(answer: str) -> str:
     s = _PLAIN_UNIT.sub("", s)
     for _ in range(3):  # \text{\textbf{x}} and similar nest
         s = _WRAPPERS.sub(r"\1", s)
-    s = re.sub(r"\s+", "", s)
+    s = _remove_spaces(s)
     s = s.rstrip(".").rstrip("\\")
     s = strip_prefix(s)
     if _THOUSANDS.fullmatch(s):
@@ -73,4 +82,4 @@ def normalize(answer: str) -> str:
     s = _brace_shorthand(s)
     if re.fullmatch(r"\(([A-Ea-e])\)", s):  # multiple choice "(C)" is C
         s = s[1]
-    return s
+    return s.replace(_ROW, "\\\\")
