@@ -26,7 +26,8 @@ from typing import Any
 
 from harness.grading.math_normalize import normalize, strip_prefix
 
-MAX_SYMBOLIC_CHARS = 600  # longer "answers" are prose; they are compared as text only
+MAX_ANSWER_CHARS = 2000  # longer "answers" are prose; they are compared as raw text only
+MAX_SYMBOLIC_CHARS = 600  # longer answers are not handed to the LaTeX parser
 _ORDER_WORDS = re.compile(r"\b(?:in (?:increasing|decreasing|ascending|descending) order|in order|ordered (?:list|"
                           r"sequence)|from (?:least|smallest|greatest|largest) to)\b", re.IGNORECASE)
 _OPEN = "([{"
@@ -344,6 +345,8 @@ def quick_decision(extracted: str | None, gold: str) -> bool | None:
     """The verdict where it needs no sympy (no answer, equal text, two plain numbers), else None."""
     if extracted is None:
         return False
+    if len(extracted) > MAX_ANSWER_CHARS or len(str(gold)) > MAX_ANSWER_CHARS:
+        return extracted.strip() == str(gold).strip()  # prose, not an answer: no regex or parser sees it
     a, b = normalize(extracted), normalize(str(gold))
     if not a or not b:
         return False

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\b")
+_BOX_TOKEN = re.compile(r"[^\s$,;]{1,100}?(?=[.]?(?:\s|$|[$,;]))")
 # "final answer is", "the answer is", and "Answer:" as a label (at a line's start or after "Final").
 _STATED = re.compile(r"(?:final\s+answer\s+is|answer\s+is|(?:^|\n|final\s|[*#]\s?)answer\s*:)\s*:?\s*",
                      re.IGNORECASE)
@@ -30,27 +31,30 @@ _HEADING = re.compile(r"(?:step|case|part|solution|answer|note|final|problem|met
 _MATHY = re.compile(r"[\d\\$=^]|^\(?[A-E]\)?$")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _MAX_STATED = 200  # longer "answers" are sentences, not answers
+_MAX_SPAN = 2000  # a $...$ that has not closed by then is not an answer (and is not searched to the end)
 
 
-def balanced(text: str, start: int) -> int | None:
-    """Index just past the group opened by text[start] ('{'), or None when it never closes."""
-    depth = 0
-    for j in range(start, len(text)):
-        c = text[j]
-        if c == "\\":
+def brace_pairs(text: str) -> dict[int, int]:
+    """Index of each unescaped "{" mapped to just past its closing "}", in one linear pass.
+
+    One pass for the whole response, because scanning from every box to its end is quadratic
+    on a response full of unclosed boxes; extraction runs in the grader's own process, unbounded.
+    """
+    pairs, stack = {}, []
+    for j, c in enumerate(text):
+        if c in "{}" and j and text[j - 1] == "\\":
             continue
-        if c == "{" and (j == 0 or text[j - 1] != "\\"):
-            depth += 1
-        elif c == "}" and (j == 0 or text[j - 1] != "\\"):
-            depth -= 1
-            if depth == 0:
-                return j + 1
-    return None
+        if c == "{":
+            stack.append(j)
+        elif c == "}" and stack:
+            pairs[stack.pop()] = j + 1
+    return pairs
 
 
 def boxed_answers(text: str) -> list[tuple[int, int, str]]:
     """(start, end, content) of every top-level box; a box inside a box yields the outer one."""
     found: list[tuple[int, int, str]] = []
+    pairs: dict[int, int] | None = None
     for m in _BOX.finditer(text):
         if found and m.start() < found[-1][1]:
             continue
@@ -58,13 +62,14 @@ def boxed_answers(text: str) -> list[tuple[int, int, str]]:
         while i < len(text) and text[i] == " ":
             i += 1
         if i < len(text) and text[i] == "{":
-            end = balanced(text, i)
+            pairs = brace_pairs(text) if pairs is None else pairs
+            end = pairs.get(i)
             if end is not None:
                 found.append((m.start(), end, text[i + 1 : end - 1]))
-        elif i > m.end():  # `\boxed 5`: the box holds the next token
-            token = re.match(r"[^\s$,;]+?(?=[.]?(?:\s|$|[$,;]))", text[i:])
+        elif i > m.end():  # `\\boxed 5`: the box holds the next token
+            token = _BOX_TOKEN.match(text, i)
             if token:
-                found.append((m.start(), i + token.end(), token.group(0)))
+                found.append((m.start(), token.end(), token.group(0)))
     return found
 
 
@@ -88,7 +93,7 @@ def _math_span(text: str, i: int) -> tuple[str, int] | None:
     """The math at text[i:] when it opens with $, $$, \\( or \\[: (content, end)."""
     for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if text.startswith(open_, i):
-            end = text.find(close, i + len(open_))
+            end = text.find(close, i + len(open_), i + _MAX_SPAN)
             if end < 0:
                 return None
             return text[i + len(open_) : end], end + len(close)

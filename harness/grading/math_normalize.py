@@ -23,7 +23,10 @@ UNITS = (
     "marbles?", "games?", "boxes", "balls?", "cards?", "books?",
 )
 _UNIT = "(?:" + "|".join(UNITS) + r")(?:\^\{?[23]\}?)?"
-_TEXT_UNIT = re.compile(r"(?<=[\w})])\s*\\(?:text|mbox|mathrm|textrm)\{\s*(?:" + _UNIT + r"\s*)+\}(?:\^\{?[23]\}?)?")
+_ONE_UNIT = re.compile(_UNIT)
+# Checked word by word in `_drop_unit`: one regex with `(?:unit\s*)+` backtracks exponentially
+# on "minmin...", since "min" is also "m" + "in".
+_TEXT_UNIT = re.compile(r"(?<=[\w})])\s*\\(?:text|mbox|mathrm|textrm)\{([^{}]*)\}(\^\{?[23]\}?)?")
 _PLAIN_UNIT = re.compile(r"(?<=[\d}])\s+(?:" + _UNIT + r")(?:\s+(?:" + _UNIT + r"))*\s*$")
 _WRAPPERS = re.compile(r"\\(?:text|textbf|textrm|textit|mbox|mathrm|mathbf|mathit|operatorname|rm|bf)\s*\{([^{}]*)\}")
 _REMOVE = (
@@ -32,9 +35,19 @@ _REMOVE = (
 )
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _PREFIX = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*(?:=|\\equiv)(?!.*=)")
-_TRAILING_ZEROS = re.compile(r"(\d+)\.(\d*?)0+(?!\d)")
+_DECIMAL = re.compile(r"(?<!\d)(\d+)\.(\d+)")  # starts only at a run's first digit: linear
 _ROW, _KEPT_SPACE = "\x01", "\x02"
 _CONNECTIVES = re.compile(r"\\text\{\s*(?:and|or|,)\s*\}|\s+(?:and|or)\s+")
+
+
+def _drop_unit(m: re.Match[str]) -> str:
+    words = m.group(1).split()
+    return "" if words and all(_ONE_UNIT.fullmatch(w) for w in words) else m.group(0)
+
+
+def _drop_trailing_zeros(m: re.Match[str]) -> str:
+    decimals = m.group(2).rstrip("0")
+    return m.group(1) + ("." + decimals if decimals else "")
 
 
 def _brace_shorthand(s: str) -> str:
@@ -67,7 +80,7 @@ def normalize(answer: str) -> str:
     s = s.replace("\\\\", _ROW)  # a matrix row break must survive the removal of "\ "
     s = s.replace("\\ ", " ").replace("~", " ")
     s = _CONNECTIVES.sub(",", s)
-    s = _TEXT_UNIT.sub("", s)
+    s = _TEXT_UNIT.sub(_drop_unit, s)
     for token in _REMOVE:
         s = s.replace(token, "")
     s = _PLAIN_UNIT.sub("", s)
@@ -78,7 +91,7 @@ def normalize(answer: str) -> str:
     s = strip_prefix(s)
     if _THOUSANDS.fullmatch(s):
         s = s.replace(",", "")
-    s = _TRAILING_ZEROS.sub(lambda m: m.group(1) + ("." + m.group(2) if m.group(2) else ""), s)
+    s = _DECIMAL.sub(_drop_trailing_zeros, s)
     s = _brace_shorthand(s)
     if re.fullmatch(r"\(([A-Ea-e])\)", s):  # multiple choice "(C)" is C
         s = s[1]
