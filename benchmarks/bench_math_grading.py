@@ -25,9 +25,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness.data import Problem  # noqa: E402
-from harness.grading.math import MathGrader  # noqa: E402
-from harness.grading.math_extract import boxed_answers  # noqa: E402
+from harness.data import Problem
+from harness.grading.math import MathGrader
+from harness.grading.math_extract import boxed_answers
 
 LABELS = REPO / "tests" / "data" / "math_grading_labels.yaml"
 TEST = REPO.parent / "shared" / "data" / "math" / "test.jsonl"
@@ -37,8 +37,13 @@ def labelled_cases() -> list[tuple[str, str, str, str | None, bool]]:
     """(category, response, gold, problem, correct) for every labelled pair."""
     sections = yaml.safe_load(LABELS.read_text())
     return [
-        (category, e["response"] if "response" in e else f"The final answer is $\\boxed{{{e['given']}}}$.",
-         str(e["gold"]), e.get("problem"), bool(e["correct"]))
+        (
+            category,
+            e["response"] if "response" in e else f"The final answer is $\\boxed{{{e['given']}}}$.",
+            str(e["gold"]),
+            e.get("problem"),
+            bool(e["correct"]),
+        )
         for category, entries in sections.items()
         for e in entries
     ]
@@ -55,8 +60,14 @@ def throughput_cases(n: int) -> list[tuple[str, str]]:
         solution = r["solution"]
         if i % 2:
             answers = by_subject[r["subject"]]
-            other = next((a for k, a in enumerate(answers[i % len(answers):] + answers)
-                          if a.strip() != r["answer"].strip()), r["answer"])
+            other = next(
+                (
+                    a
+                    for k, a in enumerate(answers[i % len(answers) :] + answers)
+                    if a.strip() != r["answer"].strip()
+                ),
+                r["answer"],
+            )
             start, end, _ = boxed_answers(solution)[-1]
             solution = solution[:start] + "\\boxed{" + other + "}" + solution[end:]
         cases.append((solution, r["answer"]))
@@ -65,9 +76,13 @@ def throughput_cases(n: int) -> list[tuple[str, str]]:
 
 def ours(cases: list[tuple[str, str, str | None]], processes: int) -> tuple[list[bool], float, int]:
     with MathGrader(processes=processes) as grader:
-        grader.pool().map([("1", "1", None)])  # start the workers outside the timing, as a run's grader would be
+        grader.pool().map(
+            [("1", "1", None)]
+        )  # start the workers outside the timing, as a run's grader would be
         start = time.perf_counter()
-        verdicts = grader.grade([(r, Problem(str(i), g, {"problem": p} if p else {})) for i, (r, g, p) in enumerate(cases)])
+        verdicts = grader.grade(
+            [(r, Problem(str(i), g, {"problem": p} if p else {})) for i, (r, g, p) in enumerate(cases)]
+        )
         elapsed = time.perf_counter() - start
     return [v.correct for v in verdicts], elapsed, sum(v.detail == "timeout" for v in verdicts)
 
@@ -78,7 +93,7 @@ def math_verify_one(args: tuple[str, str]) -> bool:
     response, gold = args
     try:
         return bool(verify(parse("\\boxed{" + gold + "}"), parse(response)))
-    except Exception:
+    except Exception:  # noqa: BLE001 - math-verify raises many kinds; any is a failed grade, as in its own use
         return False
 
 
@@ -119,8 +134,10 @@ def main() -> None:
         row = [sum(labels[i] == want for i in idx) for labels in (ours_labels, mv_labels)]
         print(f"  agree, {label:<16}{row[0]:>6}/{len(idx):<5}{row[1]:>8}/{len(idx)}")
     total = [sum(a == b for a, b in zip(labels, truth)) for labels in (ours_labels, mv_labels)]
-    print(f"  agree, all             {total[0]:>6}/{len(truth):<5}{total[1]:>8}/{len(truth)}"
-          f"   ({100 * total[0] / len(truth):.1f}% vs {100 * total[1] / len(truth):.1f}%)")
+    print(
+        f"  agree, all             {total[0]:>6}/{len(truth):<5}{total[1]:>8}/{len(truth)}"
+        f"   ({100 * total[0] / len(truth):.1f}% vs {100 * total[1] / len(truth):.1f}%)"
+    )
 
     if not TEST.exists():
         print(f"throughput: skipped, {TEST} is absent")
@@ -128,19 +145,27 @@ def main() -> None:
     pairs = throughput_cases(args.n)
     ours_out, ours_s, timeouts = ours([(r, g, None) for r, g in pairs], args.processes)
     mv1_out, mv1_s = run_math_verify(pairs, 1)
-    mvp_out, mvp_s = run_math_verify(pairs, args.processes)
+    _, mvp_s = run_math_verify(pairs, args.processes)
     n = len(pairs)
     print(f"\nthroughput: {n} responses (MATH test solutions, every other with a wrong boxed answer)")
-    print(f"  score-eval, {args.processes} worker processes:   {ours_s:6.1f} s  {n / ours_s:7.0f} responses/s"
-          f"  ({sum(ours_out)} graded correct, {timeouts} timeouts)")
-    print(f"  math-verify, 1 process (as shipped): {mv1_s:6.1f} s  {n / mv1_s:7.0f} responses/s"
-          f"  ({sum(mv1_out)} graded correct)")
-    print(f"  math-verify, pool of {args.processes} processes:    {mvp_s:6.1f} s  {n / mvp_s:7.0f} responses/s")
+    print(
+        f"  score-eval, {args.processes} worker processes:   {ours_s:6.1f} s  {n / ours_s:7.0f} responses/s"
+        f"  ({sum(ours_out)} graded correct, {timeouts} timeouts)"
+    )
+    print(
+        f"  math-verify, 1 process (as shipped): {mv1_s:6.1f} s  {n / mv1_s:7.0f} responses/s"
+        f"  ({sum(mv1_out)} graded correct)"
+    )
+    print(
+        f"  math-verify, pool of {args.processes} processes:    {mvp_s:6.1f} s  {n / mvp_s:7.0f} responses/s"
+    )
     disagree = [i for i, (a, b) in enumerate(zip(ours_out, mv1_out)) if a != b]
     expected = [i % 2 == 0 for i in range(n)]
-    print(f"  verdicts that match the construction (even: right, odd: another problem's answer): "
-          f"score-eval {sum(a == e for a, e in zip(ours_out, expected))}/{n}, "
-          f"math-verify {sum(a == e for a, e in zip(mv1_out, expected))}/{n}")
+    print(
+        f"  verdicts that match the construction (even: right, odd: another problem's answer): "
+        f"score-eval {sum(a == e for a, e in zip(ours_out, expected))}/{n}, "
+        f"math-verify {sum(a == e for a, e in zip(mv1_out, expected))}/{n}"
+    )
     print(f"  score-eval and math-verify disagree on {len(disagree)} of {n}")
 
 

@@ -29,8 +29,10 @@ class GradeSummary:
 
     def line(self) -> str:
         share = 100 * self.correct / self.graded if self.graded else 0.0
-        return (f"graded {self.graded} responses: {self.correct} correct ({share:.1f}%), "
-                f"{self.no_answer} without a final answer, {self.timeouts} timed out; wrote {self.output}")
+        return (
+            f"graded {self.graded} responses: {self.correct} correct ({share:.1f}%), "
+            f"{self.no_answer} without a final answer, {self.timeouts} timed out; wrote {self.output}"
+        )
 
 
 def _problem(record: Any, line: int, where: Path) -> Problem:
@@ -38,17 +40,23 @@ def _problem(record: Any, line: int, where: Path) -> Problem:
         raise HarnessError(f"{where}: record {line} is not a JSON object; each line must be an object")
     for name in ("response", "answer"):
         if record.get(name) is None:
-            raise HarnessError(f"{where}: record {line} lacks '{name}'; every record needs 'response' and 'answer'")
+            raise HarnessError(
+                f"{where}: record {line} lacks '{name}'; every record needs 'response' and 'answer'"
+            )
     if not isinstance(record["response"], str):
         raise HarnessError(f"{where}: record {line} has a 'response' that is not a string")
     return Problem(id=str(record.get("id", line - 1)), answer=record["answer"], fields=record)
 
 
-def grade_file(task_name: str, input_path: Path, output_path: Path, grader: Grader | None = None) -> GradeSummary:
+def grade_file(
+    task_name: str, input_path: Path, output_path: Path, grader: Grader | None = None
+) -> GradeSummary:
     """Grade every record of `input_path` and write them, graded and in order, to `output_path`."""
     task = load_task(task_name)
     if not input_path.is_file():
-        raise HarnessError(f"input file {input_path} does not exist; pass a .jsonl of records with response and answer")
+        raise HarnessError(
+            f"input file {input_path} does not exist; pass a .jsonl of records with response and answer"
+        )
     records = _read_jsonl(input_path)
     problems = [_problem(r, n, input_path) for n, r in enumerate(records, start=1)]
     own = grader is None

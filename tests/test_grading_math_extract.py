@@ -19,7 +19,10 @@ def test_escaped_braces_inside_a_box_are_not_grouping():
 
 
 def test_a_box_inside_a_box_is_found_once_as_the_outer_box():
-    assert [content for _, _, content in boxed_answers(r"\boxed{\boxed{3}} then \fbox{4}")] == [r"\boxed{3}", "4"]
+    assert [content for _, _, content in boxed_answers(r"\boxed{\boxed{3}} then \fbox{4}")] == [
+        r"\boxed{3}",
+        "4",
+    ]
 
 
 def test_unbox_strips_any_depth_of_boxes_but_keeps_a_box_among_other_text():

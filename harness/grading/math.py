@@ -34,8 +34,9 @@ def _problem_text(problem: Any) -> str | None:
 class MathGrader:
     """Grades batches of (response, problem); thread-safe; call `close()` to stop its workers."""
 
-    def __init__(self, processes: int | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 fallback: str | None = None) -> None:
+    def __init__(
+        self, processes: int | None = None, timeout: float = DEFAULT_TIMEOUT, fallback: str | None = None
+    ) -> None:
         self.processes = processes
         self.timeout = timeout
         self.fallback = fallback
@@ -56,15 +57,26 @@ class MathGrader:
         if pending:
             jobs = [(extracted[i], golds[i], _problem_text(items[i][1])) for i in pending]
             for i, outcome in zip(pending, self.pool().map(jobs)):
-                detail = None if outcome.ok else "timeout" if outcome.status == "timeout" else f"error: {outcome.error}"
+                detail = (
+                    None
+                    if outcome.ok
+                    else "timeout"
+                    if outcome.status == "timeout"
+                    else f"error: {outcome.error}"
+                )
                 verdicts[i] = Verdict(extracted[i], bool(outcome.value) if outcome.ok else False, detail)
         return [v for v in verdicts if v is not None]
 
     def pool(self) -> WorkerPool:
         with self._lock:
             if self._pool is None:
-                self._pool = WorkerPool(grade_math_answer, processes=self.processes, timeout=self.timeout,
-                                        preload=_PRELOAD, memory_limit=MEMORY_LIMIT)
+                self._pool = WorkerPool(
+                    grade_math_answer,
+                    processes=self.processes,
+                    timeout=self.timeout,
+                    preload=_PRELOAD,
+                    memory_limit=MEMORY_LIMIT,
+                )
             return self._pool
 
     def close(self) -> None:

@@ -28,13 +28,17 @@ from harness.grading.math_normalize import normalize, strip_prefix
 
 MAX_ANSWER_CHARS = 2000  # longer "answers" are prose; they are compared as raw text only
 MAX_SYMBOLIC_CHARS = 600  # longer answers are not handed to the LaTeX parser
-_ORDER_WORDS = re.compile(r"\b(?:in (?:increasing|decreasing|ascending|descending) order|in order|ordered (?:list|"
-                          r"sequence)|from (?:least|smallest|greatest|largest) to)\b", re.IGNORECASE)
+_ORDER_WORDS = re.compile(
+    r"\b(?:in (?:increasing|decreasing|ascending|descending) order|in order|ordered (?:list|"
+    r"sequence)|from (?:least|smallest|greatest|largest) to)\b",
+    re.IGNORECASE,
+)
 _OPEN = "([{"
 _CLOSE = ")]}"
 
 
 # ---- shapes ----------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -157,10 +161,14 @@ _INT = r"-?\d+"
 _RATIONAL_FORMS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], Fraction]], ...] = (
     (re.compile(r"-?\d+(?:\.\d*)?|-?\.\d+"), lambda m: Fraction(m.group(0))),
     (re.compile(r"(-?\d+)/(\d+)"), lambda m: Fraction(int(m.group(1)), int(m.group(2)))),
-    (re.compile(r"(-?)\\frac\{(" + _INT + r")\}\{(" + _INT + r")\}"),
-     lambda m: (-1 if m.group(1) else 1) * Fraction(int(m.group(2)), int(m.group(3)))),
-    (re.compile(r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}"),  # mixed number 2\frac{1}{2}
-     lambda m: (-1 if m.group(1) else 1) * (int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4))))),
+    (
+        re.compile(r"(-?)\\frac\{(" + _INT + r")\}\{(" + _INT + r")\}"),
+        lambda m: (-1 if m.group(1) else 1) * Fraction(int(m.group(2)), int(m.group(3))),
+    ),
+    (
+        re.compile(r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}"),  # mixed number 2\frac{1}{2}
+        lambda m: (-1 if m.group(1) else 1) * (int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4)))),
+    ),
     (re.compile(r"(-?)(\d*)\.(\d*)\\overline\{(\d+)\}"), lambda m: _repeating(*m.groups())),
 )
 
@@ -250,13 +258,20 @@ def to_sympy(s: str) -> Any | None:
         expr = latex2sympy(
             s,
             normalization_config=NormalizationConfig(
-                basic_latex=True, units=False, malformed_operators=False, nits=False, boxed="none", equations=False
+                basic_latex=True,
+                units=False,
+                malformed_operators=False,
+                nits=False,
+                boxed="none",
+                equations=False,
             ),
             conversion_config=ConversionConfig(
-                interpret_as_mixed_fractions=True, interpret_simple_eq_as_assignment=False, lowercase_symbols=False
+                interpret_as_mixed_fractions=True,
+                interpret_simple_eq_as_assignment=False,
+                lowercase_symbols=False,
             ),
         )
-    except Exception:  # the parser raises many kinds; any of them means "not an expression we can read"
+    except Exception:  # noqa: BLE001 - the parser raises many kinds; any of them means "not an expression we can read"
         return None
     if not isinstance(expr, sympy.Expr):
         return None
@@ -270,7 +285,13 @@ def warm_up() -> None:
 
     The grader's forkserver calls this once; every worker it forks then starts warm.
     """
-    for text in ("\\frac{1}{2}+\\sqrt{3}x^2", "(x+1)^{2}-2\\pi i", "\\sqrt[3]{2}\\cdot 5!", "2\\sin x\\cos x", "\\log_2 8"):
+    for text in (
+        "\\frac{1}{2}+\\sqrt{3}x^2",
+        "(x+1)^{2}-2\\pi i",
+        "\\sqrt[3]{2}\\cdot 5!",
+        "2\\sin x\\cos x",
+        "\\log_2 8",
+    ):
         to_sympy(text)
     to_sympy.cache_clear()
 
@@ -335,6 +356,7 @@ def proportional(a: str, b: str) -> bool:
 
 
 # ---- the decision ---------------------------------------------------------------------------------
+
 
 def asks_for_order(problem: str | None) -> bool:
     """Whether a problem that asks for several answers wants them in a given order."""

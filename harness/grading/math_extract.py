@@ -15,10 +15,13 @@ import re
 _BOX = re.compile(r"\\(?:boxed|fbox)\b")
 _BOX_TOKEN = re.compile(r"[^\s$,;]{1,100}?(?=[.]?(?:\s|$|[$,;]))")
 # "final answer is", "the answer is", and "Answer:" as a label (at a line's start or after "Final").
-_STATED = re.compile(r"(?:final\s+answer\s+is|answer\s+is|(?:^|\n|final\s|[*#]\s?)answer\s*:)\s*:?\s*",
-                     re.IGNORECASE)
+_STATED = re.compile(
+    r"(?:final\s+answer\s+is|answer\s+is|(?:^|\n|final\s|[*#]\s?)answer\s*:)\s*:?\s*", re.IGNORECASE
+)
 # Where a plain-text statement ends: a sentence's end, or the reason that follows the answer.
-_STATEMENT_END = re.compile(r"[.!?;](?:\s|$)|\n|\s+I hope|,\s*(?:so|because|since|which|as|and)\b|\s+(?:because|since)\b|$")
+_STATEMENT_END = re.compile(
+    r"[.!?;](?:\s|$)|\n|\s+I hope|,\s*(?:so|because|since|which|as|and)\b|\s+(?:because|since)\b|$"
+)
 _BOLD = re.compile(r"\*\*([^*\n]{1,80}?)\*\*")
 # Words that start a sentence about the answer rather than the answer itself ("the answer is not 5").
 _NOT_AN_ANSWER = re.compile(
@@ -26,8 +29,9 @@ _NOT_AN_ANSWER = re.compile(
     r"given|as|equal|different|found|obtained|likely|probably|clearly)\b",
     re.IGNORECASE,
 )
-_HEADING = re.compile(r"(?:step|case|part|solution|answer|note|final|problem|method|approach|check|conclusion)\b",
-                      re.IGNORECASE)
+_HEADING = re.compile(
+    r"(?:step|case|part|solution|answer|note|final|problem|method|approach|check|conclusion)\b", re.IGNORECASE
+)
 _MATHY = re.compile(r"[\d\\$=^]|^\(?[A-E]\)?$")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _MAX_STATED = 200  # longer "answers" are sentences, not answers
@@ -143,7 +147,9 @@ def extract_answer(response: str, fallback: str | None = None) -> str | None:
     stated = _stated_answers(response)
     # Words ("the answer is positive, because ...") revise nothing a box already says; they
     # count only in a response that boxes nothing.
-    candidates = boxes + [(i, c) for i, c, is_math in stated if is_math or not boxes] + _bold_answers(response)
+    candidates = (
+        boxes + [(i, c) for i, c, is_math in stated if is_math or not boxes] + _bold_answers(response)
+    )
     if candidates:
         answer = unbox(max(candidates, key=lambda c: c[0])[1])
         return answer or None

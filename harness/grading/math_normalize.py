@@ -14,24 +14,42 @@ import re
 from harness.grading.math_extract import unbox
 
 # Unit words that may follow a number; removed only after something that is not itself a unit.
-UNITS = (
-    "degrees?", "radians?", "units?", "square", "sq", "cubic", "centimeters?", "meters?", "kilometers?",
-    "millimeters?", "inch(?:es)?", "feet", "foot", "ft", "yards?", "miles?", "cm", "mm", "km", "m", "in",
-    "seconds?", "minutes?", "hours?", "days?", "weeks?", "months?", "years?", "mph", "dollars?", "cents?",
-    "pounds?", "ounces?", "grams?", "kg", "g", "liters?", "gallons?", "cups?", "people", "students?",
-    "ways", "points?", "percent", "sec", "min", "hrs?", "times", "steps?", "tiles?", "coins?",
-    "marbles?", "games?", "boxes", "balls?", "cards?", "books?",
-)
+UNITS = """
+    degrees? radians? units? square sq cubic centimeters? meters? kilometers? millimeters?
+    inch(?:es)? feet foot ft yards? miles? cm mm km m in seconds? minutes? hours? days? weeks?
+    months? years? mph dollars? cents? pounds? ounces? grams? kg g liters? gallons? cups? people
+    students? ways points? percent sec min hrs? times steps? tiles? coins? marbles? games? boxes
+    balls? cards? books?
+""".split()
 _UNIT = "(?:" + "|".join(UNITS) + r")(?:\^\{?[23]\}?)?"
 _ONE_UNIT = re.compile(_UNIT)
 # Checked word by word in `_drop_unit`: one regex with `(?:unit\s*)+` backtracks exponentially
 # on "minmin...", since "min" is also "m" + "in".
 _TEXT_UNIT = re.compile(r"(?<=[\w})])\s*\\(?:text|mbox|mathrm|textrm)\{([^{}]*)\}(\^\{?[23]\}?)?")
 _PLAIN_UNIT = re.compile(r"(?<=[\d}])\s+(?:" + _UNIT + r")(?:\s+(?:" + _UNIT + r"))*\s*$")
-_WRAPPERS = re.compile(r"\\(?:text|textbf|textrm|textit|mbox|mathrm|mathbf|mathit|operatorname|rm|bf)\s*\{([^{}]*)\}")
+_WRAPPERS = re.compile(
+    r"\\(?:text|textbf|textrm|textit|mbox|mathrm|mathbf|mathit|operatorname|rm|bf)\s*\{([^{}]*)\}"
+)
 _REMOVE = (
-    "\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\quad", "\\qquad", "\\displaystyle", "\\limits",
-    "\\$", "$", "\\%", "%", "^{\\circ}", "^\\circ", "°", "\\degree", "{,}",
+    "\\left",
+    "\\right",
+    "\\!",
+    "\\,",
+    "\\;",
+    "\\:",
+    "\\quad",
+    "\\qquad",
+    "\\displaystyle",
+    "\\limits",
+    "\\$",
+    "$",
+    "\\%",
+    "%",
+    "^{\\circ}",
+    "^\\circ",
+    "°",
+    "\\degree",
+    "{,}",
 )
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _PREFIX = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*(?:=|\\equiv)(?!.*=)")

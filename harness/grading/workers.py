@@ -52,7 +52,7 @@ def _serve(fn: Callable[..., Any], conn: Connection, memory_limit: int | None) -
             return
         try:
             conn.send(("ok", fn(*job)))
-        except Exception as exc:  # a job's failure is its outcome, never the worker's end
+        except Exception as exc:  # noqa: BLE001 - a job's failure is its outcome, never the worker's end
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
@@ -132,18 +132,25 @@ class WorkerPool:
                 if status == "ready":
                     worker.ready = True
                 elif status in ("ok", "error"):
-                    outcomes[worker.job] = Outcome(status, payload) if status == "ok" else Outcome(status, error=payload)
+                    outcomes[worker.job] = (
+                        Outcome(status, payload) if status == "ok" else Outcome(status, error=payload)
+                    )
                     worker.job = None
                     busy -= 1
                 elif status == "died" or (worker.job is not None and time.monotonic() > worker.deadline):
                     if not worker.ready:
-                        raise RuntimeError(f"a worker for {self.fn.__qualname__} died while starting "
-                                           f"(exit code {worker.process.exitcode})")
+                        raise RuntimeError(
+                            f"a worker for {self.fn.__qualname__} died while starting "
+                            f"(exit code {worker.process.exitcode})"
+                        )
                     worker.kill()
                     if worker.job is not None:
                         timed_out = status != "died"
-                        outcomes[worker.job] = Outcome("timeout") if timed_out else Outcome(
-                            "error", error=f"worker died (exit code {worker.process.exitcode})")
+                        outcomes[worker.job] = (
+                            Outcome("timeout")
+                            if timed_out
+                            else Outcome("error", error=f"worker died (exit code {worker.process.exitcode})")
+                        )
                         self.timeouts += timed_out
                         busy -= 1
                     self.restarts += 1
