@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO))
 
 from harness.data import Problem
 from harness.grading.math import MathGrader
-from harness.grading.math_extract import boxed_answers
+from harness.grading.math_equiv import quick_decision
+from harness.grading.math_extract import boxed_answers, extract_answer
 
 LABELS = REPO / "tests" / "data" / "math_grading_labels.yaml"
 TEST = REPO.parent / "shared" / "data" / "math" / "test.jsonl"
@@ -147,7 +148,9 @@ def main() -> None:
     mv1_out, mv1_s = run_math_verify(pairs, 1)
     _, mvp_s = run_math_verify(pairs, args.processes)
     n = len(pairs)
-    print(f"\nthroughput: {n} responses (MATH test solutions, every other with a wrong boxed answer)")
+    symbolic = sum(quick_decision(extract_answer(r), g) is None for r, g in pairs)
+    print(f"\nthroughput: {n} responses (MATH test solutions, every other with a wrong boxed answer);")
+    print(f"  {symbolic} of them need sympy (the rest are settled as text or plain numbers)")
     print(
         f"  score-eval, {args.processes} worker processes:   {ours_s:6.1f} s  {n / ours_s:7.0f} responses/s"
         f"  ({sum(ours_out)} graded correct, {timeouts} timeouts)"
