@@ -89,6 +89,9 @@ def shape(s: str) -> Shape:
     if m:
         rows = [r for r in re.split(r"\\\\", m.group(2)) if r.strip()]
         return Shape("matrix", tuple(tuple(shape(c) for c in r.split("&")) for r in rows))
+    listed = split_top(s, ";")  # "(1,2); (3,4)": semicolons separate answers that hold commas
+    if len(listed) > 1:
+        return Shape("list", tuple(shape(p) for p in listed if p))
     union = split_top(s, "\\cup")
     if len(union) > 1:
         return Shape("union", tuple(shape(p) for p in union))

@@ -14,8 +14,8 @@ import re
 from harness.grading.math_extract import unbox
 
 # Unit words that may follow a number; removed only after something that is not itself a unit.
-UNITS = """
-    degrees? radians? units? square sq cubic centimeters? meters? kilometers? millimeters?
+UNITS = r"""
+    degrees? radians? units? square sq\.? cubic centimeters? meters? kilometers? millimeters?
     inch(?:es)? feet foot ft yards? miles? cm mm km m in seconds? minutes? hours? days? weeks?
     months? years? mph dollars? cents? pounds? ounces? grams? kg g liters? gallons? cups? people
     students? ways points? percent sec min hrs? times steps? tiles? coins? marbles? games? boxes
@@ -23,6 +23,7 @@ UNITS = """
 """.split()
 _UNIT = "(?:" + "|".join(UNITS) + r")(?:\^\{?[23]\}?)?"
 _ONE_UNIT = re.compile(_UNIT)
+_WORDS = re.compile(r"[A-Za-z][A-Za-z ]*")  # not "p.m.": 4:51 a.m. and 4:51 p.m. differ
 # Checked word by word in `_drop_unit`: one regex with `(?:unit\s*)+` backtracks exponentially
 # on "minmin...", since "min" is also "m" + "in".
 _TEXT_UNIT = re.compile(r"(?<=[\w})])\s*\\(?:text|mbox|mathrm|textrm)\{([^{}]*)\}(\^\{?[23]\}?)?")
@@ -52,15 +53,19 @@ _REMOVE = (
     "{,}",
 )
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_PREFIX = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*(?:=|\\equiv)(?!.*=)")
+_PREFIX = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*(?:=|\\equiv|\\in(?![a-zA-Z]))(?!.*=)")
 _DECIMAL = re.compile(r"(?<!\d)(\d+)\.(\d+)")  # starts only at a run's first digit: linear
 _ROW, _KEPT_SPACE = "\x01", "\x02"
 _CONNECTIVES = re.compile(r"\\text\{\s*(?:and|or|,)\s*\}|\s+(?:and|or)\s+")
 
 
 def _drop_unit(m: re.Match[str]) -> str:
+    """Drop `\\text{ cm}` after anything, and any words (`\\text{ right triangles}`) after a number."""
     words = m.group(1).split()
-    return "" if words and all(_ONE_UNIT.fullmatch(w) for w in words) else m.group(0)
+    after_number = m.string[m.start() - 1] in "0123456789}"
+    if words and (all(_ONE_UNIT.fullmatch(w) for w in words) or after_number and _WORDS.fullmatch(m.group(1).strip())):
+        return ""
+    return m.group(0)
 
 
 def _drop_trailing_zeros(m: re.Match[str]) -> str:
@@ -70,9 +75,10 @@ def _drop_trailing_zeros(m: re.Match[str]) -> str:
 
 def _brace_shorthand(s: str) -> str:
     """`\\frac12` -> `\\frac{1}{2}`, `\\frac1x` -> `\\frac{1}{x}`, `\\sqrt2` -> `\\sqrt{2}`."""
-    s = re.sub(r"\\frac\s*(\w)\s*(\w)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*(\w)", r"\\frac\1{\2}", s)
-    s = re.sub(r"\\frac\s*(\w)\s*(\{)", r"\\frac{\1}\2", s)
+    token = r"(\w|\\[a-zA-Z]+(?![a-zA-Z]))"  # one character or one command, as TeX reads an argument
+    s = re.sub(r"\\frac\s*" + token + r"\s*" + token, r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*" + token, r"\\frac\1{\2}", s)
+    s = re.sub(r"\\frac\s*" + token + r"\s*(\{)", r"\\frac{\1}\2", s)
     return re.sub(r"\\sqrt\s*(\w)", r"\\sqrt{\1}", s)
 
 
@@ -84,7 +90,7 @@ def _remove_spaces(s: str) -> str:
 
 
 def strip_prefix(s: str) -> str:
-    """`x=5` and `k \\equiv 3` are 5 and 3; `y = 2x + 3` keeps only its right side."""
+    """`x=5`, `k \\equiv 3` and `x \\in [1,2]` are 5, 3 and [1,2]; `y = 2x + 3` keeps its right side."""
     return _PREFIX.sub("", s, count=1)
 
 
@@ -97,6 +103,8 @@ def normalize(answer: str) -> str:
     s = s.replace("\\le ", "\\leq ").replace("\\ge ", "\\geq ").replace("\\neq", "\\ne")
     s = s.replace("\\\\", _ROW)  # a matrix row break must survive the removal of "\ "
     s = s.replace("\\ ", " ").replace("~", " ")
+    s = re.sub(r"^\\approx\s*", "", s)  # a gold answer given as "\\approx 8.24" is the number
+    s = re.sub(r"\\phantom\s*(?:\{[^{}]*\}|.)", "", s)  # invisible: only aligns columns
     s = _CONNECTIVES.sub(",", s)
     s = _TEXT_UNIT.sub(_drop_unit, s)
     for token in _REMOVE:
@@ -109,6 +117,7 @@ def normalize(answer: str) -> str:
     s = strip_prefix(s)
     if _THOUSANDS.fullmatch(s):
         s = s.replace(",", "")
+    s = re.sub(r"\{(" + _THOUSANDS.pattern + r")\}", lambda m: m.group(0).replace(",", ""), s)  # \frac{1}{20,000}
     s = _DECIMAL.sub(_drop_trailing_zeros, s)
     s = _brace_shorthand(s)
     if re.fullmatch(r"\(([A-Ea-e])\)", s):  # multiple choice "(C)" is C
