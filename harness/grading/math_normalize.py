@@ -53,6 +53,7 @@ _REMOVE = (
     "{,}",
 )
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_BRACED_THOUSANDS = re.compile(r"\{" + _THOUSANDS.pattern + r"\}")  # \frac{1}{20,000}
 _PREFIX = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*(?:=|\\equiv|\\in(?![a-zA-Z]))(?!.*=)")
 _DECIMAL = re.compile(r"(?<!\d)(\d+)\.(\d+)")  # starts only at a run's first digit: linear
 _ROW, _KEPT_SPACE = "\x01", "\x02"
@@ -61,11 +62,11 @@ _CONNECTIVES = re.compile(r"\\text\{\s*(?:and|or|,)\s*\}|\s+(?:and|or)\s+")
 
 def _drop_unit(m: re.Match[str]) -> str:
     """Drop `\\text{ cm}` after anything, and any words (`\\text{ right triangles}`) after a number."""
-    words = m.group(1).split()
-    after_number = m.string[m.start() - 1] in "0123456789}"
-    if words and (all(_ONE_UNIT.fullmatch(w) for w in words) or after_number and _WORDS.fullmatch(m.group(1).strip())):
+    text = m.group(1).strip()
+    if all(_ONE_UNIT.fullmatch(w) for w in text.split()):
         return ""
-    return m.group(0)
+    after_number = m.string[m.start() - 1] in "0123456789}"
+    return "" if after_number and _WORDS.fullmatch(text) else m.group(0)
 
 
 def _drop_trailing_zeros(m: re.Match[str]) -> str:
@@ -117,7 +118,7 @@ def normalize(answer: str) -> str:
     s = strip_prefix(s)
     if _THOUSANDS.fullmatch(s):
         s = s.replace(",", "")
-    s = re.sub(r"\{(" + _THOUSANDS.pattern + r")\}", lambda m: m.group(0).replace(",", ""), s)  # \frac{1}{20,000}
+    s = _BRACED_THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), s)
     s = _DECIMAL.sub(_drop_trailing_zeros, s)
     s = _brace_shorthand(s)
     if re.fullmatch(r"\(([A-Ea-e])\)", s):  # multiple choice "(C)" is C
