@@ -82,3 +82,15 @@ def test_close_stops_the_workers_and_a_later_call_starts_fresh_ones():
     p.close()
     assert p.map([("pid",)])[0].value != first
     p.close()
+
+
+def test_a_pool_dropped_without_close_stops_its_workers():
+    import gc
+
+    p = WorkerPool(job, processes=1, timeout=5)
+    p.map([("double", 1)])
+    process = p._workers[0].process
+    del p
+    gc.collect()
+    process.join(timeout=5)
+    assert not process.is_alive()

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,22 @@ def _serve(fn: Callable[..., Any], conn: Connection, memory_limit: int | None) -
             conn.send(("ok", fn(*job)))
         except Exception as exc:  # noqa: BLE001 - a job's failure is its outcome, never the worker's end
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _stop_all(workers: list[_Worker]) -> None:
+    """Ask each worker to exit, kill any that has not within a second, and empty the list."""
+    for worker in workers:
+        try:
+            worker.conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+    for worker in workers:
+        worker.process.join(timeout=1)
+        if worker.process.is_alive():
+            worker.kill()
+        else:
+            worker.conn.close()
+    workers.clear()
 
 
 class _Worker:
@@ -96,7 +113,9 @@ class WorkerPool:
         self._ctx = multiprocessing.get_context(method)
         if method == "forkserver" and preload:
             self._ctx.set_forkserver_preload(list(preload))
-        self._workers: list[_Worker] = []
+        self._workers: list[_Worker] = []  # mutated in place, never rebound: the finalizer holds it
+        # A pool dropped without close() (a grader nobody closed) still stops its workers.
+        weakref.finalize(self, _stop_all, self._workers)
         self._lock = threading.Lock()
         self.timeouts = 0  # jobs killed for overrunning, over the pool's life
         self.restarts = 0  # workers replaced (after a timeout or a crash)
@@ -175,18 +194,7 @@ class WorkerPool:
     def close(self) -> None:
         """Stop every worker; the pool starts fresh ones if it is used again."""
         with self._lock:
-            for worker in self._workers:
-                try:
-                    worker.conn.send(None)
-                except (BrokenPipeError, OSError):
-                    pass
-            for worker in self._workers:
-                worker.process.join(timeout=1)
-                if worker.process.is_alive():
-                    worker.kill()
-                else:
-                    worker.conn.close()
-            self._workers = []
+            _stop_all(self._workers)
 
     def __enter__(self) -> WorkerPool:
         return self
