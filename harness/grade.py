@@ -37,15 +37,15 @@ class GradeSummary:
 
 def _problem(record: Any, line: int, where: Path) -> Problem:
     if not isinstance(record, dict):
-        raise HarnessError(f"{where}: record {line} is not a JSON object; each line must be an object")
+        raise HarnessError(f"{where} line {line} is not a JSON object; each line must be an object")
     for name in ("response", "answer"):
         if record.get(name) is None:
             raise HarnessError(
-                f"{where}: record {line} lacks '{name}'; every record needs 'response' and 'answer'"
+                f"{where} line {line} lacks '{name}'; every record needs 'response' and 'answer'"
             )
     if not isinstance(record["response"], str):
-        raise HarnessError(f"{where}: record {line} has a 'response' that is not a string")
-    return Problem(id=str(record.get("id", line - 1)), answer=record["answer"], fields=record)
+        raise HarnessError(f"{where} line {line} has a 'response' that is not a string")
+    return Problem(id=str(record.get("id", line)), answer=record["answer"], fields=record)
 
 
 def grade_file(
@@ -57,8 +57,8 @@ def grade_file(
         raise HarnessError(
             f"input file {input_path} does not exist; pass a .jsonl of records with response and answer"
         )
-    records = _read_jsonl(input_path)
-    problems = [_problem(r, n, input_path) for n, r in enumerate(records, start=1)]
+    records, lines = _read_jsonl(input_path)
+    problems = [_problem(r, n, input_path) for r, n in zip(records, lines)]
     own = grader is None
     grader = grader or get_grader(task.grader)
     try:

@@ -40,10 +40,10 @@ def test_grade_writes_the_same_records_in_order_with_extracted_and_correct(tmp_p
 
 
 def test_grade_explains_a_record_without_a_response(tmp_path):
-    write(tmp_path / "in.jsonl", [{"id": "a", "answer": "1"}])
+    write(tmp_path / "in.jsonl", [RECORDS[0], {"id": "b", "answer": "1"}])
     result = run_cli(["grade", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl")])
     assert result.returncode == 2
-    assert "record 1 lacks 'response'" in result.stderr
+    assert "line 2 lacks 'response'" in result.stderr  # the file's line, for the user to find it
     assert not (tmp_path / "out.jsonl").exists()
 
 
