@@ -114,6 +114,18 @@ def regrade(run_dir: Path) -> None:
     console.print("changed verdicts: " + ", ".join(f"{k.rsplit('_', 1)[1]}: {v}" for k, v in changed.items()))
 
 
+@cli.command()
+@click.option("--task", default="math", show_default=True, help=_help("task"))
+@click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(path_type=Path))
+@click.option("--output", "output_path", required=True, type=click.Path(path_type=Path),
+              help="where to write the graded records (JSONL, same order, with extracted and correct added)")
+def grade(task: str, input_path: Path, output_path: Path) -> None:
+    """Grade responses made elsewhere: records with id, response, answer in; the same records graded out."""
+    from harness.grade import grade_file
+
+    click.echo(grade_file(task, input_path, output_path).line())
+
+
 def _show_summary(document: dict, console) -> None:
     from rich.table import Table
 

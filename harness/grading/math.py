@@ -1,102 +1,95 @@
-"""MATH grading: extract the final answer from a response, normalise, compare with the gold answer.
+"""The MATH grader: extract each response's final answer, decide it against the gold answer.
 
-This is the simple grader (string normalisation plus an exact numeric check); every caller goes
-through `grade_math_answer`, so a stronger grader replaces this one function.
+Extraction (math_extract) and the cheap decisions (no answer, equal after normalising, two plain
+numbers) run in the calling process; they settle most responses and never start a process.
+The rest need sympy, which can run without bound on hostile input, so they go to a persistent
+pool of worker processes (workers.py) that kills any comparison over `timeout` seconds; such a
+comparison is graded wrong with detail "timeout", for the run's summary to count.
 """
 
 from __future__ import annotations
 
-import re
+import threading
 from collections.abc import Sequence
-from fractions import Fraction
 from typing import Any
 
 from harness.grading import Verdict, register
+from harness.grading.math_equiv import grade_math_answer, quick_decision
+from harness.grading.math_extract import extract_answer, last_boxed
+from harness.grading.workers import WorkerPool
 
-_FINAL_ANSWER = re.compile(r"final answer is\s*\$(.+?)\$\s*\.?\s*(?:I hope|$)", re.IGNORECASE | re.DOTALL)
-_ANSWER_IS = re.compile(r"answer is[:\s]*\$?([^\n$]+?)\$?\s*(?:\.\s|\.?$|\n)", re.IGNORECASE)
+__all__ = ["MathGrader", "extract_answer", "grade_math_answer", "last_boxed"]
 
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} or \\fbox{...}, with nested braces balanced."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0:
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j]
-    return None
+DEFAULT_TIMEOUT = 5.0  # seconds for one comparison: the slowest honest answer in MATH takes well under 1 s
+MEMORY_LIMIT = 4 << 30  # per worker; a runaway integer dies of MemoryError instead of swapping the machine
+_PRELOAD = ("harness.grading.math_preload",)
 
 
-def extract_answer(response: str) -> str | None:
-    """The last stated final answer, or None when the response states none."""
-    candidates: list[tuple[int, str]] = []
-    boxed = last_boxed(response)
-    if boxed is not None:
-        candidates.append((max(response.rfind("\\boxed"), response.rfind("\\fbox")), boxed))
-    for pattern in (_FINAL_ANSWER, _ANSWER_IS):
-        matches = list(pattern.finditer(response))
-        if matches:
-            candidates.append((matches[-1].start(), matches[-1].group(1)))
-    if not candidates:
-        return None
-    answer = max(candidates)[1].strip()
-    return last_boxed(answer) or answer
-
-
-def normalize(answer: str) -> str:
-    s = answer.strip()
-    s = re.sub(r"\\text\{\s*([^{}]*)\}", r"\1", s)
-    s = re.sub(r"\\(?:left|right)", "", s)
-    s = re.sub(r"\\[dt]frac", r"\\frac", s)
-    s = s.replace("^\\circ", "").replace("^{\\circ}", "").replace("\\%", "").replace("\\$", "").replace("$", "")
-    s = s.replace("\\!", "").replace("\\,", "").replace("\\ ", "").replace(" ", "")
-    s = re.sub(r"^[a-zA-Z]\s*=", "", s)
-    s = s.rstrip(".")
-    s = re.sub(r"(\d),(\d{3})(?!\d)", r"\1\2", s)
-    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
-    return s
-
-
-def _as_number(s: str) -> Fraction | None:
-    m = re.fullmatch(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}", s)
-    try:
-        if m:
-            value = Fraction(int(m.group(2)), int(m.group(3)))
-            return -value if m.group(1) else value
-        if re.fullmatch(r"-?\d+(?:\.\d+)?|-?\d+/\d+", s):
-            return Fraction(s)
-    except (ValueError, ZeroDivisionError):
-        return None
-    return None
-
-
-def grade_math_answer(extracted: str | None, gold: str) -> bool:
-    """Whether an extracted answer equals the gold answer (exact after normalisation, or as numbers)."""
-    if extracted is None:
-        return False
-    a, b = normalize(extracted), normalize(str(gold))
-    if a == b:
-        return True
-    na, nb = _as_number(a), _as_number(b)
-    return na is not None and na == nb
+def _problem_text(problem: Any) -> str | None:
+    fields = getattr(problem, "fields", None)
+    text = fields.get("problem") if isinstance(fields, dict) else None
+    return text if isinstance(text, str) else None
 
 
 class MathGrader:
+    """Grades batches of (response, problem); thread-safe; call `close()` to stop its workers."""
+
+    def __init__(
+        self, processes: int | None = None, timeout: float = DEFAULT_TIMEOUT, fallback: str | None = None
+    ) -> None:
+        self.processes = processes
+        self.timeout = timeout
+        self.fallback = fallback
+        self._pool: WorkerPool | None = None
+        self._lock = threading.Lock()
+
     def grade(self, items: Sequence[tuple[str, Any]]) -> list[Verdict]:
-        verdicts = []
-        for response, problem in items:
-            extracted = extract_answer(response)
-            verdicts.append(Verdict(extracted=extracted, correct=grade_math_answer(extracted, problem.answer)))
-        return verdicts
+        extracted = [extract_answer(response, self.fallback) for response, _ in items]
+        golds = [str(problem.answer) for _, problem in items]
+        verdicts: list[Verdict | None] = [None] * len(items)
+        pending = []
+        for i, (answer, gold) in enumerate(zip(extracted, golds)):
+            quick = quick_decision(answer, gold)
+            if quick is None:
+                pending.append(i)
+            else:
+                verdicts[i] = Verdict(answer, quick)
+        if pending:
+            jobs = [(extracted[i], golds[i], _problem_text(items[i][1])) for i in pending]
+            for i, outcome in zip(pending, self.pool().map(jobs)):
+                detail = (
+                    None
+                    if outcome.ok
+                    else "timeout"
+                    if outcome.status == "timeout"
+                    else f"error: {outcome.error}"
+                )
+                verdicts[i] = Verdict(extracted[i], bool(outcome.value) if outcome.ok else False, detail)
+        return [v for v in verdicts if v is not None]
+
+    def pool(self) -> WorkerPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = WorkerPool(
+                    grade_math_answer,
+                    processes=self.processes,
+                    timeout=self.timeout,
+                    preload=_PRELOAD,
+                    memory_limit=MEMORY_LIMIT,
+                )
+            return self._pool
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+    def __enter__(self) -> MathGrader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 register("math")(MathGrader)

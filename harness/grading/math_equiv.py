@@ -1,0 +1,392 @@
+"""Decide whether two MATH answers are equal: the decision logic of the MATH grader.
+
+The answer's shape is read here, not by a library: a matrix, a union of intervals, a bracketed
+tuple or interval (bracket types are part of the answer), a set `\\{..\\}`, a bare list of
+answers ("1, 2"), a `\\pm` pair, or a single expression. Shapes compare part by part: tuples and
+intervals in order with the same brackets, sets and bare lists as multisets (in order when the
+problem asks for an order), so a subset of the required answers or a swapped bracket is wrong.
+
+Single expressions compare as exact rationals where both are plain numbers (fast, no sympy);
+otherwise latex2sympy2_extended parses them and sympy decides: decimals are read as exact
+rationals, so 1.414 is not sqrt(2), while 0.5 is 1/2 and 10.0 is 10; constants are equal when
+their difference vanishes at 50 significant digits relative to their size (so 1/2006! differs
+from 1/2004!); expressions in variables are equal when they agree at several fixed points.
+Nothing here simplifies symbolically, which is what hangs for minutes; what is left that can
+still run long (huge powers, deep towers) runs in a worker process that the grader kills.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any
+
+from harness.grading.math_normalize import normalize, strip_prefix
+
+MAX_ANSWER_CHARS = 2000  # longer "answers" are prose; they are compared as raw text only
+MAX_SYMBOLIC_CHARS = 600  # longer answers are not handed to the LaTeX parser
+_ORDER_WORDS = re.compile(
+    r"\b(?:in (?:increasing|decreasing|ascending|descending) order|in order|ordered (?:list|"
+    r"sequence)|from (?:least|smallest|greatest|largest) to)\b",
+    re.IGNORECASE,
+)
+_OPEN = "([{"
+_CLOSE = ")]}"
+
+
+# ---- shapes ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    kind: str  # "scalar", "matrix", "union", "bracketed", "set", "list"
+    parts: tuple[Any, ...] = ()
+    brackets: str = ""  # "(]" etc. for "bracketed"
+    text: str = ""  # for "scalar"
+
+
+def split_top(s: str, sep: str) -> list[str]:
+    """Split at `sep` where no bracket of any kind is open."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(s):
+        c = s[i]
+        if c in _OPEN:
+            depth += 1
+        elif c in _CLOSE:
+            depth -= 1
+        elif depth == 0 and s.startswith(sep, i):
+            parts.append(s[start:i])
+            start = i + len(sep)
+            i = start
+            continue
+        i += 1
+    parts.append(s[start:])
+    return parts
+
+
+def _encloses(s: str) -> bool:
+    """Whether s[0]'s bracket closes at s[-1] (so "(x+1)(x-1)" is not one bracketed group)."""
+    depth = 0
+    for i, c in enumerate(s):
+        if c in _OPEN:
+            depth += 1
+        elif c in _CLOSE:
+            depth -= 1
+            if depth == 0:
+                return i == len(s) - 1
+    return False
+
+
+_MATRIX = re.compile(r"\\begin\{([pbBvV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", re.DOTALL)
+
+
+def shape(s: str) -> Shape:
+    """The shape of a normalised answer."""
+    m = _MATRIX.fullmatch(s)
+    if m:
+        rows = [r for r in re.split(r"\\\\", m.group(2)) if r.strip()]
+        return Shape("matrix", tuple(tuple(shape(c) for c in r.split("&")) for r in rows))
+    listed = split_top(s, ";")  # "(1,2); (3,4)": semicolons separate answers that hold commas
+    if len(listed) > 1:
+        return Shape("list", tuple(shape(p) for p in listed if p))
+    union = split_top(s, "\\cup")
+    if len(union) > 1:
+        return Shape("union", tuple(shape(p) for p in union))
+    if s.startswith("\\{") and s.endswith("\\}") and _encloses(s[1:]):
+        return Shape("set", _items(s[2:-2]))
+    if len(s) > 1 and s[0] in "([" and s[-1] in ")]" and _encloses(s):
+        items = _items(s[1:-1])
+        if len(items) > 1:
+            return Shape("bracketed", items, brackets=s[0] + s[-1])
+    items = _items(s)
+    if len(items) > 1:
+        return Shape("list", items)
+    return items[0] if items else Shape("scalar", text="")
+
+
+def _items(s: str) -> tuple[Shape, ...]:
+    """Comma-separated parts, each `a \\pm b` read as the two answers a + b and a - b."""
+    out: list[Shape] = []
+    for part in split_top(s, ","):
+        part = strip_prefix(part)
+        pm = split_top(part, "\\pm")
+        if len(pm) == 2:
+            head = pm[0] or ""
+            out += [Shape("scalar", text=f"{head}+({pm[1]})"), Shape("scalar", text=f"{head}-({pm[1]})")]
+        elif part:
+            sub = shape(part) if part[0] in "([\\" and part != s else Shape("scalar", text=part)
+            out.append(sub)
+    return tuple(out)
+
+
+def shapes_equal(a: Shape, b: Shape, ordered: bool) -> bool:
+    if a.kind == "scalar" and b.kind == "scalar":
+        return scalars_equal(a.text, b.text)
+    kinds = {a.kind, b.kind}
+    if a.kind == b.kind == "matrix":
+        return len(a.parts) == len(b.parts) and all(
+            _in_order(ra, rb, ordered) for ra, rb in zip(a.parts, b.parts)
+        )
+    if a.kind == b.kind == "bracketed":
+        return a.brackets == b.brackets and _in_order(a.parts, b.parts, ordered)
+    if a.kind == b.kind == "union":
+        return _as_multiset(a.parts, b.parts, ordered)
+    if kinds <= {"set", "list"}:
+        return (_in_order if ordered else _as_multiset)(a.parts, b.parts, ordered)
+    if kinds == {"list", "bracketed"}:  # "1, 2" for the ordered pair "(1, 2)"
+        bracketed = a if a.kind == "bracketed" else b
+        return bracketed.brackets == "()" and _in_order(a.parts, b.parts, ordered)
+    return False
+
+
+def _in_order(xs: Sequence[Shape], ys: Sequence[Shape], ordered: bool) -> bool:
+    return len(xs) == len(ys) and all(shapes_equal(x, y, ordered) for x, y in zip(xs, ys))
+
+
+def _as_multiset(xs: Sequence[Shape], ys: Sequence[Shape], ordered: bool) -> bool:
+    if len(xs) != len(ys):
+        return False
+    unmatched = list(ys)
+    for x in xs:
+        match = next((i for i, y in enumerate(unmatched) if shapes_equal(x, y, ordered)), None)
+        if match is None:
+            return False
+        unmatched.pop(match)
+    return True
+
+
+# ---- single expressions ----------------------------------------------------------------------------
+
+_INT = r"-?\d+"
+_RATIONAL_FORMS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], Fraction]], ...] = (
+    (re.compile(r"-?\d+(?:\.\d*)?|-?\.\d+"), lambda m: Fraction(m.group(0))),
+    (re.compile(r"(-?\d+)/(\d+)"), lambda m: Fraction(int(m.group(1)), int(m.group(2)))),
+    (
+        re.compile(r"(-?)\\frac\{(" + _INT + r")\}\{(" + _INT + r")\}"),
+        lambda m: (-1 if m.group(1) else 1) * Fraction(int(m.group(2)), int(m.group(3))),
+    ),
+    (
+        re.compile(r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}"),  # mixed number 2\frac{1}{2}
+        lambda m: (-1 if m.group(1) else 1) * (int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4)))),
+    ),
+    (re.compile(r"(-?)(\d*)\.(\d*)\\overline\{(\d+)\}"), lambda m: _repeating(*m.groups())),
+)
+
+
+def _repeating(sign: str, whole: str, fixed: str, period: str) -> Fraction:
+    """0.1\\overline{6} = 1/6: the fixed digits, then the period repeated for ever."""
+    value = Fraction(int(whole or 0)) + Fraction(int(fixed or 0), 10 ** len(fixed))
+    value += Fraction(int(period), (10 ** len(period) - 1) * 10 ** len(fixed))
+    return -value if sign else value
+
+
+def as_rational(s: str) -> Fraction | None:
+    """The exact value of a plain number (integer, decimal, fraction, mixed or repeating), else None."""
+    if len(s) > 200:
+        return None
+    for pattern, value in _RATIONAL_FORMS:
+        m = pattern.fullmatch(s)
+        if m:
+            try:
+                return value(m)
+            except (ZeroDivisionError, ValueError):
+                return None
+    return None
+
+
+_BASE = re.compile(r"(\w+)_\{?(\d+)\}?")
+_WORDS = re.compile(r"[A-Za-z]{3,}")
+_RELATION = re.compile(r"\\leq|\\geq|\\lt|\\gt|\\ne|<|>|=")
+
+
+def scalars_equal(a: str, b: str) -> bool:
+    """Two single answers (no top-level commas) are equal."""
+    if a == b:
+        return True
+    if not a or not b:
+        return False
+    if _WORDS.fullmatch(a) or _WORDS.fullmatch(b):  # names, days, "even": words compare as text
+        return a.lower() == b.lower()
+    ra, rb = as_rational(a), as_rational(b)
+    if ra is not None and rb is not None:
+        return ra == rb
+    base_a, base_b = _BASE.fullmatch(a), _BASE.fullmatch(b)
+    if base_a or base_b:  # 1011_2: digits in a base; the base may be left off, never changed
+        da, ba = (base_a.group(1), base_a.group(2)) if base_a else (a, None)
+        db, bb = (base_b.group(1), base_b.group(2)) if base_b else (b, None)
+        return da == db and (ba is None or bb is None or ba == bb)
+    rel_a, rel_b = _RELATION.findall(a), _RELATION.findall(b)
+    if rel_a or rel_b:
+        return _relations_equal(a, b, rel_a, rel_b)
+    return expressions_equal(a, b)
+
+
+def _relations_equal(a: str, b: str, rel_a: list[str], rel_b: list[str]) -> bool:
+    """`y = 2x + 3` and `2x - y = -3` are one line; `x > 3` and `3 < x` one inequality."""
+    if len(rel_a) != 1 or len(rel_b) != 1:
+        return False
+    la, ra = _RELATION.split(a, maxsplit=1)
+    lb, rb = _RELATION.split(b, maxsplit=1)
+    flip = {"<": ">", ">": "<", "\\lt": "\\gt", "\\gt": "\\lt", "\\leq": "\\geq", "\\geq": "\\leq"}
+    if rel_a[0] == rel_b[0] and rel_a[0] in ("=", "\\ne"):
+        return proportional(f"({la})-({ra})", f"({lb})-({rb})")
+    if rel_a[0] == rel_b[0]:
+        return expressions_equal(la, lb) and expressions_equal(ra, rb)
+    if flip.get(rel_a[0]) == rel_b[0]:
+        return expressions_equal(la, rb) and expressions_equal(ra, lb)
+    return False
+
+
+# ---- sympy ------------------------------------------------------------------------------------------
+
+_POINTS = ("0.3719", "1.4137", "-0.6521", "2.2389")  # fixed, irregular values for the variables
+DIGITS = 50
+_RELATIVE_TOLERANCE = 1e-40
+
+
+@lru_cache(maxsize=4096)
+def to_sympy(s: str) -> Any | None:
+    """The sympy value of a LaTeX expression, decimals exact and `i` the imaginary unit; None if unreadable."""
+    if len(s) > MAX_SYMBOLIC_CHARS:
+        return None
+    import sympy
+    from latex2sympy2_extended import latex2sympy
+    from latex2sympy2_extended.latex2sympy2 import ConversionConfig
+    from latex2sympy2_extended.math_normalization import NormalizationConfig
+
+    try:
+        expr = latex2sympy(
+            s,
+            normalization_config=NormalizationConfig(
+                basic_latex=True,
+                units=False,
+                malformed_operators=False,
+                nits=False,
+                boxed="none",
+                equations=False,
+            ),
+            conversion_config=ConversionConfig(
+                interpret_as_mixed_fractions=True,
+                interpret_simple_eq_as_assignment=False,
+                lowercase_symbols=False,
+            ),
+        )
+    except Exception:  # noqa: BLE001 - the parser raises many kinds; any of them means "not an expression we can read"
+        return None
+    if not isinstance(expr, sympy.Expr):
+        return None
+    replacements = {f: sympy.Rational(str(f)) for f in expr.atoms(sympy.Float)}
+    replacements.update({v: sympy.I for v in expr.free_symbols if v.name == "i"})
+    return expr.xreplace(replacements) if replacements else expr
+
+
+def warm_up() -> None:
+    """Parse a few answers so the parser's lookahead tables are built (the first parses are ~10x slower).
+
+    The grader's forkserver calls this once; every worker it forks then starts warm.
+    """
+    for text in (
+        "\\frac{1}{2}+\\sqrt{3}x^2",
+        "(x+1)^{2}-2\\pi i",
+        "\\sqrt[3]{2}\\cdot 5!",
+        "2\\sin x\\cos x",
+        "\\log_2 8",
+    ):
+        to_sympy(text)
+    to_sympy.cache_clear()
+
+
+def _close(x: Any, y: Any) -> bool:
+    """Equal to 50 significant digits, relative to the larger (so 1/2006! is not 1/2004!)."""
+    return bool(abs(x - y) <= _RELATIVE_TOLERANCE * max(abs(x), abs(y)))
+
+
+def _numeric(expr: Any) -> complex | None:
+    import sympy
+
+    value = sympy.N(expr, DIGITS)
+    if not value.is_number or value.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
+        return None
+    return value
+
+
+def _values_at_points(x: Any, y: Any) -> list[tuple[Any, Any]] | None:
+    """(x, y) evaluated at the fixed points; None where either is not a finite number at a point."""
+    import sympy
+
+    symbols = sorted(x.free_symbols | y.free_symbols, key=lambda v: v.name)
+    pairs = []
+    for k in range(3):
+        point = {v: sympy.Float(_POINTS[(k + j) % len(_POINTS)], DIGITS) for j, v in enumerate(symbols)}
+        vx, vy = _numeric(x.xreplace(point)), _numeric(y.xreplace(point))
+        if vx is not None and vy is not None:
+            pairs.append((vx, vy))
+    return pairs or None
+
+
+def expressions_equal(a: str, b: str) -> bool:
+    x, y = to_sympy(a), to_sympy(b)
+    if x is None or y is None:
+        return False
+    if x == y:
+        return True
+    if x.free_symbols != y.free_symbols:
+        return False
+    if not x.free_symbols:
+        vx, vy = _numeric(x), _numeric(y)
+        if vx is None or vy is None:
+            return False
+        return _close(vx, vy)
+    pairs = _values_at_points(x, y)
+    return pairs is not None and all(_close(vx, vy) for vx, vy in pairs)
+
+
+def proportional(a: str, b: str) -> bool:
+    """a = 0 and b = 0 are the same equation: a / b is one non-zero constant at every point."""
+    x, y = to_sympy(a), to_sympy(b)
+    if x is None or y is None or x.free_symbols != y.free_symbols:
+        return False
+    pairs = _values_at_points(x, y)
+    if not pairs:
+        return False
+    if any(vy == 0 for _, vy in pairs):
+        return all(vx == 0 and vy == 0 for vx, vy in pairs)
+    ratios = [vx / vy for vx, vy in pairs]
+    return ratios[0] != 0 and all(_close(r, ratios[0]) for r in ratios)
+
+
+# ---- the decision ---------------------------------------------------------------------------------
+
+
+def asks_for_order(problem: str | None) -> bool:
+    """Whether a problem that asks for several answers wants them in a given order."""
+    return bool(problem) and bool(_ORDER_WORDS.search(problem))
+
+
+def quick_decision(extracted: str | None, gold: str) -> bool | None:
+    """The verdict where it needs no sympy (no answer, equal text, two plain numbers), else None."""
+    if extracted is None:
+        return False
+    if len(extracted) > MAX_ANSWER_CHARS or len(str(gold)) > MAX_ANSWER_CHARS:
+        return extracted.strip() == str(gold).strip()  # prose, not an answer: no regex or parser sees it
+    a, b = normalize(extracted), normalize(str(gold))
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    ra, rb = as_rational(a), as_rational(b)
+    if ra is not None and rb is not None:
+        return ra == rb
+    return None
+
+
+def grade_math_answer(extracted: str | None, gold: str, problem: str | None = None) -> bool:
+    """Whether an extracted answer equals the gold answer; `problem` says whether order matters."""
+    quick = quick_decision(extracted, gold)
+    if quick is not None:
+        return quick
+    a, b = normalize(extracted or ""), normalize(str(gold))
+    return shapes_equal(shape(a), shape(b), asks_for_order(problem))

@@ -1,0 +1,203 @@
+"""A pool of worker processes with a hard time limit per job: a job that overruns is killed.
+
+Graders call code that can run without bound on hostile input (sympy on a tower of powers, a
+model's program in an infinite loop). Signal-based timeouts only work on the main thread, and a
+grader may run on a background thread while the next turn generates, so the only limit that always
+holds is a process the parent kills. Each worker takes one job at a time over its own pipe; when
+a job passes its deadline the parent kills that worker, records the job as timed out and starts
+a replacement, while the other workers carry on.
+
+Workers start through a forkserver that has imported `preload` once, so a replacement costs a
+fork, not a fresh interpreter, and forking never copies the parent's threads (torch, generation).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one job: `value` when ok, else `status` says why there is none."""
+
+    status: str  # "ok", "timeout" or "error"
+    value: Any = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _serve(fn: Callable[..., Any], conn: Connection, memory_limit: int | None) -> None:
+    if memory_limit is not None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+    conn.send(("ready", None))
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        try:
+            conn.send(("ok", fn(*job)))
+        except Exception as exc:  # noqa: BLE001 - a job's failure is its outcome, never the worker's end
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _stop_all(workers: list[_Worker]) -> None:
+    """Ask each worker to exit, kill any that has not within a second, and empty the list."""
+    for worker in workers:
+        try:
+            worker.conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+    for worker in workers:
+        worker.process.join(timeout=1)
+        if worker.process.is_alive():
+            worker.kill()
+        else:
+            worker.conn.close()
+    workers.clear()
+
+
+class _Worker:
+    def __init__(self, ctx: Any, fn: Callable[..., Any], memory_limit: int | None) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(fn, child, memory_limit), daemon=True)
+        self.process.start()
+        child.close()
+        self.ready = False
+        self.job: int | None = None
+        self.deadline = 0.0
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+class WorkerPool:
+    """`processes` workers running `fn(*args)` for each args tuple, each job limited to `timeout` s.
+
+    `fn` must be importable by name (a module-level function). The pool is persistent: workers
+    start on first use and live until `close()`. `map` is thread-safe (calls take turns).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        processes: int | None = None,
+        timeout: float = 5.0,
+        preload: Sequence[str] = (),
+        memory_limit: int | None = None,
+    ) -> None:
+        self.fn = fn
+        self.processes = processes or max(1, min(os.cpu_count() or 1, 8))
+        self.timeout = timeout
+        self.memory_limit = memory_limit
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        self._ctx = multiprocessing.get_context(method)
+        if method == "forkserver" and preload:
+            self._ctx.set_forkserver_preload(list(preload))
+        self._workers: list[_Worker] = []  # mutated in place, never rebound: the finalizer holds it
+        # A pool dropped without close() (a grader nobody closed) still stops its workers.
+        weakref.finalize(self, _stop_all, self._workers)
+        self._lock = threading.Lock()
+        self.timeouts = 0  # jobs killed for overrunning, over the pool's life
+        self.restarts = 0  # workers replaced (after a timeout or a crash)
+
+    def map(self, jobs: Sequence[tuple[Any, ...]]) -> list[Outcome]:
+        """Run every job; outcomes come back in input order."""
+        with self._lock:
+            return self._map(jobs)
+
+    def _map(self, jobs: Sequence[tuple[Any, ...]]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(jobs)
+        if not jobs:
+            return []
+        while len(self._workers) < min(self.processes, len(jobs)):
+            self._workers.append(self._start())
+        queue = deque(range(len(jobs)))
+        busy = 0
+        while queue or busy:
+            for worker in self._workers:
+                if worker.ready and worker.job is None and queue:
+                    worker.job = queue.popleft()
+                    worker.deadline = time.monotonic() + self.timeout
+                    worker.conn.send(jobs[worker.job])
+                    busy += 1
+            waiting = [w for w in self._workers if w.job is not None]
+            deadline = min((w.deadline for w in waiting), default=time.monotonic() + self.timeout)
+            ready = wait(
+                [w.conn for w in self._workers] + [w.process.sentinel for w in self._workers],
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
+            for i, worker in enumerate(list(self._workers)):
+                status, payload = self._receive(worker, ready)
+                if status == "ready":
+                    worker.ready = True
+                elif status in ("ok", "error"):
+                    outcomes[worker.job] = (
+                        Outcome(status, payload) if status == "ok" else Outcome(status, error=payload)
+                    )
+                    worker.job = None
+                    busy -= 1
+                elif status == "died" or (worker.job is not None and time.monotonic() > worker.deadline):
+                    if not worker.ready:
+                        raise RuntimeError(
+                            f"a worker for {self.fn.__qualname__} died while starting "
+                            f"(exit code {worker.process.exitcode})"
+                        )
+                    worker.kill()
+                    if worker.job is not None:
+                        timed_out = status != "died"
+                        outcomes[worker.job] = (
+                            Outcome("timeout")
+                            if timed_out
+                            else Outcome("error", error=f"worker died (exit code {worker.process.exitcode})")
+                        )
+                        self.timeouts += timed_out
+                        busy -= 1
+                    self.restarts += 1
+                    self._workers[i] = self._start()
+        return [o if o is not None else Outcome("error", error="lost") for o in outcomes]
+
+    @staticmethod
+    def _receive(worker: _Worker, ready: list[Any]) -> tuple[str | None, Any]:
+        """The worker's message if it sent one, ("died", None) if it is gone, else (None, None)."""
+        if worker.conn in ready:
+            try:
+                return worker.conn.recv()
+            except (EOFError, OSError):
+                return "died", None
+        if worker.process.sentinel in ready:
+            return "died", None
+        return None, None
+
+    def _start(self) -> _Worker:
+        return _Worker(self._ctx, self.fn, self.memory_limit)
+
+    def close(self) -> None:
+        """Stop every worker; the pool starts fresh ones if it is used again."""
+        with self._lock:
+            _stop_all(self._workers)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
