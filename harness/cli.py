@@ -102,7 +102,8 @@ def runs(root) -> None:
 
     from harness.reports.runs import find_runs, runs_table
 
-    Console().print(runs_table(find_runs(root), root))
+    # Piped output stays one line per run, so `score-eval runs | grep math` works.
+    Console(width=None if sys.stdout.isatty() else 200).print(runs_table(find_runs(root), root))
 
 
 @cli.command()
