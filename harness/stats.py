@@ -95,7 +95,9 @@ def _sort_key(value: Any) -> tuple:
     return (0, int(text), "") if text.isdigit() else (1, text)
 
 
-def _problem_sums(records: Sequence[Graded], problem_ids: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _problem_sums(
+    records: Sequence[Graded], problem_ids: Sequence[str]
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Per-problem sums of the metric indicator columns and per-problem episode counts."""
     correct = np.array([[int(bool(c)) for c in r.correct] for r in records], dtype=np.int64)
     names, indicators = _indicator_columns(correct)
@@ -150,4 +152,11 @@ def paired_difference(
     for m in wanted:
         d = boot_a[m] - boot_b[m]
         ci95[m] = [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]
-    return {"problems": len(shared), "n_a": len(a), "n_b": len(b), "turns": turns, "metrics": diff, "ci95": ci95}
+    return {
+        "problems": len(shared),
+        "n_a": len(a),
+        "n_b": len(b),
+        "turns": turns,
+        "metrics": diff,
+        "ci95": ci95,
+    }

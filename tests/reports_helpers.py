@@ -24,9 +24,23 @@ PROBLEMS = {
 # Answers at turn 1 and turn 2; the comment is each episode's transition.
 PLANS = {
     # base: c2c, i2c, c2i, i2i, c2i, i2i -> acc_t1 3/6, acc_t2 2/6, i2c 1, c2i 2
-    "base": {"p1": ("4", "4"), "p2": ("5", "7"), "p3": ("9", "8"), "p4": ("3", "2"), "p5": ("12", "11"), "p6": ("1", "6")},
+    "base": {
+        "p1": ("4", "4"),
+        "p2": ("5", "7"),
+        "p3": ("9", "8"),
+        "p4": ("3", "2"),
+        "p5": ("12", "11"),
+        "p6": ("1", "6"),
+    },
     # trained: same turn-1 verdicts as base; c2c, i2c, c2c, i2c, c2c, i2c -> acc_t2 6/6, i2c 3, c2i 0
-    "trained": {"p1": ("4", "4"), "p2": ("5", "7"), "p3": ("9", "9"), "p4": ("3", "10"), "p5": ("12", "12"), "p6": ("1", "2")},
+    "trained": {
+        "p1": ("4", "4"),
+        "p2": ("5", "7"),
+        "p3": ("9", "9"),
+        "p4": ("3", "10"),
+        "p5": ("12", "12"),
+        "p6": ("1", "2"),
+    },
 }
 
 
@@ -47,8 +61,8 @@ def write_problems(path: Path) -> Path:
     return path
 
 
-def make_run(tmp_path: Path, plan_name: str, run_name: str | None = None) -> Path:
-    """Run the MATH task on PROBLEMS with PLANS[plan_name]; returns the run directory."""
+def make_run(tmp_path: Path, plan_name: str, run_name: str | None = None, turns: int = 2) -> Path:
+    """Run the MATH task on PROBLEMS with PLANS[plan_name] (first `turns` turns); returns the run directory."""
     from harness.config import RunConfig
     from harness.run import execute_run
 
@@ -62,6 +76,6 @@ def make_run(tmp_path: Path, plan_name: str, run_name: str | None = None) -> Pat
         turn = sum(m["role"] == "assistant" for m in conversation)
         return response(plan[tag][turn], turn + 1)
 
-    config = RunConfig(task="math", data=str(data), turns=2, output_dir=str(tmp_path / "results"),
+    config = RunConfig(task="math", data=str(data), turns=turns, output_dir=str(tmp_path / "results"),
                        run_name=run_name or plan_name)  # fmt: skip
     return execute_run(config, engine=ScriptedEngine(reply)).run_dir

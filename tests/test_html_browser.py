@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from reports_helpers import make_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -24,7 +23,9 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     """Headless Chromium (no network, fresh profile) and the base run's report.html."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e .[test])")
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="selenium is not installed (pip install -e .[test])"
+    )
     from selenium.webdriver.chrome.service import Service
 
     from harness.reports.html import write_run_html
@@ -61,10 +62,19 @@ def _by_css(driver, selector):
 
 
 def test_page_opens_from_the_file_system_listing_every_episode(page):
-    assert [li.get_attribute("data-id") for li in _by_css(page, "#episode-list li")] == ["p1", "p2", "p3", "p4", "p5", "p6"]
+    assert [li.get_attribute("data-id") for li in _by_css(page, "#episode-list li")] == [
+        "p1",
+        "p2",
+        "p3",
+        "p4",
+        "p5",
+        "p6",
+    ]
     assert _by_css(page, "#match-count")[0].text == "6 of 6 episodes"
     # The base plan has 1 wrong→right episode (p2); the button counts it.
-    assert _by_css(page, '#transition-filter button[data-transition="i2c"]')[0].text == "wrong→right · Δi→c (1)"
+    assert (
+        _by_css(page, '#transition-filter button[data-transition="i2c"]')[0].text == "wrong→right · Δi→c (1)"
+    )
     assert len(_by_css(page, ".plots img")) == 2
 
 
@@ -73,11 +83,17 @@ def test_clicking_wrong_to_right_shows_only_that_episode_with_its_changes(page):
 
     assert [li.get_attribute("data-id") for li in _by_css(page, "#episode-list li")] == ["p2"]
     assert _by_css(page, "#match-count")[0].text == "1 of 6 episodes"
-    assert _by_css(page, '#transition-filter button[data-transition="i2c"]')[0].get_attribute("aria-pressed") == "true"
+    assert (
+        _by_css(page, '#transition-filter button[data-transition="i2c"]')[0].get_attribute("aria-pressed")
+        == "true"
+    )
     assert _by_css(page, "#episode-detail h3")[0].text.startswith("p2")
     left, right = _by_css(page, '#episode-detail .pair[data-pair="1-2"] .attempt pre')
     # p2 answers 5 then 7 (gold 7): the words that changed are "1:"->"2:", "5."->"7." and "$5$."->"$7$.".
-    assert left.text == "Attempt 1: adding up the parts gives 5.\nFinal Answer: The final answer is $5$. I hope it is correct."
+    assert (
+        left.text
+        == "Attempt 1: adding up the parts gives 5.\nFinal Answer: The final answer is $5$. I hope it is correct."
+    )
     assert "".join(d.text for d in left.find_elements("css selector", "del")) == "1:5.$5$."
     assert "".join(i.text for i in right.find_elements("css selector", "ins")) == "2:7.$7$."
     # The extracted answers are marked wrong (turn 1) and right (turn 2).

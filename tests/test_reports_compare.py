@@ -11,6 +11,7 @@ import csv
 import io
 
 import pytest
+from reports_helpers import make_run
 
 from harness.reports.compare import (
     Row,
@@ -23,7 +24,6 @@ from harness.reports.compare import (
     table_metrics,
 )
 from harness.reports.runs import RunData, load_run
-from reports_helpers import make_run
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,12 @@ def report(runs):
 
 def test_run_rows_carry_the_summary_and_the_exact_mcnemar_p(report):
     base, trained = report.rows[:2]
-    assert (base.run, base.n, base.metrics["acc_t1"], base.metrics["acc_t2"]) == ("base", 6, 0.5, pytest.approx(2 / 6))
+    assert (base.run, base.n, base.metrics["acc_t1"], base.metrics["acc_t2"]) == (
+        "base",
+        6,
+        0.5,
+        pytest.approx(2 / 6),
+    )
     # base: 1 wrong→right, 2 right→wrong: m = 3, p = 2 * (C(3,0) + C(3,1)) / 8 = 1 (capped).
     assert base.mcnemar_p == 1.0
     # trained: 3 wrong→right, 0 right→wrong: p = 2 * C(3,0) / 8 = 0.25.
@@ -89,7 +94,11 @@ def test_math_runs_break_down_by_subject_and_level(runs, report):
 
 def test_samples_without_subject_or_level_break_down_by_problem(runs):
     stripped = [
-        RunData(r.path, r.summary, [{k: v for k, v in s.items() if k not in ("subject", "level")} for s in r.samples])
+        RunData(
+            r.path,
+            r.summary,
+            [{k: v for k, v in s.items() if k not in ("subject", "level")} for s in r.samples],
+        )
         for r in runs
     ]
     assert breakdown_fields(stripped) == ["id"]
@@ -109,7 +118,9 @@ def test_trained_minus_base_is_paired_on_the_same_problems(report):
 
 
 def test_runs_of_different_tasks_are_not_differenced(runs):
-    other = RunData(runs[1].path, {**runs[1].summary, "run": {**runs[1].info, "task": "other"}}, runs[1].samples)
+    other = RunData(
+        runs[1].path, {**runs[1].summary, "run": {**runs[1].info, "task": "other"}}, runs[1].samples
+    )
     assert build_report([runs[0], other]).differences == []
 
 
@@ -173,3 +184,12 @@ def test_report_command_names_a_folder_that_is_not_a_run(tmp_path):
     result = run_cli(["report", str(tmp_path)])
     assert result.returncode == 2
     assert "holds no summary.json" in result.stderr
+
+
+def test_a_one_turn_run_has_no_deltas_and_is_differenced_on_turn_one_only(runs, tmp_path):
+    one = load_run(make_run(tmp_path, "base", "one-turn", turns=1))
+    report = build_report([one, runs[1]])
+    assert report.rows[0].mcnemar_p is None
+    assert "| one-turn | scripted | math | 6 | 50.0 [16.7, 83.3] | — | — | — | — | — |" in markdown_text(report)
+    [diff] = report.differences
+    assert list(diff.result["metrics"]) == ["acc_t1"]

@@ -9,9 +9,9 @@ import json
 import re
 
 import pytest
+from reports_helpers import make_run
 
 from harness.reports.html import episode_data, script_json, write_run_html
-from reports_helpers import make_run
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,9 @@ def page(tmp_path_factory) -> str:
 
 
 def _data(page: str) -> dict:
-    raw = re.search(r'<script id="episodes-data" type="application/json">(.*?)</script>', page, re.S).group(1)
+    raw = re.search(
+        r'<script id="episodes-data" type="application/json">(.*?)</script>', page, re.DOTALL
+    ).group(1)
     return json.loads(raw)
 
 
@@ -40,7 +42,12 @@ def test_page_holds_every_episode_with_its_transition(page):
         ("p1", "c2c"), ("p2", "i2c"), ("p3", "c2i"), ("p4", "i2i"), ("p5", "c2i"), ("p6", "i2i"),
     ]  # fmt: skip
     p2 = episodes[1]
-    assert (p2["subject"], p2["level"], p2["answer"], p2["problem"]) == ("Algebra", "2", "7", "[p2] What is the answer to problem p2?")
+    assert (p2["subject"], p2["level"], p2["answer"], p2["problem"]) == (
+        "Algebra",
+        "2",
+        "7",
+        "[p2] What is the answer to problem p2?",
+    )
     assert [t["extracted"] for t in p2["turns"]] == ["5", "7"]
 
 
@@ -58,6 +65,10 @@ def test_model_output_cannot_close_the_data_script():
 
 def test_answer_span_counts_utf16_units_as_javascript_does():
     # "😀" is one Python character but two UTF-16 units: the 7 is Python index 6 but JavaScript index 7.
-    sample = {"id": "x", "answer": "7", "turns": [{"response": "😀 so: 7", "extracted": "7", "correct": True}]}
+    sample = {
+        "id": "x",
+        "answer": "7",
+        "turns": [{"response": "😀 so: 7", "extracted": "7", "correct": True}],
+    }
     assert "😀 so: 7".rindex("7") == 6
     assert episode_data(sample, None)["turns"][0]["span"] == [7, 8]

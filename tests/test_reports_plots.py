@@ -23,7 +23,11 @@ def test_accuracy_plot_draws_one_line_per_row_through_the_accuracies():
     assert list(lines["SCoRe (published)"].get_ydata()) == pytest.approx([60.0, 64.4])
     assert lines["SCoRe (published)"].get_linestyle() == "--"
     # matplotlib lists plain lines before error-bar containers in the legend.
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["Base model (published)", "SCoRe (published)", "base"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "Base model (published)",
+        "SCoRe (published)",
+        "base",
+    ]
     measured = next(c for c in ax.containers if c.get_label() == "base")
     assert list(measured.lines[0].get_ydata()) == pytest.approx([50.0, 100 * 2 / 6])
     # Its error bars span the 95% interval: at t1 from 1/6 to 5/6.
@@ -37,7 +41,12 @@ def test_transition_bars_stack_to_the_four_shares_of_each_row():
     # Bars are drawn transition by transition, each over both rows.
     heights = [round(p.get_height(), 1) for p in ax.patches]
     assert heights == [16.7, 36.8, 16.7, 4.6, 33.3, 15.8, 33.3, 42.8]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["right→right", "wrong→right", "right→wrong", "wrong→wrong"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "right→right",
+        "wrong→right",
+        "right→wrong",
+        "wrong→wrong",
+    ]
     # Published bars are hatched; measured ones are not.
     assert [bool(p.get_hatch()) for p in ax.patches[:2]] == [False, True]
 
@@ -47,3 +56,10 @@ def test_figures_save_as_png(tmp_path):
     save_png(accuracy_figure([MEASURED]), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png_bytes(transitions_figure([MEASURED]))[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_single_turn_rows_have_no_transition_bar():
+    one_turn = Row(run="t1only", model="m", task="math", turns=1, metrics={"acc_t1": 0.5})
+    ax = transitions_figure([one_turn, MEASURED]).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["base"]
+    assert [t.get_text() for t in transitions_figure([one_turn]).axes[0].texts] == ["no run has two turns"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import run_cli
+from reports_helpers import make_run
+
 from harness.errors import HarnessError
 from harness.reports.runs import find_runs, load_run, problem_statements
-from reports_helpers import make_run
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,14 @@ def test_find_runs_lists_finished_and_unfinished_runs_oldest_first(results):
     assert [r.name for r in listings] == ["crashed", "base", "trained"]
     crashed, base, trained = listings
     assert (crashed.turns, crashed.n, crashed.acc_t1) == (3, None, None)
-    assert (base.task, base.model, base.turns, base.n, base.acc_t1, base.acc_tk) == ("math", "scripted", 2, 6, 0.5, pytest.approx(2 / 6))
+    assert (base.task, base.model, base.turns, base.n, base.acc_t1, base.acc_tk) == (
+        "math",
+        "scripted",
+        2,
+        6,
+        0.5,
+        pytest.approx(2 / 6),
+    )
     assert trained.acc_tk == 1.0
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
+from conftest import run_cli
+from reports_helpers import make_run
 from rich.console import Console
 
-from conftest import run_cli
 from harness.errors import HarnessError
 from harness.reports.runs import load_run
 from harness.reports.show import diff_text, response_text, select_samples, show_run
 from harness.reports.textdiff import answer_span, word_diff
-from reports_helpers import make_run
 
 
 def test_word_diff_marks_only_the_changed_words():
@@ -30,7 +32,7 @@ def test_word_diff_rebuilds_both_texts():
     segments = word_diff(before, after)
     assert "".join(t for op, t in segments if op != "+") == before
     assert "".join(t for op, t in segments if op != "-") == after
-    assert all(a[0] != b[0] for a, b in zip(segments, segments[1:]))
+    assert all(a[0] != b[0] for a, b in pairwise(segments))
 
 
 def test_word_diff_of_identical_texts_is_one_kept_segment():

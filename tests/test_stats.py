@@ -83,7 +83,11 @@ def test_group_by_orders_levels_numerically_and_missing_values_last():
     groups = group_by(items, key=lambda item: item[1])
     assert list(groups) == [1, 2, 10, None]
     assert groups[2] == [("y", 2), ("v", 2)]
-    assert list(group_by(["Geometry", "Algebra", "Prealgebra"], key=lambda s: s)) == ["Algebra", "Geometry", "Prealgebra"]
+    assert list(group_by(["Geometry", "Algebra", "Prealgebra"], key=lambda s: s)) == [
+        "Algebra",
+        "Geometry",
+        "Prealgebra",
+    ]
 
 
 def _records(verdicts: dict[str, list[tuple[bool, bool]]]) -> list[Graded]:
@@ -94,7 +98,9 @@ def test_paired_difference_of_identical_turn_one_verdicts_is_exactly_zero_in_eve
     # Same turn-1 verdicts on every problem: a paired resample can never separate them, whereas
     # each run's own acc_t1 interval is wide (2 of 4 right).
     a = _records({"p1": [(True, True)], "p2": [(False, True)], "p3": [(True, True)], "p4": [(False, True)]})
-    b = _records({"p1": [(True, False)], "p2": [(False, False)], "p3": [(True, True)], "p4": [(False, False)]})
+    b = _records(
+        {"p1": [(True, False)], "p2": [(False, False)], "p3": [(True, True)], "p4": [(False, False)]}
+    )
     result = paired_difference(a, b)
     assert result["problems"] == 4
     assert result["metrics"]["acc_t1"] == 0.0

@@ -211,12 +211,19 @@ def _markdown_table(header: list[str], body: list[list[str]], right_from: int) -
     return lines
 
 
-def table_cells(rows: Sequence[Row], lead: list[str], lead_cells, with_ci: bool = True) -> tuple[list[str], list[list[str]]]:
+def table_cells(
+    rows: Sequence[Row], lead: list[str], lead_cells, with_ci: bool = True
+) -> tuple[list[str], list[list[str]]]:
     """Header and body of a table of rows: the lead columns, n, the metric columns, McNemar p."""
     names = table_metrics(rows)
     header = [*lead, "n", *[metric_label(m) for m in names], "McNemar p (t1 vs last)"]
     body = [
-        [*lead_cells(r), str(r.n) if r.n is not None else "—", *[cell(r, m, with_ci) for m in names], p_value(r.mcnemar_p)]
+        [
+            *lead_cells(r),
+            str(r.n) if r.n is not None else "—",
+            *[cell(r, m, with_ci) for m in names],
+            p_value(r.mcnemar_p),
+        ]
         for r in rows
     ]
     return header, body
@@ -239,13 +246,18 @@ def difference_table(diffs: Sequence[Difference]) -> list[str]:
                 cells.append("—")
                 continue
             low, high = d.result["ci95"][m]
-            cells.append(f"{percent(d.result['metrics'][m], True)} [{percent(low, True)}, {percent(high, True)}]")
+            cells.append(
+                f"{percent(d.result['metrics'][m], True)} [{percent(low, True)}, {percent(high, True)}]"
+            )
         body.append([d.run, d.baseline, str(d.result["problems"]), *cells])
     return _markdown_table(header, body, right_from=2)
 
 
-def markdown_text(report: Report, plots: dict[str, str] | None = None) -> str:
-    """The report as Markdown; `plots` maps a caption to an image path relative to the report."""
+def markdown_text(report: Report, plots: dict[str, str] | None = None, breakdowns: bool = True) -> str:
+    """The report as Markdown; `plots` maps a caption to an image path relative to the report.
+
+    Without breakdowns it is the part worth printing in a terminal: results and differences.
+    """
     measured = [r for r in report.rows if not r.published]
     lines = [
         "# Self-correction report",
@@ -256,16 +268,20 @@ def markdown_text(report: Report, plots: dict[str, str] | None = None) -> str:
         "",
         *rows_table(report.rows, ["run", "model", "task"], lambda r: [r.label, r.model, r.task]),
         "",
-        "Percent of episodes (problems × samples). Brackets: 95% percentile bootstrap interval over problems, "
-        "paired across turns. Δi→c and Δc→i are shares of all episodes, so Acc@tb = Acc@ta + Δi→c − Δc→i. "
-        "McNemar p: exact two-sided test of turn 1 against the last turn on the same episodes "
-        "(only episodes that changed verdict count).",
+        (
+            "Percent of episodes (problems × samples). Brackets: 95% percentile bootstrap interval over "
+            "problems, paired across turns. Δi→c and Δc→i are shares of all episodes, so "
+            "Acc@tb = Acc@ta + Δi→c − Δc→i. McNemar p: exact two-sided test of turn 1 against the last turn "
+            "on the same episodes (only episodes that changed verdict count)."
+        ),
     ]
     if any(r.published for r in report.rows):
         lines += [
             "",
-            f"Rows marked (published) are copied from {PAPER}, not measured here: "
-            "MATH on MATH-500 with Gemini 1.5 Flash, HumanEval with Gemini 1.0 Pro.",
+            (
+                f"Rows marked (published) are copied from {PAPER}, not measured here: "
+                "MATH on MATH-500 with Gemini 1.5 Flash, HumanEval with Gemini 1.0 Pro."
+            ),
         ]
     if report.differences:
         lines += [
@@ -274,15 +290,17 @@ def markdown_text(report: Report, plots: dict[str, str] | None = None) -> str:
             "",
             *difference_table(report.differences),
             "",
-            "Each run minus the first run, on the problems both ran, in percentage points. Brackets: paired "
-            "bootstrap interval (both runs resampled on the same problems); an interval that excludes 0 "
-            "is a difference the resampling does not explain away.",
+            (
+                "Each run minus the first run, on the problems both ran, in percentage points. Brackets: "
+                "paired bootstrap interval (both runs resampled on the same problems); an interval that "
+                "excludes 0 is a difference the resampling does not explain away."
+            ),
         ]
     if plots:
         lines += ["", "## Plots", ""]
         for caption, path in plots.items():
             lines += [f"![{caption}]({path})", ""]
-    for key, rows in report.breakdowns.items():
+    for key, rows in report.breakdowns.items() if breakdowns else ():
         if not rows:
             continue
         title = BREAKDOWN_TITLES.get(key, key)
@@ -324,7 +342,9 @@ def csv_text(report: Report) -> str:
         res = d.result
         values = [res["metrics"].get(m, "") for m in names]
         cis = [res["ci95"][m][i] if m in res["ci95"] else "" for m in names for i in (0, 1)]
-        writer.writerow(["difference", d.run, d.baseline, "", "", "shared problems", "", res["n_a"], *values, *cis, ""])
+        writer.writerow(
+            ["difference", d.run, d.baseline, "", "", "shared problems", "", res["n_a"], *values, *cis, ""]
+        )
     return buf.getvalue()
 
 

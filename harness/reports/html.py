@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def episode_data(sample: dict[str, Any], problem: str | None) -> dict[str, Any]:
             }
             for t in turns
         ],
-        "diffs": [word_diff(a["response"], b["response"]) for a, b in zip(turns, turns[1:])],
+        "diffs": [word_diff(a["response"], b["response"]) for a, b in pairwise(turns)],
     }
 
 
@@ -86,7 +87,11 @@ def html_text(run: RunData) -> str:
     problems = problem_statements(run)
     episodes = [episode_data(s, problems.get(str(s["id"]))) for s in run.samples]
     info = run.info
-    decoding = "greedy" if info.get("temperature", 0) == 0 else f"temperature {info['temperature']}, top-p {info['top_p']}"
+    decoding = (
+        "greedy"
+        if info.get("temperature", 0) == 0
+        else f"temperature {info['temperature']}, top-p {info['top_p']}"
+    )
     return _ENV.get_template(TEMPLATE).render(
         run=info,
         decoding=decoding,

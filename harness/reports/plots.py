@@ -59,20 +59,30 @@ def accuracy_figure(rows: Sequence[Row]) -> Figure:
 def row_transitions(row: Row) -> dict[str, float]:
     """Shares of the four transitions between turn 1 and the row's last turn."""
     k = row.turns
-    return transition_shares(row.metrics["acc_t1"], row.metrics[f"delta_i2c_t1_t{k}"], row.metrics[f"delta_c2i_t1_t{k}"])
+    return transition_shares(
+        row.metrics["acc_t1"], row.metrics[f"delta_i2c_t1_t{k}"], row.metrics[f"delta_c2i_t1_t{k}"]
+    )
 
 
 def transitions_figure(rows: Sequence[Row]) -> Figure:
-    """One stacked bar per row: right→right, wrong→right, right→wrong, wrong→wrong, in % of episodes."""
+    """One stacked bar per row: right→right, wrong→right, right→wrong, wrong→wrong, in % of episodes.
+
+    Rows of a single turn have no transition and are left out.
+    """
+    rows = [r for r in rows if r.turns >= 2]
     fig = Figure(figsize=(max(4.0, 1.3 * len(rows) + 2.5), 4.0), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    if not rows:
+        ax.text(0.5, 0.5, "no run has two turns", ha="center", va="center", transform=ax.transAxes)
     labels = [r.label.replace(" (published)", "\n(published)") for r in rows]
     shares = [row_transitions(r) for r in rows]
     bottom = [0.0] * len(rows)
     for name in TRANSITIONS:
         heights = [100 * s[name] for s in shares]
-        bars = ax.bar(labels, heights, bottom=bottom, color=TRANSITION_COLORS[name], label=TRANSITION_LABELS[name])
+        bars = ax.bar(
+            labels, heights, bottom=bottom, color=TRANSITION_COLORS[name], label=TRANSITION_LABELS[name]
+        )
         for bar, h, row in zip(bars, heights, rows):
             if row.published:
                 bar.set_hatch("//")
@@ -85,7 +95,8 @@ def transitions_figure(rows: Sequence[Row]) -> Figure:
     ax.set_ylabel("% of episodes")
     ax.set_title("Turn 1 → last turn")
     ax.tick_params(axis="x", labelsize="small")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if rows:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 

@@ -56,14 +56,18 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise HarnessError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}); rerun or restore the run") from exc
+        raise HarnessError(
+            f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}); rerun or restore the run"
+        ) from exc
 
 
 def load_run(path: str | Path) -> RunData:
     """Read a run directory written by `score-eval run`."""
     path = Path(path)
     if not path.is_dir():
-        raise HarnessError(f"no run directory {path}; pass a folder written by `score-eval run` (see `score-eval runs`)")
+        raise HarnessError(
+            f"no run directory {path}; pass a folder written by `score-eval run` (see `score-eval runs`)"
+        )
     for name in ("summary.json", "samples.jsonl"):
         if not (path / name).exists():
             raise HarnessError(
@@ -73,7 +77,9 @@ def load_run(path: str | Path) -> RunData:
     try:
         samples = read_jsonl(path / "samples.jsonl")
     except json.JSONDecodeError as exc:
-        raise HarnessError(f"{path / 'samples.jsonl'} line {exc.lineno} is not valid JSON; rerun or restore the run") from exc
+        raise HarnessError(
+            f"{path / 'samples.jsonl'} line {exc.lineno} is not valid JSON; rerun or restore the run"
+        ) from exc
     if not samples:
         raise HarnessError(f"{path / 'samples.jsonl'} is empty; the run recorded no episodes")
     config = _read_json(path / "config.json") if (path / "config.json").exists() else None

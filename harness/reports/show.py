@@ -112,5 +112,7 @@ def show_run(
         console.print(episode_renderable(sample, problems.get(str(sample["id"]))))
         console.print()
     what = TRANSITION_LABELS[transition_name] + f" ({transition_name})" if transition_name else "all"
-    console.print(f"{run.name}: {len(shown)} of {len(matched)} {what} episode(s) shown (of {len(run.samples)}).")
+    console.print(
+        f"{run.name}: {len(shown)} of {len(matched)} {what} episode(s) shown (of {len(run.samples)})."
+    )
     return len(matched)
