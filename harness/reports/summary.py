@@ -38,12 +38,7 @@ def csv_text(document: dict) -> str:
     names = metric_names(turns)
     header = ["run", "task", "model", "backend", *names]
     header += [f"{m}_ci_{side}" for m in names[1:] for side in ("low", "high")]
-    row = [
-        document["run"]["name"],
-        document["run"]["task"],
-        document["run"]["model"],
-        document["run"]["backend"],
-    ]
+    row = [document["run"]["name"], document["run"]["task"], document["run"]["model"], document["run"]["backend"]]
     row += [document[m] for m in names]
     row += [document["ci95"][m][i] for m in names[1:] for i in (0, 1)]
     buf = io.StringIO()
@@ -56,9 +51,7 @@ def csv_text(document: dict) -> str:
 def markdown_text(document: dict) -> str:
     run = document["run"]
     turns = run["turns"]
-    decoding = (
-        "greedy" if run["temperature"] == 0 else f"temperature {run['temperature']}, top-p {run['top_p']}"
-    )
+    decoding = "greedy" if run["temperature"] == 0 else f"temperature {run['temperature']}, top-p {run['top_p']}"
     lines = [
         f"# {run['name']}",
         "",
@@ -70,9 +63,7 @@ def markdown_text(document: dict) -> str:
     ]
     for name in metric_names(turns)[1:]:
         low, high = document["ci95"][name]
-        lines.append(
-            f"| {metric_label(name)} | {100 * document[name]:.1f}% | [{100 * low:.1f}, {100 * high:.1f}] |"
-        )
+        lines.append(f"| {metric_label(name)} | {100 * document[name]:.1f}% | [{100 * low:.1f}, {100 * high:.1f}] |")
     counts = document["counts"]
     lines += ["", "Counts:", ""]
     lines += [f"- right at t{t}: {counts[f'correct_t{t}']}" for t in range(1, turns + 1)]
