@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import ScriptedEngine
+from tests.conftest import ScriptedEngine
 
 # id: (subject, level, gold answer)
 PROBLEMS = {

@@ -9,7 +9,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from reports_helpers import make_run
+
+from tests.reports_helpers import make_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

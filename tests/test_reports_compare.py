@@ -11,7 +11,6 @@ import csv
 import io
 
 import pytest
-from reports_helpers import make_run
 
 from harness.reports.compare import (
     Row,
@@ -24,6 +23,8 @@ from harness.reports.compare import (
     table_metrics,
 )
 from harness.reports.runs import RunData, load_run
+from tests.conftest import run_cli
+from tests.reports_helpers import make_run
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +164,6 @@ def test_csv_is_tidy_with_one_line_per_run_group_and_difference(report):
 
 
 def test_report_command_writes_table_csv_plots_and_each_runs_html(runs, tmp_path):
-    from conftest import run_cli
-
     out = tmp_path / "out" / "study.md"
     result = run_cli(["report", str(runs[0].path), str(runs[1].path), "--output", str(out),
                       "--csv", str(tmp_path / "study.csv"), "--with-paper"])  # fmt: skip
@@ -179,8 +178,6 @@ def test_report_command_writes_table_csv_plots_and_each_runs_html(runs, tmp_path
 
 
 def test_report_command_names_a_folder_that_is_not_a_run(tmp_path):
-    from conftest import run_cli
-
     result = run_cli(["report", str(tmp_path)])
     assert result.returncode == 2
     assert "holds no summary.json" in result.stderr
@@ -190,6 +187,8 @@ def test_a_one_turn_run_has_no_deltas_and_is_differenced_on_turn_one_only(runs, 
     one = load_run(make_run(tmp_path, "base", "one-turn", turns=1))
     report = build_report([one, runs[1]])
     assert report.rows[0].mcnemar_p is None
-    assert "| one-turn | scripted | math | 6 | 50.0 [16.7, 83.3] | — | — | — | — | — |" in markdown_text(report)
+    assert "| one-turn | scripted | math | 6 | 50.0 [16.7, 83.3] | — | — | — | — | — |" in markdown_text(
+        report
+    )
     [diff] = report.differences
     assert list(diff.result["metrics"]) == ["acc_t1"]

@@ -9,9 +9,9 @@ import json
 import re
 
 import pytest
-from reports_helpers import make_run
 
 from harness.reports.html import episode_data, script_json, write_run_html
+from tests.reports_helpers import make_run
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
-from reports_helpers import make_run
 
 from harness.errors import HarnessError
 from harness.reports.runs import find_runs, load_run, problem_statements
+from tests.conftest import run_cli
+from tests.reports_helpers import make_run
 
 
 @pytest.fixture(scope="module")

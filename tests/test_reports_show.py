@@ -5,14 +5,14 @@ from __future__ import annotations
 from itertools import pairwise
 
 import pytest
-from conftest import run_cli
-from reports_helpers import make_run
 from rich.console import Console
 
 from harness.errors import HarnessError
 from harness.reports.runs import load_run
 from harness.reports.show import diff_text, response_text, select_samples, show_run
 from harness.reports.textdiff import answer_span, word_diff
+from tests.conftest import run_cli
+from tests.reports_helpers import make_run
 
 
 def test_word_diff_marks_only_the_changed_words():
