@@ -76,6 +76,7 @@ def test_diff_text_styles_removed_and_added_words():
     assert text.plain == "gives 5.7."
     styled = {text.plain[s.start : s.end]: str(s.style) for s in text.spans}
     assert "strike" in styled["5."] and "green" in styled["7."]
+    assert diff_text("gives 5.", "gives 7.", markers=True).plain == "gives [-5.-]{+7.+}"
 
 
 def test_show_run_prints_only_the_chosen_transition(base_run):
@@ -87,7 +88,8 @@ def test_show_run_prints_only_the_chosen_transition(base_run):
     assert "gold answer: 9" in out
     assert "problem: [p3] What is the answer to problem p3?" in out
     assert "turn 1 · right · extracted: 9" in out and "turn 2 · wrong · extracted: 8" in out
-    assert "changes turn 1 → turn 2" in out
+    # Without colour, changes are bracketed: 9 became 8.
+    assert "gives [-9.-]{+8.+}" in out
     assert "p5" not in out.split("base: ")[0]
     assert "base: 1 of 2 right→wrong (c2i) episode(s) shown (of 6)." in out
 
@@ -98,3 +100,4 @@ def test_show_command_prints_wrong_to_right_episodes(base_run):
     assert "p2 · sample 0 · wrong→right (i2c)" in result.stdout
     assert "gold answer: 7" in result.stdout
     assert "1 of 1 wrong→right (i2c)" in result.stdout
+    assert "[-$5$.-]{+$7$.+}" in result.stdout

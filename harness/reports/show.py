@@ -22,6 +22,8 @@ from harness.reports.textdiff import answer_span, word_diff
 from harness.stats import TRANSITION_LABELS, TRANSITIONS, transition
 
 DIFF_STYLES = {"=": "", "-": "bold red strike", "+": "bold green"}
+# Without colour (piped, NO_COLOR) changes are bracketed the way `git diff --word-diff` does.
+DIFF_MARKERS = {"=": ("", ""), "-": ("[-", "-]"), "+": ("{+", "+}")}
 
 
 def episode_transition(sample: dict[str, Any]) -> str:
@@ -55,10 +57,11 @@ def response_text(turn: dict[str, Any]) -> Text:
     return text
 
 
-def diff_text(before: str, after: str) -> Text:
+def diff_text(before: str, after: str, markers: bool = False) -> Text:
     text = Text()
     for op, segment in word_diff(before, after):
-        text.append(segment, style=DIFF_STYLES[op])
+        opening, closing = DIFF_MARKERS[op] if markers else ("", "")
+        text.append(opening + segment + closing, style=DIFF_STYLES[op])
     return text
 
 
@@ -73,7 +76,7 @@ def turn_title(index: int, turn: dict[str, Any]) -> Text:
     )
 
 
-def episode_renderable(sample: dict[str, Any], problem: str | None = None) -> Group:
+def episode_renderable(sample: dict[str, Any], problem: str | None = None, markers: bool = False) -> Group:
     name = episode_transition(sample)
     where = " · ".join(str(sample[k]) for k in ("subject", "level") if sample.get(k) is not None)
     header = f"{sample['id']} · sample {sample.get('sample', 0)} · {TRANSITION_LABELS[name]} ({name})"
@@ -87,8 +90,9 @@ def episode_renderable(sample: dict[str, Any], problem: str | None = None) -> Gr
         if i < len(turns):
             parts.append(
                 Panel(
-                    diff_text(turn["response"], turns[i]["response"]),
-                    title=f"changes turn {i} → turn {i + 1} (removed struck red, added green)",
+                    diff_text(turn["response"], turns[i]["response"], markers),
+                    title=f"changes turn {i} → turn {i + 1} "
+                    + ("([-removed-] {+added+})" if markers else "(removed struck red, added green)"),
                     title_align="left",
                     border_style="dim",
                 )
@@ -108,8 +112,9 @@ def show_run(
     matched = select_samples(run.samples, transition_name, problem_id)
     shown = matched if limit is None else matched[:limit]
     problems = problem_statements(run) if shown else {}
+    markers = console.color_system is None
     for sample in shown:
-        console.print(episode_renderable(sample, problems.get(str(sample["id"]))))
+        console.print(episode_renderable(sample, problems.get(str(sample["id"])), markers))
         console.print()
     what = TRANSITION_LABELS[transition_name] + f" ({transition_name})" if transition_name else "all"
     console.print(
