@@ -81,48 +81,45 @@ def _mcnemar(counts: dict[str, int], turns: int) -> float | None:
     return mcnemar_exact(counts[f"i2c_t1_t{turns}"], counts[f"c2i_t1_t{turns}"])
 
 
-def run_row(run: RunData) -> Row:
-    doc = run.summary
-    turns = run.turns
+def _row(run: RunData, values: dict, ci95: dict, counts: dict, group: str | None = None) -> Row:
+    """A measured row from a summary's values (n and metrics by name), intervals and counts."""
     return Row(
         run=run.name,
         model=run.model,
         task=run.task,
-        turns=turns,
-        metrics={m: doc[m] for m in metric_names(turns)[1:]},
-        ci95=doc["ci95"],
-        n=doc["n"],
-        mcnemar_p=_mcnemar(doc["counts"], turns),
+        turns=run.turns,
+        metrics={m: values[m] for m in metric_names(run.turns)[1:]},
+        ci95=ci95,
+        n=values["n"],
+        mcnemar_p=_mcnemar(counts, run.turns),
+        group=group,
     )
+
+
+def run_row(run: RunData) -> Row:
+    doc = run.summary
+    return _row(run, doc, doc["ci95"], doc["counts"])
 
 
 def group_row(run: RunData, group: Any, records: Sequence[Graded]) -> Row:
     summary = summarize(records)
-    turns = run.turns
-    return Row(
-        run=run.name,
-        model=run.model,
-        task=run.task,
-        turns=turns,
-        metrics={m: summary["metrics"][m] for m in metric_names(turns)[1:]},
-        ci95=summary["ci95"],
-        n=summary["metrics"]["n"],
-        mcnemar_p=_mcnemar(summary["counts"], turns),
-        group=str(group),
-    )
+    return _row(run, summary["metrics"], summary["ci95"], summary["counts"], str(group))
 
 
 def published_rows(tasks: Sequence[str] = ()) -> list[Row]:
     """The paper's rows for the given tasks (all of them when none of the tasks has any)."""
-    chosen = [p for p in PUBLISHED if p[0] in tasks] or PUBLISHED
-    rows = []
-    for task, model, method, values in chosen:
-        names = metric_names(2)[1:]
-        rows.append(
-            Row(run=method, model=model, task=task, turns=2, metrics={k: round(v / 100, 6) for k, v in zip(names, values)},
-                published=True)
-        )  # fmt: skip
-    return rows
+    names = metric_names(2)[1:]
+    return [
+        Row(
+            run=method,
+            model=model,
+            task=task,
+            turns=2,
+            metrics={name: round(value / 100, 6) for name, value in zip(names, values)},
+            published=True,
+        )
+        for task, model, method, values in [p for p in PUBLISHED if p[0] in tasks] or PUBLISHED
+    ]
 
 
 def breakdown_fields(runs: Sequence[RunData]) -> list[str]:
@@ -132,18 +129,15 @@ def breakdown_fields(runs: Sequence[RunData]) -> list[str]:
 
 
 def breakdown(runs: Sequence[RunData], key: str) -> list[Row]:
-    """Group rows for every value of `key`, each value's runs together, in the order runs were given."""
-    per_run = []
-    for run in runs:
-        pairs = group_by(zip(run.samples, run.graded), key=lambda p: p[0].get(key))
-        per_run.append({str(g): (g, [graded for _, graded in items]) for g, items in pairs.items()})
-    values = list(group_by([g for groups in per_run for g, _ in groups.values()], key=lambda g: g))
-    rows = []
-    for value in values:
-        for run, groups in zip(runs, per_run):
-            if str(value) in groups:
-                rows.append(group_row(run, *groups[str(value)]))
-    return rows
+    """Group rows for every value of `key` (sorted), each value's runs together in the order given."""
+    per_run = [group_by(zip(run.samples, run.graded), key=lambda pair: pair[0].get(key)) for run in runs]
+    values = group_by({value for groups in per_run for value in groups}, key=lambda value: value)
+    return [
+        group_row(run, value, [graded for _, graded in groups[value]])
+        for value in values
+        for run, groups in zip(runs, per_run)
+        if value in groups
+    ]
 
 
 def differences(runs: Sequence[RunData]) -> list[Difference]:
@@ -187,10 +181,11 @@ def percent(value: float, signed: bool = False) -> str:
     return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
 
 
-def cell(row: Row, name: str, with_ci: bool = True) -> str:
+def cell(row: Row, name: str, with_ci: bool = True, signed: bool | None = None) -> str:
+    """A metric in percent with its interval; differences (Δ, or any metric when signed) carry a sign."""
     if name not in row.metrics:
         return "—"
-    signed = name.startswith("delta_t")
+    signed = name.startswith("delta_t") if signed is None else signed
     text = percent(row.metrics[name], signed)
     if with_ci and name in row.ci95:
         low, high = row.ci95[name]
@@ -235,21 +230,14 @@ def rows_table(rows: Sequence[Row], lead: list[str], lead_cells, with_ci: bool =
 
 
 def difference_table(diffs: Sequence[Difference]) -> list[str]:
-    turns = max(d.result["turns"] for d in diffs)
-    names = metric_names(turns)[1:]
+    names = metric_names(max(d.result["turns"] for d in diffs))[1:]
     header = ["run", "minus", "shared problems", *[metric_label(m) for m in names]]
     body = []
     for d in diffs:
-        cells = []
-        for m in names:
-            if m not in d.result["metrics"]:
-                cells.append("—")
-                continue
-            low, high = d.result["ci95"][m]
-            cells.append(
-                f"{percent(d.result['metrics'][m], True)} [{percent(low, True)}, {percent(high, True)}]"
-            )
-        body.append([d.run, d.baseline, str(d.result["problems"]), *cells])
+        row = Row(d.run, "", "", d.result["turns"], d.result["metrics"], d.result["ci95"])
+        body.append(
+            [d.run, d.baseline, str(d.result["problems"]), *[cell(row, m, signed=True) for m in names]]
+        )
     return _markdown_table(header, body, right_from=2)
 
 
