@@ -100,7 +100,9 @@ def report(run_dirs, output, csv_path, with_paper, html) -> None:
 
     files = write_report(run_dirs, output=output, csv_path=csv_path, with_paper=with_paper, html=html)
     console = Console()
-    console.print(markdown_text(files.report, breakdowns=False), markup=False, highlight=False)
+    console.print(
+        markdown_text(files.report, breakdowns=False), markup=False, highlight=False, soft_wrap=True
+    )
     written = [files.markdown, *([files.csv] if files.csv else []), *files.plots, *files.html]
     console.print("[green]wrote[/green] " + ", ".join(str(p) for p in written))
 

@@ -101,3 +101,7 @@ def test_show_command_prints_wrong_to_right_episodes(base_run):
     assert "gold answer: 7" in result.stdout
     assert "1 of 1 wrong→right (i2c)" in result.stdout
     assert "[-$5$.-]{+$7$.+}" in result.stdout
+
+
+def test_diff_text_says_when_the_attempt_did_not_change():
+    assert diff_text("same answer 4", "same answer 4").plain == "(no change: the same response again)"

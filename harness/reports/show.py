@@ -58,6 +58,8 @@ def response_text(turn: dict[str, Any]) -> Text:
 
 
 def diff_text(before: str, after: str, markers: bool = False) -> Text:
+    if before == after:
+        return Text("(no change: the same response again)", style="dim")
     text = Text()
     for op, segment in word_diff(before, after):
         opening, closing = DIFF_MARKERS[op] if markers else ("", "")
@@ -116,8 +118,8 @@ def show_run(
     for sample in shown:
         console.print(episode_renderable(sample, problems.get(str(sample["id"])), markers))
         console.print()
-    what = TRANSITION_LABELS[transition_name] + f" ({transition_name})" if transition_name else "all"
+    what = f"{TRANSITION_LABELS[transition_name]} ({transition_name}) " if transition_name else ""
     console.print(
-        f"{run.name}: {len(shown)} of {len(matched)} {what} episode(s) shown (of {len(run.samples)})."
+        f"{run.name}: {len(shown)} of {len(matched)} {what}episode(s) shown (of {len(run.samples)})."
     )
     return len(matched)
