@@ -12,6 +12,7 @@ import io
 
 import pytest
 
+from harness.errors import HarnessError
 from harness.reports.compare import (
     Row,
     breakdown,
@@ -21,6 +22,7 @@ from harness.reports.compare import (
     markdown_text,
     published_rows,
     table_metrics,
+    write_report,
 )
 from harness.reports.runs import RunData, load_run
 from tests.conftest import run_cli
@@ -192,3 +194,15 @@ def test_a_one_turn_run_has_no_deltas_and_is_differenced_on_turn_one_only(runs, 
     )
     [diff] = report.differences
     assert list(diff.result["metrics"]) == ["acc_t1"]
+
+
+def test_a_run_directory_that_cannot_take_report_html_is_a_one_line_error(runs, tmp_path, monkeypatch):
+    def refuse(path, text):
+        if path.name == "report.html":
+            raise PermissionError(13, "Permission denied", str(path))
+        path.write_text(text)
+
+    monkeypatch.setattr("harness.reports.html.atomic_write_text", refuse)
+    with pytest.raises(HarnessError, match="pass --no-html"):
+        write_report([runs[0].path], output=tmp_path / "r.md")
+    assert (tmp_path / "r.md").exists()

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from harness.errors import HarnessError
 from harness.metrics import Graded, metric_names, summarize, turn_pairs
 from harness.reports.runs import RunData, load_run
 from harness.reports.summary import metric_label
@@ -373,5 +374,11 @@ def write_report(
     if csv_path is not None:
         csv_path = Path(csv_path)
         atomic_write_text(csv_path, csv_text(report))
-    html_files = [write_run_html(run) for run in runs] if html else []
+    try:
+        html_files = [write_run_html(run) for run in runs] if html else []
+    except OSError as exc:
+        raise HarnessError(
+            f"cannot write report.html into {exc.filename or 'a run directory'} ({exc.strerror}); "
+            "pass --no-html to skip the per-run pages"
+        ) from exc
     return ReportFiles(output, csv_path, [p for p, _ in plot_files.values()], html_files, report)
