@@ -105,3 +105,8 @@ def test_show_command_prints_wrong_to_right_episodes(base_run):
 
 def test_diff_text_says_when_the_attempt_did_not_change():
     assert diff_text("same answer 4", "same answer 4").plain == "(no change: the same response again)"
+
+
+def test_show_of_an_unknown_id_names_what_ids_look_like(base_run):
+    with pytest.raises(HarnessError, match="no problem with id 'p9'; ids look like 'p1'"):
+        show_run(base_run, Console(record=True), problem_id="p9")

@@ -111,6 +111,10 @@ def show_run(
 ) -> int:
     """Print the chosen episodes of a run; returns how many matched before the limit."""
     run: RunData = load_run(run_dir)
+    if problem_id is not None and not any(str(s["id"]) == problem_id for s in run.samples):
+        raise HarnessError(
+            f"{run.path} holds no problem with id '{problem_id}'; ids look like '{run.samples[0]['id']}'"
+        )
     matched = select_samples(run.samples, transition_name, problem_id)
     shown = matched if limit is None else matched[:limit]
     problems = problem_statements(run) if shown else {}
