@@ -42,15 +42,6 @@ def transition(correct_a: bool, correct_b: bool) -> str:
     return ("i", "c")[bool(correct_a)] + "2" + ("i", "c")[bool(correct_b)]
 
 
-def transition_counts(records: Iterable[Graded], a: int = 1, b: int | None = None) -> dict[str, int]:
-    """#episodes of each transition between turns a and b (1-based; b defaults to the last turn)."""
-    counts = dict.fromkeys(TRANSITIONS, 0)
-    for r in records:
-        last = len(r.correct) if b is None else b
-        counts[transition(r.correct[a - 1], r.correct[last - 1])] += 1
-    return counts
-
-
 def transition_shares(acc_a: float, i2c: float, c2i: float) -> dict[str, float]:
     """Shares of the four transitions from a run's Acc@ta, Δi→c and Δc→i (all shares of n).
 

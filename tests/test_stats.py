@@ -10,7 +10,6 @@ from harness.stats import (
     mcnemar_exact,
     paired_difference,
     transition,
-    transition_counts,
     transition_shares,
 )
 
@@ -57,17 +56,6 @@ def test_transition_names_read_from_first_to_second_turn():
         "c2i",
         "i2i",
     ]
-
-
-def test_transition_counts_default_to_first_and_last_turn():
-    records = [
-        Graded("a", [False, False, True]),  # t1 -> t3: i2c
-        Graded("b", [True, False, False]),  # c2i
-        Graded("c", [True, True, True]),  # c2c
-    ]
-    assert transition_counts(records) == {"c2c": 1, "i2c": 1, "c2i": 1, "i2i": 0}
-    # Between t1 and t2 instead: a i2i, b c2i, c c2c.
-    assert transition_counts(records, 1, 2) == {"c2c": 1, "i2c": 0, "c2i": 1, "i2i": 1}
 
 
 def test_transition_shares_recover_the_papers_base_row():
