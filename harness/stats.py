@@ -86,9 +86,7 @@ def _sort_key(value: Any) -> tuple:
     return (0, int(text), "") if text.isdigit() else (1, text)
 
 
-def _problem_sums(
-    records: Sequence[Graded], problem_ids: Sequence[str]
-) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _problem_sums(records: Sequence[Graded], problem_ids: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Per-problem sums of the metric indicator columns and per-problem episode counts."""
     correct = np.array([[int(bool(c)) for c in r.correct] for r in records], dtype=np.int64)
     names, indicators = _indicator_columns(correct)

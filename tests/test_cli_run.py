@@ -5,9 +5,9 @@ import json
 
 import pytest
 
+from harness.config import RunConfig
 from harness.metrics import Graded, summarize
 from harness.run import execute_run
-from harness.config import RunConfig
 from tests.conftest import ScriptedEngine, run_cli
 
 
@@ -29,7 +29,7 @@ def test_done_when_default_model_writes_all_five_files(tmp_path, math500):
     ]
     samples, recomputed = _recompute(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert [s["id"] for s in samples] == [json.loads(l)["unique_id"] for l in math500.read_text().splitlines()[:4]]
+    assert [s["id"] for s in samples] == [json.loads(line)["unique_id"] for line in math500.read_text().splitlines()[:4]]
     assert all(len(s["turns"]) == 2 and set(s["turns"][0]) >= {"response", "extracted", "correct"} for s in samples)
     for name, value in recomputed["metrics"].items():
         assert summary[name] == value
@@ -42,7 +42,7 @@ def test_done_when_default_model_writes_all_five_files(tmp_path, math500):
 
 def test_summaries_agree_with_samples_on_a_scripted_run(tmp_path, math500):
     # Scripted answers make every transition occur: right->right, wrong->right, right->wrong, wrong->wrong.
-    answers = {json.loads(l)["problem"]: json.loads(l)["answer"] for l in math500.read_text().splitlines()[:8]}
+    answers = {json.loads(line)["problem"]: json.loads(line)["answer"] for line in math500.read_text().splitlines()[:8]}
     plan = ["rr", "wr", "rw", "ww", "wr", "wr", "rr", "ww"]
     order = list(answers)
 
@@ -68,14 +68,13 @@ def test_summaries_agree_with_samples_on_a_scripted_run(tmp_path, math500):
     assert "| Accuracy@t2 | 62.5% |" in md and "| Δi→c(t1,t2) | 37.5% |" in md
 
 
-def test_existing_run_is_not_overwritten(tmp_path, math500):
+def test_rerunning_a_finished_run_keeps_it_as_it_is(tmp_path, math500):
     config = RunConfig(data=str(math500), limit=1, output_dir=str(tmp_path), run_name="once")
     execute_run(config, engine=ScriptedEngine(lambda c: "x"))
     before = (tmp_path / "once" / "samples.jsonl").read_text()
-    from harness.errors import HarnessError
-
-    with pytest.raises(HarnessError, match="already holds a run"):
-        execute_run(config, engine=ScriptedEngine(lambda c: "y"))
+    engine = ScriptedEngine(lambda c: "y")
+    again = execute_run(config, engine=engine)
+    assert again.resumed and engine.calls == []
     assert (tmp_path / "once" / "samples.jsonl").read_text() == before
 
 

@@ -56,7 +56,18 @@ def test_sampling_is_repeatable_with_a_seed_and_varies_without(engine):
     assert texts(1) != texts(2)
 
 
-def test_progress_counts_every_completion(engine):
+def test_each_conversation_is_reported_done_once_with_all_its_completions(engine):
     seen = []
-    engine.chat(CONVS, SamplingSettings(2, n=2), on_progress=seen.append)
-    assert sum(seen) == 6
+    out = engine.chat(CONVS, SamplingSettings(2, n=2), on_done=lambda i, cs: seen.append((i, list(cs))))
+    assert sorted(i for i, _ in seen) == [0, 1, 2]
+    assert all(cs == out[i] and len(cs) == 2 for i, cs in seen)
+
+
+def test_prompt_longer_than_the_context_is_not_generated(engine, monkeypatch):
+    from harness.engines.base import PROMPT_TOO_LONG
+
+    short, long = CONVS[0], [{"role": "user", "content": "word " * 300}]
+    monkeypatch.setattr(engine.model.config, "max_position_embeddings", 100)
+    out = engine.chat([short, long], SamplingSettings(4))
+    assert out[0][0].finish_reason != PROMPT_TOO_LONG
+    assert out[1][0].finish_reason == PROMPT_TOO_LONG and out[1][0].text == ""

@@ -24,9 +24,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     """Headless Chromium (no network, fresh profile) and the base run's report.html."""
-    webdriver = pytest.importorskip(
-        "selenium.webdriver", reason="selenium is not installed (pip install -e .[test])"
-    )
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e .[test])")
     from selenium.webdriver.chrome.service import Service
 
     from harness.reports.html import write_run_html
@@ -73,9 +71,7 @@ def test_page_opens_from_the_file_system_listing_every_episode(page):
     ]
     assert _by_css(page, "#match-count")[0].text == "6 of 6 episodes"
     # The base plan has 1 wrong→right episode (p2); the button counts it.
-    assert (
-        _by_css(page, '#transition-filter button[data-transition="i2c"]')[0].text == "wrong→right · Δi→c (1)"
-    )
+    assert _by_css(page, '#transition-filter button[data-transition="i2c"]')[0].text == "wrong→right · Δi→c (1)"
     assert len(_by_css(page, ".plots img")) == 2
 
 
@@ -84,10 +80,7 @@ def test_clicking_wrong_to_right_shows_only_that_episode_with_its_changes(page):
 
     assert [li.get_attribute("data-id") for li in _by_css(page, "#episode-list li")] == ["p2"]
     assert _by_css(page, "#match-count")[0].text == "1 of 6 episodes"
-    assert (
-        _by_css(page, '#transition-filter button[data-transition="i2c"]')[0].get_attribute("aria-pressed")
-        == "true"
-    )
+    assert _by_css(page, '#transition-filter button[data-transition="i2c"]')[0].get_attribute("aria-pressed") == "true"
     assert _by_css(page, "#episode-detail h3")[0].text.startswith("p2")
     left, right = _by_css(page, '#episode-detail .pair[data-pair="1-2"] .attempt pre')
     # p2 answers 5 then 7 (gold 7): the words that changed are "1:"->"2:", "5."->"7." and "$5$."->"$7$.".

@@ -121,9 +121,7 @@ def test_trained_minus_base_is_paired_on_the_same_problems(report):
 
 
 def test_runs_of_different_tasks_are_not_differenced(runs):
-    other = RunData(
-        runs[1].path, {**runs[1].summary, "run": {**runs[1].info, "task": "other"}}, runs[1].samples
-    )
+    other = RunData(runs[1].path, {**runs[1].summary, "run": {**runs[1].info, "task": "other"}}, runs[1].samples)
     assert build_report([runs[0], other]).differences == []
 
 
@@ -189,9 +187,7 @@ def test_a_one_turn_run_has_no_deltas_and_is_differenced_on_turn_one_only(runs, 
     one = load_run(make_run(tmp_path, "base", "one-turn", turns=1))
     report = build_report([one, runs[1]])
     assert report.rows[0].mcnemar_p is None
-    assert "| one-turn | scripted | math | 6 | 50.0 [16.7, 83.3] | — | — | — | — | — |" in markdown_text(
-        report
-    )
+    assert "| one-turn | scripted | math | 6 | 50.0 [16.7, 83.3] | — | — | — | — | — |" in markdown_text(report)
     [diff] = report.differences
     assert list(diff.result["metrics"]) == ["acc_t1"]
 

@@ -23,9 +23,7 @@ def page(tmp_path_factory) -> str:
 
 
 def _data(page: str) -> dict:
-    raw = re.search(
-        r'<script id="episodes-data" type="application/json">(.*?)</script>', page, re.DOTALL
-    ).group(1)
+    raw = re.search(r'<script id="episodes-data" type="application/json">(.*?)</script>', page, re.DOTALL).group(1)
     return json.loads(raw)
 
 

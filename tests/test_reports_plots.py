@@ -9,10 +9,20 @@ from harness.reports.plots import accuracy_figure, png_bytes, save_png, transiti
 
 # 6 episodes: Acc@t1 3/6, Acc@t2 2/6, Δi→c 1/6, Δc→i 2/6 -> right→right 1/6, wrong→wrong 2/6.
 MEASURED = Row(
-    run="base", model="m", task="math", turns=2, n=6,
-    metrics={"acc_t1": 3 / 6, "acc_t2": 2 / 6, "delta_t1_t2": -1 / 6, "delta_i2c_t1_t2": 1 / 6, "delta_c2i_t1_t2": 2 / 6},
+    run="base",
+    model="m",
+    task="math",
+    turns=2,
+    n=6,
+    metrics={
+        "acc_t1": 3 / 6,
+        "acc_t2": 2 / 6,
+        "delta_t1_t2": -1 / 6,
+        "delta_i2c_t1_t2": 1 / 6,
+        "delta_c2i_t1_t2": 2 / 6,
+    },
     ci95={"acc_t1": [1 / 6, 5 / 6], "acc_t2": [0.0, 4 / 6]},
-)  # fmt: skip
+)
 
 
 def test_accuracy_plot_draws_one_line_per_row_through_the_accuracies():

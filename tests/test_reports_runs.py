@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -78,3 +79,14 @@ def test_problem_statements_are_empty_when_the_data_file_is_gone(results, tmp_pa
     run = load_run(results / "base")
     run.config = {**run.config, "data": {**run.config["data"], "location": str(tmp_path / "moved.jsonl")}}
     assert problem_statements(run) == {}
+
+
+def test_skipped_episodes_are_counted_but_not_reported(results, tmp_path):
+    run_dir = tmp_path / "with-skip"
+    shutil.copytree(results / "base", run_dir)
+    skipped = {"id": "p7", "sample": 0, "answer": "1", "skipped": "prompt too long at turn 2", "turns": [{}]}
+    with (run_dir / "samples.jsonl").open("a") as fh:
+        fh.write(json.dumps(skipped) + "\n")
+    run = load_run(run_dir)
+    assert run.skipped == 1
+    assert [s["id"] for s in run.samples] == ["p1", "p2", "p3", "p4", "p5", "p6"]

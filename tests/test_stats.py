@@ -86,9 +86,7 @@ def test_paired_difference_of_identical_turn_one_verdicts_is_exactly_zero_in_eve
     # Same turn-1 verdicts on every problem: a paired resample can never separate them, whereas
     # each run's own acc_t1 interval is wide (2 of 4 right).
     a = _records({"p1": [(True, True)], "p2": [(False, True)], "p3": [(True, True)], "p4": [(False, True)]})
-    b = _records(
-        {"p1": [(True, False)], "p2": [(False, False)], "p3": [(True, True)], "p4": [(False, False)]}
-    )
+    b = _records({"p1": [(True, False)], "p2": [(False, False)], "p3": [(True, True)], "p4": [(False, False)]})
     result = paired_difference(a, b)
     assert result["problems"] == 4
     assert result["metrics"]["acc_t1"] == 0.0

@@ -77,9 +77,11 @@ def test_limit_takes_the_first_problems(tmp_path):
         (None, "missing.jsonl", "does not exist"),
         ("", "empty.jsonl", "holds no records"),
         ('{"problem": "x", "answer": "1"}\n{oops\n', "torn.jsonl", "line 2 is not valid JSON"),
-        ('{"problem": "x"}\n', "nofield.jsonl", "record 1 lacks the field 'answer'"),
+        ('{"problem": "x", "answer": "1"}\n\n{"problem": "x"}\n', "nofield.jsonl", "line 3 lacks the field 'answer'"),
+        ('[{"answer": "1"}]', "nofield.json", "record 1 lacks the field 'problem'"),
         ("a,b\n1,2\n", "data.csv", "unknown format '.csv'"),
         ("[1, 2]", "scalars.json", "record 1 is not a JSON object"),
+        ("not parquet", "fake.parquet", "could not be read as .parquet"),
     ],
 )
 def test_bad_data_files_fail_with_one_clear_line(tmp_path, content, name, message):

@@ -236,9 +236,7 @@ def difference_table(diffs: Sequence[Difference]) -> list[str]:
     body = []
     for d in diffs:
         row = Row(d.run, "", "", d.result["turns"], d.result["metrics"], d.result["ci95"])
-        body.append(
-            [d.run, d.baseline, str(d.result["problems"]), *[cell(row, m, signed=True) for m in names]]
-        )
+        body.append([d.run, d.baseline, str(d.result["problems"]), *[cell(row, m, signed=True) for m in names]])
     return _markdown_table(header, body, right_from=2)
 
 
@@ -331,9 +329,7 @@ def csv_text(report: Report) -> str:
         res = d.result
         values = [res["metrics"].get(m, "") for m in names]
         cis = [res["ci95"][m][i] if m in res["ci95"] else "" for m in names for i in (0, 1)]
-        writer.writerow(
-            ["difference", d.run, d.baseline, "", "", "shared problems", "", res["n_a"], *values, *cis, ""]
-        )
+        writer.writerow(["difference", d.run, d.baseline, "", "", "shared problems", "", res["n_a"], *values, *cis, ""])
     return buf.getvalue()
 
 

@@ -88,12 +88,12 @@ def html_text(run: RunData) -> str:
     episodes = [episode_data(s, problems.get(str(s["id"]))) for s in run.samples]
     info = run.info
     decoding = (
-        "greedy"
-        if info.get("temperature", 0) == 0
-        else f"temperature {info['temperature']}, top-p {info['top_p']}"
+        "greedy" if info.get("temperature", 0) == 0 else f"temperature {info['temperature']}, top-p {info['top_p']}"
     )
     return _ENV.get_template(TEMPLATE).render(
         run=info,
+        started=run.started or "unknown",
+        skipped=run.skipped,
         decoding=decoding,
         n=run.summary["n"],
         summary=summary,

@@ -80,9 +80,7 @@ def transitions_figure(rows: Sequence[Row]) -> Figure:
     bottom = [0.0] * len(rows)
     for name in TRANSITIONS:
         heights = [100 * s[name] for s in shares]
-        bars = ax.bar(
-            labels, heights, bottom=bottom, color=TRANSITION_COLORS[name], label=TRANSITION_LABELS[name]
-        )
+        bars = ax.bar(labels, heights, bottom=bottom, color=TRANSITION_COLORS[name], label=TRANSITION_LABELS[name])
         for bar, h, row in zip(bars, heights, rows):
             if row.published:
                 bar.set_hatch("//")

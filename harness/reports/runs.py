@@ -23,8 +23,9 @@ class RunData:
 
     path: Path
     summary: dict[str, Any]
-    samples: list[dict[str, Any]]
+    samples: list[dict[str, Any]]  # the scored episodes; skipped ones are counted, not kept
     config: dict[str, Any] | None = None
+    skipped: int = 0
 
     @property
     def info(self) -> dict[str, Any]:
@@ -45,6 +46,11 @@ class RunData:
     @property
     def turns(self) -> int:
         return int(self.info["turns"])
+
+    @property
+    def started(self) -> str | None:
+        """When the run began: summary.json's run block once held it, config.json holds it now."""
+        return self.info.get("started") or (self.config or {}).get("started")
 
     @cached_property
     def graded(self) -> list[Graded]:
@@ -80,10 +86,13 @@ def load_run(path: str | Path) -> RunData:
         raise HarnessError(
             f"{path / 'samples.jsonl'} line {exc.lineno} is not valid JSON; rerun or restore the run"
         ) from exc
-    if not samples:
-        raise HarnessError(f"{path / 'samples.jsonl'} is empty; the run recorded no episodes")
+    # Skipped episodes (e.g. a prompt longer than the context) have no verdict at every turn and are
+    # left out of the summary, so the reports leave them out too.
+    scored = [s for s in samples if not s.get("skipped")]
+    if not scored:
+        raise HarnessError(f"{path / 'samples.jsonl'} holds no scored episode; the run recorded nothing to report")
     config = _read_json(path / "config.json") if (path / "config.json").exists() else None
-    return RunData(path=path, summary=summary, samples=samples, config=config)
+    return RunData(path=path, summary=summary, samples=scored, config=config, skipped=len(samples) - len(scored))
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,7 @@ def find_runs(root: str | Path) -> list[RunListing]:
 
 def _listing(path: Path) -> RunListing | None:
     """The folder's listing, or None when its config.json is someone else's (e.g. a model checkpoint)."""
+    config = _read_json(path / "config.json") if (path / "config.json").exists() else None
     if (path / "summary.json").exists():
         doc = _read_json(path / "summary.json")
         run = doc["run"]
@@ -128,11 +138,10 @@ def _listing(path: Path) -> RunListing | None:
             model=run["model"],
             turns=turns,
             n=doc["n"],
-            date=run.get("started"),
+            date=run.get("started") or (config or {}).get("started"),
             acc_t1=doc["acc_t1"],
             acc_tk=doc[f"acc_t{turns}"],
         )
-    config = _read_json(path / "config.json")
     if not isinstance(config, dict) or "run_name" not in config or "settings" not in config:
         return None
     settings = config["settings"]

@@ -123,7 +123,5 @@ def show_run(
         console.print(episode_renderable(sample, problems.get(str(sample["id"])), markers))
         console.print()
     what = f"{TRANSITION_LABELS[transition_name]} ({transition_name}) " if transition_name else ""
-    console.print(
-        f"{run.name}: {len(shown)} of {len(matched)} {what}episode(s) shown (of {len(run.samples)})."
-    )
+    console.print(f"{run.name}: {len(shown)} of {len(matched)} {what}episode(s) shown (of {len(run.samples)}).")
     return len(matched)
