@@ -10,6 +10,7 @@ import click
 
 from harness.config import RunConfig
 from harness.errors import HarnessError
+from harness.stats import TRANSITIONS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -141,6 +142,72 @@ def _show_summary(document: dict, console) -> None:
         low, high = document["ci95"][name]
         table.add_row(metric_label(name), f"{100 * document[name]:.1f}%", f"[{100 * low:.1f}, {100 * high:.1f}]")
     console.print(table)
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--output",
+    "-o",
+    default="report.md",
+    show_default=True,
+    help="Markdown report to write; the plots are written beside it as <name>-accuracy.png, <name>-transitions.png.",
+)
+@click.option("--csv", "csv_path", default=None, help="Also write every table as one tidy CSV here.")
+@click.option(
+    "--with-paper",
+    is_flag=True,
+    help="Add the SCoRe paper's published rows (marked as published, not measured).",
+)
+@click.option("--html/--no-html", default=True, show_default=True, help="Also write RUN_DIR/report.html for each run.")
+def report(run_dirs, output, csv_path, with_paper, html) -> None:
+    """Compare runs in the paper's table, with breakdowns, paired differences and plots.
+
+    The first RUN_DIR is the baseline that every other run is compared with on shared problems.
+    """
+    from rich.console import Console
+
+    from harness.reports.compare import markdown_text, write_report
+
+    files = write_report(run_dirs, output=output, csv_path=csv_path, with_paper=with_paper, html=html)
+    console = Console()
+    console.print(markdown_text(files.report, breakdowns=False), markup=False, highlight=False, soft_wrap=True)
+    written = [files.markdown, *([files.csv] if files.csv else []), *files.plots, *files.html]
+    console.print("[green]wrote[/green] " + ", ".join(str(p) for p in written))
+
+
+@cli.command()
+@click.argument("root", default="results", required=False, type=click.Path(file_okay=False))
+def runs(root) -> None:
+    """List the runs found under ROOT (default results/)."""
+    from rich.console import Console
+
+    from harness.reports.runs import find_runs, runs_table
+
+    # Piped output stays one line per run, so `score-eval runs | grep math` works.
+    Console(width=None if sys.stdout.isatty() else 200).print(runs_table(find_runs(root), root))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--transition",
+    "-t",
+    "transition_name",
+    type=click.Choice(TRANSITIONS),
+    default=None,
+    help="Only episodes with this change from turn 1 to the last turn: i2c wrong→right, c2i right→wrong, "
+    "c2c right→right, i2i wrong→wrong.",
+)
+@click.option("--id", "problem_id", default=None, help="Only this problem id.")
+@click.option("--limit", "-n", type=int, default=5, show_default=True, help="Show at most this many episodes.")
+def show(run_dir, transition_name, problem_id, limit) -> None:
+    """Print episodes of a run: gold answer, each attempt with its answer highlighted, and word diffs."""
+    from rich.console import Console
+
+    from harness.reports.show import show_run
+
+    show_run(run_dir, Console(), transition_name=transition_name, problem_id=problem_id, limit=limit)
 
 
 class _NoteHandler(logging.Handler):

@@ -1,0 +1,380 @@
+"""`score-eval report`: the paper-style table across runs, breakdowns, and paired differences.
+
+A report is rows of one shape (`Row`): a measured run, a published row of the SCoRe paper, or one
+group of a run (a MATH subject, a level, a code problem). Run rows take their numbers from
+summary.json as the run wrote them; group rows run `harness.metrics.summarize` on the group's
+episodes, so every number in every table is the same metric with the same interval.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.metrics import Graded, metric_names, summarize, turn_pairs
+from harness.reports.runs import RunData, load_run
+from harness.reports.summary import metric_label
+from harness.stats import group_by, mcnemar_exact, paired_difference
+from harness.store import atomic_write_text
+
+PAPER = "Kumar et al. 2024 (arXiv 2409.12917)"
+
+# Published SCoRe results, in percent: Acc@t1, Acc@t2, Δ(t1,t2), Δi→c(t1,t2), Δc→i(t1,t2).
+PUBLISHED = [
+    ("math", "Gemini 1.5 Flash", "Base model", (52.6, 41.4, -11.2, 4.6, 15.8)),
+    ("math", "Gemini 1.5 Flash", "SCoRe", (60.0, 64.4, 4.4, 5.8, 1.4)),
+    ("humaneval", "Gemini 1.0 Pro", "Base model", (53.7, 56.7, 3.0, 7.9, 4.9)),
+    ("humaneval", "Gemini 1.0 Pro", "SCoRe", (52.4, 64.6, 12.2, 15.2, 3.0)),
+]
+
+# Which breakdowns a run's samples allow: MATH records keep subject and level; records without
+# either (code tasks) are broken down by problem.
+BREAKDOWN_FIELDS = ("subject", "level")
+BREAKDOWN_TITLES = {"subject": "subject", "level": "level", "id": "problem"}
+
+
+@dataclass
+class Row:
+    """One line of a report table; metrics and intervals are fractions, keyed by metric name."""
+
+    run: str
+    model: str
+    task: str
+    turns: int
+    metrics: dict[str, float]
+    ci95: dict[str, list[float]] = field(default_factory=dict)
+    n: int | None = None
+    mcnemar_p: float | None = None
+    published: bool = False
+    group: str | None = None  # the breakdown value for a group row
+
+    @property
+    def label(self) -> str:
+        return f"{self.run} (published)" if self.published else self.run
+
+
+@dataclass
+class Difference:
+    """Run minus baseline on their shared problems (see `harness.stats.paired_difference`)."""
+
+    run: str
+    baseline: str
+    result: dict[str, Any]
+
+
+@dataclass
+class Report:
+    rows: list[Row]
+    breakdowns: dict[str, list[Row]]  # breakdown field -> group rows (group, then run order)
+    differences: list[Difference]
+
+
+def _mcnemar(counts: dict[str, int], turns: int) -> float | None:
+    """Exact McNemar p of turn 1 against the last turn, from the run's integer counts."""
+    if turns < 2:
+        return None
+    return mcnemar_exact(counts[f"i2c_t1_t{turns}"], counts[f"c2i_t1_t{turns}"])
+
+
+def _row(run: RunData, values: dict, ci95: dict, counts: dict, group: str | None = None) -> Row:
+    """A measured row from a summary's values (n and metrics by name), intervals and counts."""
+    return Row(
+        run=run.name,
+        model=run.model,
+        task=run.task,
+        turns=run.turns,
+        metrics={m: values[m] for m in metric_names(run.turns)[1:]},
+        ci95=ci95,
+        n=values["n"],
+        mcnemar_p=_mcnemar(counts, run.turns),
+        group=group,
+    )
+
+
+def run_row(run: RunData) -> Row:
+    doc = run.summary
+    return _row(run, doc, doc["ci95"], doc["counts"])
+
+
+def group_row(run: RunData, group: Any, records: Sequence[Graded]) -> Row:
+    summary = summarize(records)
+    return _row(run, summary["metrics"], summary["ci95"], summary["counts"], str(group))
+
+
+def published_rows(tasks: Sequence[str] = ()) -> list[Row]:
+    """The paper's rows for the given tasks (all of them when none of the tasks has any)."""
+    names = metric_names(2)[1:]
+    return [
+        Row(
+            run=method,
+            model=model,
+            task=task,
+            turns=2,
+            metrics={name: round(value / 100, 6) for name, value in zip(names, values)},
+            published=True,
+        )
+        for task, model, method, values in [p for p in PUBLISHED if p[0] in tasks] or PUBLISHED
+    ]
+
+
+def breakdown_fields(runs: Sequence[RunData]) -> list[str]:
+    """subject and/or level where the samples keep them (MATH), else the problem id (code tasks)."""
+    present = [f for f in BREAKDOWN_FIELDS if any(s.get(f) is not None for run in runs for s in run.samples)]
+    return present or ["id"]
+
+
+def breakdown(runs: Sequence[RunData], key: str) -> list[Row]:
+    """Group rows for every value of `key` (sorted), each value's runs together in the order given."""
+    per_run = [group_by(zip(run.samples, run.graded), key=lambda pair: pair[0].get(key)) for run in runs]
+    values = group_by({value for groups in per_run for value in groups}, key=lambda value: value)
+    return [
+        group_row(run, value, [graded for _, graded in groups[value]])
+        for value in values
+        for run, groups in zip(runs, per_run)
+        if value in groups
+    ]
+
+
+def differences(runs: Sequence[RunData]) -> list[Difference]:
+    """Every later run against the first (the baseline), where both ran the same task on shared problems."""
+    if len(runs) < 2:
+        return []
+    base = runs[0]
+    base_ids = {g.problem_id for g in base.graded}
+    out = []
+    for run in runs[1:]:
+        if run.task != base.task or not base_ids & {g.problem_id for g in run.graded}:
+            continue
+        out.append(Difference(run.name, base.name, paired_difference(run.graded, base.graded)))
+    return out
+
+
+def build_report(runs: Sequence[RunData], with_paper: bool = False) -> Report:
+    rows = [run_row(r) for r in runs]
+    if with_paper:
+        rows += published_rows(sorted({r.task for r in runs}))
+    breakdowns = {key: breakdown(runs, key) for key in breakdown_fields(runs)}
+    return Report(rows=rows, breakdowns=breakdowns, differences=differences(runs))
+
+
+# --- formatting ---------------------------------------------------------------------------------
+
+
+def table_metrics(rows: Sequence[Row]) -> list[str]:
+    """The metric columns for a set of rows: Acc@t1..t(max K), then each turn pair any row has."""
+    turns = max(r.turns for r in rows)
+    names = [f"acc_t{t}" for t in range(1, turns + 1)]
+    pairs: list[tuple[int, int]] = []
+    for r in sorted(rows, key=lambda r: r.turns):
+        pairs += [p for p in turn_pairs(r.turns) if p not in pairs]
+    for a, b in pairs:
+        names += [f"delta_t{a}_t{b}", f"delta_i2c_t{a}_t{b}", f"delta_c2i_t{a}_t{b}"]
+    return names
+
+
+def percent(value: float, signed: bool = False) -> str:
+    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+
+
+def cell(row: Row, name: str, with_ci: bool = True, signed: bool | None = None) -> str:
+    """A metric in percent with its interval; differences (Δ, or any metric when signed) carry a sign."""
+    if name not in row.metrics:
+        return "—"
+    signed = name.startswith("delta_t") if signed is None else signed
+    text = percent(row.metrics[name], signed)
+    if with_ci and name in row.ci95:
+        low, high = row.ci95[name]
+        text += f" [{percent(low, signed)}, {percent(high, signed)}]"
+    return text
+
+
+def p_value(p: float | None) -> str:
+    if p is None:
+        return "—"
+    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
+def _markdown_table(header: list[str], body: list[list[str]], right_from: int) -> list[str]:
+    align = ["---" if i < right_from else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return lines
+
+
+def table_cells(
+    rows: Sequence[Row], lead: list[str], lead_cells, with_ci: bool = True
+) -> tuple[list[str], list[list[str]]]:
+    """Header and body of a table of rows: the lead columns, n, the metric columns, McNemar p."""
+    names = table_metrics(rows)
+    header = [*lead, "n", *[metric_label(m) for m in names], "McNemar p (t1 vs last)"]
+    body = [
+        [
+            *lead_cells(r),
+            str(r.n) if r.n is not None else "—",
+            *[cell(r, m, with_ci) for m in names],
+            p_value(r.mcnemar_p),
+        ]
+        for r in rows
+    ]
+    return header, body
+
+
+def rows_table(rows: Sequence[Row], lead: list[str], lead_cells, with_ci: bool = True) -> list[str]:
+    header, body = table_cells(rows, lead, lead_cells, with_ci)
+    return _markdown_table(header, body, right_from=len(lead))
+
+
+def difference_table(diffs: Sequence[Difference]) -> list[str]:
+    names = metric_names(max(d.result["turns"] for d in diffs))[1:]
+    header = ["run", "minus", "shared problems", *[metric_label(m) for m in names]]
+    body = []
+    for d in diffs:
+        row = Row(d.run, "", "", d.result["turns"], d.result["metrics"], d.result["ci95"])
+        body.append([d.run, d.baseline, str(d.result["problems"]), *[cell(row, m, signed=True) for m in names]])
+    return _markdown_table(header, body, right_from=2)
+
+
+def markdown_text(report: Report, plots: dict[str, str] | None = None, breakdowns: bool = True) -> str:
+    """The report as Markdown; `plots` maps a caption to an image path relative to the report.
+
+    Without breakdowns it is the part worth printing in a terminal: results and differences.
+    """
+    measured = [r for r in report.rows if not r.published]
+    lines = [
+        "# Self-correction report",
+        "",
+        f"{len(measured)} run(s); written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        "",
+        "## Results",
+        "",
+        *rows_table(report.rows, ["run", "model", "task"], lambda r: [r.label, r.model, r.task]),
+        "",
+        (
+            "Percent of episodes (problems × samples). Brackets: 95% percentile bootstrap interval over "
+            "problems, paired across turns. Δi→c and Δc→i are shares of all episodes, so "
+            "Acc@tb = Acc@ta + Δi→c − Δc→i. McNemar p: exact two-sided test of turn 1 against the last turn "
+            "on the same episodes (only episodes that changed verdict count)."
+        ),
+    ]
+    if any(r.published for r in report.rows):
+        lines += [
+            "",
+            (
+                f"Rows marked (published) are copied from {PAPER}, not measured here: "
+                "MATH on MATH-500 with Gemini 1.5 Flash, HumanEval with Gemini 1.0 Pro."
+            ),
+        ]
+    if report.differences:
+        lines += [
+            "",
+            "## Differences between runs",
+            "",
+            *difference_table(report.differences),
+            "",
+            (
+                "Each run minus the first run, on the problems both ran, in percentage points. Brackets: "
+                "paired bootstrap interval (both runs resampled on the same problems); an interval that "
+                "excludes 0 is a difference the resampling does not explain away."
+            ),
+        ]
+    if plots:
+        lines += ["", "## Plots", ""]
+        for caption, path in plots.items():
+            lines += [f"![{caption}]({path})", ""]
+    for key, rows in report.breakdowns.items() if breakdowns else ():
+        if not rows:
+            continue
+        title = BREAKDOWN_TITLES.get(key, key)
+        lines += [
+            "",
+            f"## By {title}",
+            "",
+            *rows_table(rows, [title, "run"], lambda r: [r.group, r.run], with_ci=False),
+            "",
+            "Point values in percent; each group's intervals are in the CSV.",
+        ]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def csv_text(report: Report) -> str:
+    """Tidy CSV: one line per run, published row, group row and difference, fractions in [0, 1]."""
+    groups = [(key, r) for key, rows in report.breakdowns.items() for r in rows]
+    all_rows = [r for r in report.rows] + [r for _, r in groups]
+    names = table_metrics(all_rows)
+    header = ["kind", "run", "baseline", "model", "task", "breakdown", "group", "n", *names]
+    header += [f"{m}_ci_{side}" for m in names for side in ("low", "high")]
+    header.append("mcnemar_p_t1_tlast")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+
+    def line(kind, row: Row, breakdown: str, group: str) -> list:
+        values = [row.metrics.get(m, "") for m in names]
+        cis = [row.ci95[m][i] if m in row.ci95 else "" for m in names for i in (0, 1)]
+        p = "" if row.mcnemar_p is None else row.mcnemar_p
+        return [kind, row.run, "", row.model, row.task, breakdown, group, row.n or "", *values, *cis, p]
+
+    for r in report.rows:
+        writer.writerow(line("published" if r.published else "run", r, "all", ""))
+    for key, r in groups:
+        writer.writerow(line("group", r, BREAKDOWN_TITLES.get(key, key), r.group or ""))
+    for d in report.differences:
+        res = d.result
+        values = [res["metrics"].get(m, "") for m in names]
+        cis = [res["ci95"][m][i] if m in res["ci95"] else "" for m in names for i in (0, 1)]
+        writer.writerow(["difference", d.run, d.baseline, "", "", "shared problems", "", res["n_a"], *values, *cis, ""])
+    return buf.getvalue()
+
+
+@dataclass
+class ReportFiles:
+    markdown: Path
+    csv: Path | None
+    plots: list[Path]
+    html: list[Path]
+    report: Report
+
+
+def write_report(
+    run_dirs: Sequence[str | Path],
+    output: str | Path = "report.md",
+    csv_path: str | Path | None = None,
+    with_paper: bool = False,
+    html: bool = True,
+) -> ReportFiles:
+    """Read the runs, then write the Markdown report, its plots beside it, the CSV and each run's report.html."""
+    from harness.reports.html import write_run_html
+    from harness.reports.plots import accuracy_figure, save_png, transitions_figure
+
+    runs = [load_run(d) for d in run_dirs]
+    report = build_report(runs, with_paper=with_paper)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    plot_files = {
+        "Accuracy by turn": (output.with_name(f"{output.stem}-accuracy.png"), accuracy_figure(report.rows)),
+        "Transitions between turn 1 and the last turn": (
+            output.with_name(f"{output.stem}-transitions.png"),
+            transitions_figure(report.rows),
+        ),
+    }
+    for path, figure in plot_files.values():
+        save_png(figure, path)
+    atomic_write_text(output, markdown_text(report, {c: p.name for c, (p, _) in plot_files.items()}))
+    if csv_path is not None:
+        csv_path = Path(csv_path)
+        atomic_write_text(csv_path, csv_text(report))
+    try:
+        html_files = [write_run_html(run) for run in runs] if html else []
+    except OSError as exc:
+        raise HarnessError(
+            f"cannot write report.html into {exc.filename or 'a run directory'} ({exc.strerror}); "
+            "pass --no-html to skip the per-run pages"
+        ) from exc
+    return ReportFiles(output, csv_path, [p for p, _ in plot_files.values()], html_files, report)

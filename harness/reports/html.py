@@ -1,0 +1,114 @@
+"""RUN_DIR/report.html: one self-contained page per run, to read the samples in a browser.
+
+Everything the page needs is inside the file: the summary and breakdown tables, the plots as
+base64 PNGs, the episodes as JSON, the CSS and the script. It opens from the file system with no
+network. Diffs and answer positions are computed here (harness.reports.textdiff), not in the
+browser, so the page and `score-eval show` highlight the same words. The script builds the page
+with textContent only: model output is data, never markup.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from harness.reports.compare import BREAKDOWN_TITLES, breakdown, breakdown_fields, run_row, table_cells
+from harness.reports.plots import accuracy_figure, png_bytes, transitions_figure
+from harness.reports.runs import RunData, load_run, problem_statements
+from harness.reports.show import episode_transition
+from harness.reports.textdiff import answer_span, word_diff
+from harness.stats import TRANSITION_LABELS, TRANSITIONS
+from harness.store import atomic_write_text
+
+TEMPLATE = "report.html.j2"
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("harness.reports", "templates"),
+    autoescape=jinja2.select_autoescape(["html", "j2"]),
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def episode_data(sample: dict[str, Any], problem: str | None) -> dict[str, Any]:
+    """What the page's script needs for one episode, diffs and answer spans included."""
+    turns = sample["turns"]
+    return {
+        "id": str(sample["id"]),
+        "sample": sample.get("sample", 0),
+        "answer": str(sample.get("answer")),
+        "subject": sample.get("subject"),
+        "level": None if sample.get("level") is None else str(sample["level"]),
+        "problem": problem,
+        "transition": episode_transition(sample),
+        "turns": [
+            {
+                "response": t["response"],
+                "extracted": t.get("extracted"),
+                "correct": bool(t["correct"]),
+                "finish_reason": t.get("finish_reason"),
+                "completion_tokens": t.get("completion_tokens"),
+                "span": _utf16_span(t["response"], answer_span(t["response"], t.get("extracted"))),
+            }
+            for t in turns
+        ],
+        "diffs": [word_diff(a["response"], b["response"]) for a, b in pairwise(turns)],
+    }
+
+
+def _utf16_span(text: str, span: tuple[int, int] | None) -> list[int] | None:
+    """A span in UTF-16 code units, the string offsets of JavaScript (they differ beyond the BMP)."""
+    if span is None:
+        return None
+    return [len(text[:i].encode("utf-16-le")) // 2 for i in span]
+
+
+def script_json(value: Any) -> str:
+    """JSON safe to place inside <script>: no '<', '>' or '&' that could close or confuse the tag."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def _png_uri(figure) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(figure)).decode("ascii")
+
+
+def html_text(run: RunData) -> str:
+    row = run_row(run)
+    summary = table_cells([row], ["run"], lambda r: [r.run])
+    breakdowns = []
+    for key in breakdown_fields([run]):
+        rows = breakdown([run], key)
+        title = BREAKDOWN_TITLES.get(key, key)
+        breakdowns.append((title, table_cells(rows, [title], lambda r: [r.group], with_ci=True)))
+    problems = problem_statements(run)
+    episodes = [episode_data(s, problems.get(str(s["id"]))) for s in run.samples]
+    info = run.info
+    decoding = (
+        "greedy" if info.get("temperature", 0) == 0 else f"temperature {info['temperature']}, top-p {info['top_p']}"
+    )
+    return _ENV.get_template(TEMPLATE).render(
+        run=info,
+        started=run.started or "unknown",
+        skipped=run.skipped,
+        decoding=decoding,
+        n=run.summary["n"],
+        summary=summary,
+        breakdowns=breakdowns,
+        accuracy_png=_png_uri(accuracy_figure([row])),
+        transitions_png=_png_uri(transitions_figure([row])),
+        transitions=[(t, TRANSITION_LABELS[t]) for t in TRANSITIONS],
+        data=script_json({"episodes": episodes, "labels": TRANSITION_LABELS}),
+    )
+
+
+def write_run_html(run: RunData | str | Path) -> Path:
+    """Write RUN_DIR/report.html for a run (a RunData or its directory); returns the path."""
+    if not isinstance(run, RunData):
+        run = load_run(run)
+    path = run.path / "report.html"
+    atomic_write_text(path, html_text(run))
+    return path

@@ -1,0 +1,81 @@
+"""Small real run directories for the report tests, made by `execute_run` with a scripted engine.
+
+Each problem's text carries a tag like [p2]; the engine answers turn t of that problem with
+PLANS[run][tag][t], phrased the way the MATH grader reads final answers. Nothing is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import ScriptedEngine
+
+# id: (subject, level, gold answer)
+PROBLEMS = {
+    "p1": ("Algebra", 1, "4"),
+    "p2": ("Algebra", 2, "7"),
+    "p3": ("Geometry", 2, "9"),
+    "p4": ("Geometry", 3, "10"),
+    "p5": ("Number Theory", 3, "12"),
+    "p6": ("Number Theory", 5, "2"),
+}
+
+# Answers at turn 1 and turn 2; the comment is each episode's transition.
+PLANS = {
+    # base: c2c, i2c, c2i, i2i, c2i, i2i -> acc_t1 3/6, acc_t2 2/6, i2c 1, c2i 2
+    "base": {
+        "p1": ("4", "4"),
+        "p2": ("5", "7"),
+        "p3": ("9", "8"),
+        "p4": ("3", "2"),
+        "p5": ("12", "11"),
+        "p6": ("1", "6"),
+    },
+    # trained: same turn-1 verdicts as base; c2c, i2c, c2c, i2c, c2c, i2c -> acc_t2 6/6, i2c 3, c2i 0
+    "trained": {
+        "p1": ("4", "4"),
+        "p2": ("5", "7"),
+        "p3": ("9", "9"),
+        "p4": ("3", "10"),
+        "p5": ("12", "12"),
+        "p6": ("1", "2"),
+    },
+}
+
+
+def response(answer: str, turn: int) -> str:
+    return (
+        f"Attempt {turn}: adding up the parts gives {answer}.\n"
+        f"Final Answer: The final answer is ${answer}$. I hope it is correct."
+    )
+
+
+def write_problems(path: Path) -> Path:
+    lines = [
+        {"problem": f"[{pid}] What is the answer to problem {pid}?", "answer": gold, "subject": subject,
+         "level": level, "unique_id": pid}
+        for pid, (subject, level, gold) in PROBLEMS.items()
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def make_run(tmp_path: Path, plan_name: str, run_name: str | None = None, turns: int = 2) -> Path:
+    """Run the MATH task on PROBLEMS with PLANS[plan_name] (first `turns` turns); returns the run directory."""
+    from harness.config import RunConfig
+    from harness.run import execute_run
+
+    plan = PLANS[plan_name]
+    data = tmp_path / "problems.jsonl"
+    if not data.exists():
+        write_problems(data)
+
+    def reply(conversation):
+        tag = next(pid for pid in plan if f"[{pid}]" in conversation[0]["content"])
+        turn = sum(m["role"] == "assistant" for m in conversation)
+        return response(plan[tag][turn], turn + 1)
+
+    config = RunConfig(task="math", data=str(data), turns=turns, output_dir=str(tmp_path / "results"),
+                       run_name=run_name or plan_name)  # fmt: skip
+    return execute_run(config, engine=ScriptedEngine(reply)).run_dir
