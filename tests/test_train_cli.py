@@ -45,8 +45,9 @@ def test_train_writes_stage_checkpoints_that_run_evaluates(tiny_model_dir, tmp_p
 def test_resume_continues_after_the_last_checkpoint_without_repeating_steps(tiny_model_dir, tmp_path):
     from harness.train.trainer import train
 
-    base = dict(model=str(tiny_model_dir), data=str(SMOKE_DATA), output_dir=str(tmp_path / "run"), stage1_steps=1,
-                stage2_steps=1, batch_size=4, samples=2, micro_batch_size=4, max_new_tokens=6, lr=1e-3, device="cpu")
+    base = {"model": str(tiny_model_dir), "data": str(SMOKE_DATA), "output_dir": str(tmp_path / "run"),
+            "stage1_steps": 1, "stage2_steps": 1, "batch_size": 4, "samples": 2, "micro_batch_size": 4,
+            "max_new_tokens": 6, "lr": 1e-3, "device": "cpu"}
     train(TrainConfig(**base))
     first = rows(tmp_path / "run" / "train_log.csv")
     with pytest.raises(HarnessError, match="--resume"):
@@ -70,7 +71,7 @@ def test_tokens_of_each_attempt_are_exactly_its_text_and_end_of_turn(embedded_ch
     problem = Problem("p", "5", {"problem": "What is $2+3$?", "answer": "5"})
     episode = Episode(problem, 0, [Turn("It is $4$.", "4", False, "stop", 6), Turn("The final answer is $5$", "5", True, "length", 9)])
     out = tokenize_episode(task, episode, engine.render, tok, stop_token_ids(None, tok))
-    pick = lambda label: tok.decode([i for i, a in zip(out.input_ids, out.attempt) if a == label])  # noqa: E731
+    pick = lambda label: tok.decode([i for i, a in zip(out.input_ids, out.attempt) if a == label])
     assert pick(ATTEMPT1) == "It is $4$.<|im_end|>"  # stopped: the sampled end-of-turn token is trained
     assert pick(ATTEMPT2) == "The final answer is $5$"  # cut at max_new_tokens: no end token
     prompt = tok.decode([i for i, a in zip(out.input_ids, out.attempt) if a == PROMPT])
@@ -94,3 +95,13 @@ def test_settings_resolve_defaults_then_preset_then_file_then_command_line(tmp_p
         resolve_config(None, None, {"learning_rate": 1.0})
     with pytest.raises(HarnessError, match="multiple of --samples"):
         TrainConfig(data="x", batch_size=6, samples=4).validate()
+
+
+def test_every_shipped_train_config_file_resolves():
+    from harness.train.config import REPO
+
+    files = sorted((REPO / "configs" / "train").glob("*.[yt][ao]ml"))
+    assert len(files) >= 3
+    for path in files:
+        config = resolve_config(None, str(path), {"data": "x.jsonl"})
+        assert config.samples >= 2 and config.batch_size % config.samples == 0, path

@@ -7,6 +7,7 @@ from pathlib import Path
 
 def plot_log(log_path: Path, png_path: Path) -> Path | None:
     import csv
+    import math
 
     import matplotlib
 
@@ -36,7 +37,7 @@ def plot_log(log_path: Path, png_path: Path) -> Path | None:
         for name in names:
             values = col(name)
             style = "o-" if name.startswith("eval_") else "-"
-            pts = [(xi, v) for xi, v in zip(x, values) if v == v]
+            pts = [(xi, v) for xi, v in zip(x, values) if not math.isnan(v)]
             if pts:
                 ax.plot(*zip(*pts), style, label=name, markersize=3)
         if boundary:

@@ -106,7 +106,7 @@ def train(
 
     torch.manual_seed(config.seed)
     with progress.step("loading model", None):
-        policy = _load_policy(config, model, tokenizer)
+        policy = load_policy(config, model, tokenizer)
     engine = HFEngine(policy.model, policy.tokenizer, policy.name, batch_size=config.rollout_batch_size)
     if not resume or not (out / "config.json").exists():
         write_json(out / "config.json", {
@@ -132,14 +132,14 @@ def train(
             continue
         if position is not None and position["stage"] == stage:
             done = position["step"]
-        optimizer, scheduler = _optimizer(config, policy.model)
+        optimizer, scheduler = make_optimizer(config, policy.model)
         if position is not None and position["stage"] == stage and done < steps:
             optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location=policy.device))
             scheduler.last_epoch = done
         with progress.step(f"Stage {'I' if stage == 1 else 'II'}", steps) as advance:
             advance(done)
             for step in range(done + 1, steps + 1):
-                row = _train_step(config, stage, step, task, grader, problems, engine, policy, optimizer,
+                row = train_step(config, stage, step, task, grader, problems, engine, policy, optimizer,
                                   scheduler, settings, coef, stop_ids)
                 if config.eval_every and (step % config.eval_every == 0 or step == steps):
                     row.update(_evaluate(config, stage, step, engine, policy, max_new_tokens))
@@ -159,7 +159,7 @@ def train(
     return TrainResult(out, checkpoints, log_path, plot_path)
 
 
-def _train_step(config, stage, step, task, grader, problems, engine, policy, optimizer, scheduler, settings,
+def train_step(config, stage, step, task, grader, problems, engine, policy, optimizer, scheduler, settings,
                 coef, stop_ids) -> dict:
     """One SCoRe step: rollouts, reference, advantages, update. Returns the log row."""
     t0 = time.perf_counter()
@@ -241,13 +241,13 @@ def _evaluate(config: TrainConfig, stage: int, step: int, engine: HFEngine, poli
     }
 
 
-def _load_policy(config: TrainConfig, model, tokenizer) -> Policy:
+def load_policy(config: TrainConfig, model, tokenizer) -> Policy:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"
     if on_gpu and config.dtype != "fp32":
-        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     else:
         autocast = contextlib.nullcontext
     if model is None:
@@ -281,7 +281,7 @@ def _load_policy(config: TrainConfig, model, tokenizer) -> Policy:
     return Policy(model, tokenizer, name, reference, config.lora_r > 0, device, autocast)
 
 
-def _optimizer(config: TrainConfig, model: torch.nn.Module):
+def make_optimizer(config: TrainConfig, model: torch.nn.Module):
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "adam":
         optimizer = torch.optim.Adam(params, lr=config.lr)
