@@ -124,13 +124,15 @@ def evaluate(task_path, data_path, engine, out_dir, name) -> dict:
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 64-wide model gains nothing from threads; one thread keeps results repeatable
     root = tmp_path_factory.mktemp("toy")
     (root / "toy.yaml").write_text(TASK_YAML)
     with (root / "train.jsonl").open("w") as fh:
         for q in range(QUESTIONS):
             fh.write(json.dumps({"id": f"q{q}", "problem": f"q{q}", "answer": f"a{GOLD[q]}"}) + "\n")
-    return root
+    yield root
+    torch.set_num_threads(threads)
 
 
 def test_stage1_then_stage2_teach_the_toy_model_to_correct_itself(toy):
