@@ -61,19 +61,35 @@ def main() -> None:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(None)[1])
     shape = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-        max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(shape)  # fp32 master weights
     n_params = sum(p.numel() for p in model.parameters())
-    config = resolve_config("one-gpu", None, {
-        "data": str(SMOKE_DATA), "batch_size": args.batch_size, "samples": args.samples,
-        "micro_batch_size": args.micro_batch_size, "rollout_batch_size": args.batch_size,
-        "max_new_tokens": args.max_new_tokens, "lora_r": args.lora_r, "device": args.device,
-    }).validate()
+    config = resolve_config(
+        "one-gpu",
+        None,
+        {
+            "data": str(SMOKE_DATA),
+            "batch_size": args.batch_size,
+            "samples": args.samples,
+            "micro_batch_size": args.micro_batch_size,
+            "rollout_batch_size": args.batch_size,
+            "max_new_tokens": args.max_new_tokens,
+            "lora_r": args.lora_r,
+            "device": args.device,
+        },
+    ).validate()
     task = load_task(config.task)
     grader = get_grader(task.grader)
     problems, _ = load_problems(task, config.data)
@@ -89,28 +105,45 @@ def main() -> None:
         for step in range(1, args.steps + 1):
             sync()
             t0 = time.perf_counter()
-            row = train_step(config, stage, step, task, grader, problems, engine, policy, optimizer, scheduler,
-                             settings, coef, stops)
+            row = train_step(
+                config, stage, step, task, grader, problems, engine, policy, optimizer, scheduler, settings, coef, stops
+            )
             sync()
             row["wall_s"] = time.perf_counter() - t0
             rows.append(row)
-            print(f"stage {stage} step {step}: {row['wall_s']:.1f}s  rollout {row['rollout_s']:.1f}s  reference "
-                  f"{row['reference_s']:.1f}s  update {row['update_s']:.1f}s  {row['tokens_per_s']:.0f} tok/s  "
-                  f"kl_t1 {row['kl_t1']:.3g}", flush=True)
+            print(
+                f"stage {stage} step {step}: {row['wall_s']:.1f}s  rollout {row['rollout_s']:.1f}s  reference "
+                f"{row['reference_s']:.1f}s  update {row['update_s']:.1f}s  {row['tokens_per_s']:.0f} tok/s  "
+                f"kl_t1 {row['kl_t1']:.3g}",
+                flush=True,
+            )
     timed = [r for r in rows if r["step"] > 1]  # the first step of a stage warms up kernels and allocators
-    mean = {k: float(np.mean([r[k] for r in timed])) for k in ("wall_s", "rollout_s", "reference_s", "update_s", "tokens_per_s")}
+    mean = {
+        k: float(np.mean([r[k] for r in timed]))
+        for k in ("wall_s", "rollout_s", "reference_s", "update_s", "tokens_per_s")
+    }
     print("\n== SCoRe GPU check ==")
     card = torch.cuda.get_device_name() if cuda else "CPU (plumbing check only)"
     print(f"card            {card}  (torch {torch.__version__})")
-    print(f"model           random Llama-style, {n_params / 1e9:.2f}B parameters, "
-          f"{'full fine-tuning' if not args.lora_r else f'LoRA r={args.lora_r}'}, bf16 autocast, gradient checkpointing")
-    print(f"batch           {config.batch_size} episodes ({config.batch_size // config.samples} prompts x {config.samples}), "
-          f"micro-batch {config.micro_batch_size}, {config.max_new_tokens} new tokens per attempt")
+    print(
+        f"model           random Llama-style, {n_params / 1e9:.2f}B parameters, "
+        f"{'full fine-tuning' if not args.lora_r else f'LoRA r={args.lora_r}'}, bf16 autocast, gradient checkpointing"
+    )
+    print(
+        f"batch           {config.batch_size} episodes "
+        f"({config.batch_size // config.samples} prompts x {config.samples}), "
+        f"micro-batch {config.micro_batch_size}, {config.max_new_tokens} new tokens per attempt"
+    )
     if cuda:
-        print(f"peak memory     {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB allocated, "
-              f"{torch.cuda.max_memory_reserved() / 2**30:.1f} GiB reserved")
-    print(f"step            {mean['wall_s']:.1f} s: rollout {mean['rollout_s']:.1f} s, reference {mean['reference_s']:.1f} s, "
-          f"update {mean['update_s']:.1f} s (mean of {len(timed)} steps after warm-up)")
+        print(
+            f"peak memory     {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB allocated, "
+            f"{torch.cuda.max_memory_reserved() / 2**30:.1f} GiB reserved"
+        )
+    print(
+        f"step            {mean['wall_s']:.1f} s: rollout {mean['rollout_s']:.1f} s, "
+        f"reference {mean['reference_s']:.1f} s, "
+        f"update {mean['update_s']:.1f} s (mean of {len(timed)} steps after warm-up)"
+    )
     print(f"tokens/s        {mean['tokens_per_s']:.0f} (all sequence tokens of a step / its wall time)")
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -24,6 +26,20 @@ def _help(name: str) -> str:
     return RunConfig.__dataclass_fields__[name].metadata["help"]
 
 
+class BatchSize(click.ParamType):
+    """A positive batch size, or 'auto'."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or isinstance(value, int):
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
+
+
 @cli.command()
 @click.option("--model", default=None, help=_help("model"))
 @click.option("--task", default="math", show_default=True, help=_help("task"))
@@ -36,40 +52,84 @@ def _help(name: str) -> str:
 @click.option("--temperature", type=float, default=0.0, show_default=True, help=_help("temperature"))
 @click.option("--top-p", type=float, default=1.0, show_default=True, help=_help("top_p"))
 @click.option("--seed", type=int, default=0, show_default=True, help=_help("seed"))
-@click.option("--batch-size", type=int, default=16, show_default=True, help=_help("batch_size"))
+@click.option("--batch-size", type=BatchSize(), default=16, show_default=True, help=_help("batch_size"))
 @click.option("--output-dir", default="results", show_default=True, help=_help("output_dir"))
 @click.option("--run-name", default=None, help=_help("run_name"))
+@click.option("--resume", is_flag=True, help=_help("resume"))
+@click.option("--base-url", default=None, help=_help("base_url"))
+@click.option("--api-key", default=None, envvar="OPENAI_API_KEY", show_envvar=True, help=_help("api_key"))
+@click.option("--concurrency", type=int, default=8, show_default=True, help=_help("concurrency"))
+@click.option("--request-timeout", type=float, default=600.0, show_default=True, help=_help("request_timeout"))
+@click.option("--tensor-parallel-size", type=int, default=1, show_default=True, help=_help("tensor_parallel_size"))
+@click.option("--pipeline-parallel-size", type=int, default=1, show_default=True, help=_help("pipeline_parallel_size"))
+@click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True, help=_help("gpu_memory_utilization"))
+@click.option("--max-model-len", type=int, default=None, help=_help("max_model_len"))
 def run(**options) -> None:
-    """Run k turns of intrinsic self-correction and write results/<run>/."""
-    from rich.console import Console
+    """Run k turns of intrinsic self-correction and write results/<run>/.
 
+    Rerunning a command whose run directory exists continues that run; finished work is kept.
+    """
     from harness.progress import RichProgress
     from harness.run import execute_run
 
     config = RunConfig(**options)
-    console = Console(stderr=True)
-    with RichProgress(console) as progress:
-        result = execute_run(config, progress)
+    config.validate()
+    if config.run_name is None:
+        # Fix the name now, so that an interruption can print the command that resumes this run.
+        config.run_name = config.resolved_run_name(config.model or "SmolLM2-135M-Instruct")
+    console = _console()
+    try:
+        with RichProgress(console) as progress:
+            result = execute_run(config, progress)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/yellow]; finished work is saved. Resume with:\n  {_resume_command(config)}")
+        sys.exit(130)
     _show_summary(result.summary, console)
     console.print(f"[green]wrote[/green] {result.run_dir}/ (config.json, samples.jsonl, summary.json, summary.csv, summary.md)")
 
 
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _resume_command(config: RunConfig) -> str:
+    import shlex
+
+    args = [a for a in sys.argv[1:] if a != "--resume"]
+    if "--run-name" not in args:
+        args += ["--run-name", config.run_name or ""]
+    return shlex.join(["score-eval", *args, "--resume"])
+
+
 @cli.command()
-@click.option("--config", "config_file", default=None, help="YAML or TOML file of settings (e.g. configs/train/one-gpu.yaml)")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+def regrade(run_dir: Path) -> None:
+    """Grade a finished run's stored responses again with the current grader (no generation)."""
+    from harness.regrade import regrade_run
+
+    document, changed = regrade_run(run_dir)
+    console = _console()
+    _show_summary(document, console)
+    console.print("changed verdicts: " + ", ".join(f"{k.rsplit('_', 1)[1]}: {v}" for k, v in changed.items()))
+
+
+@cli.command()
+@click.option("--config", "config_file", default=None,
+              help="YAML or TOML file of settings (e.g. configs/train/one-gpu.yaml)")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="start from a named preset")
 @click.option("--smoke", is_flag=True, help="a few steps of each stage on the embedded model on CPU (the smoke preset)")
 @click.option("--resume", is_flag=True, help="continue the run in --output-dir from its last checkpoint")
 @click_options
 def train(config_file, preset, smoke, resume, **overrides) -> None:
     """Train self-correction with SCoRe (Stage I, then Stage II) and write DIR/stage1, DIR/stage2."""
-    from rich.console import Console
-
     from harness.progress import RichProgress
     from harness.train.config import config_from_cli
     from harness.train.trainer import train as run_training
 
     config = config_from_cli(preset, config_file, smoke, resume, overrides)
-    console = Console(stderr=True)
+    console = _console()
     with RichProgress(console) as progress:
         result = run_training(config, progress, log=lambda row: _show_step(row, console), resume=resume)
     for stage, path in result.checkpoints.items():
@@ -78,7 +138,9 @@ def train(config_file, preset, smoke, resume, **overrides) -> None:
 
 
 def _show_step(row: dict, console) -> None:
-    evaluation = f"  held-out acc t1 {row['eval_acc_t1']:.3f} t2 {row['eval_acc_t2']:.3f}" if "eval_acc_t1" in row else ""
+    evaluation = ""
+    if "eval_acc_t1" in row:
+        evaluation = f"  held-out acc t1 {row['eval_acc_t1']:.3f} t2 {row['eval_acc_t2']:.3f}"
     console.log(
         f"stage {row['stage']} step {row['step']}: reward t1 {row['reward_t1']:.3f} t2 {row['reward_t2']:.3f}  "
         f"KL t1 {row['kl_t1']:.4f} t2 {row['kl_t2']:.4f}  loss {row['loss']:.4f}  "
@@ -104,8 +166,18 @@ def _show_summary(document: dict, console) -> None:
     console.print(table)
 
 
+class _NoteHandler(logging.Handler):
+    """Harness log records become one-line notes on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"note: {record.getMessage()}", err=True)
+
+
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
+    logger = logging.getLogger("score_eval")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(_NoteHandler())
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

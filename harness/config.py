@@ -23,9 +23,20 @@ class RunConfig:
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
-    batch_size: int = field(default=16, metadata={"help": "conversations per generation batch"})
+    batch_size: int | str = field(default=16, metadata={"help": "hf: conversations per generation batch, or 'auto' (halves on out-of-memory)"})
     output_dir: str = field(default="results", metadata={"help": "parent of the run directory"})
     run_name: str | None = field(default=None, metadata={"help": "run directory name; default: task-model-time"})
+    resume: bool = field(default=False, metadata={"help": "continue the unfinished run named by --run-name"})
+    # Engine options: openai
+    base_url: str | None = field(default=None, metadata={"help": "openai: server URL, e.g. http://127.0.0.1:8000/v1"})
+    api_key: str | None = field(default=None, repr=False, metadata={"help": "openai: API key (default: $OPENAI_API_KEY); never written to any file"})
+    concurrency: int = field(default=8, metadata={"help": "openai: requests in flight at once"})
+    request_timeout: float = field(default=600.0, metadata={"help": "openai: seconds per request before it is retried"})
+    # Engine options: vllm
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs per model replica (tensor parallel)"})
+    pipeline_parallel_size: int = field(default=1, metadata={"help": "vllm: pipeline stages"})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: share of GPU memory to use"})
+    max_model_len: int | None = field(default=None, metadata={"help": "vllm: context length (default: the model's)"})
 
     def validate(self) -> RunConfig:
         checks = [
@@ -36,11 +47,19 @@ class RunConfig:
             (self.limit is None or self.limit > 0, f"--limit must be positive (got {self.limit})"),
             (self.temperature >= 0, f"--temperature must be 0 (greedy) or positive (got {self.temperature})"),
             (0 < self.top_p <= 1, f"--top-p must be in (0, 1] (got {self.top_p})"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+            (self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size >= 1),
+             f"--batch-size must be a positive number or 'auto' (got {self.batch_size})"),
+            (self.concurrency >= 1, f"--concurrency must be at least 1 (got {self.concurrency})"),
+            (self.request_timeout > 0, f"--request-timeout must be positive (got {self.request_timeout})"),
         ]
+        from harness.engines import BACKENDS
+
+        checks.append((self.backend in BACKENDS, f"unknown backend '{self.backend}'; choose one of: {', '.join(BACKENDS)}"))
         for ok, message in checks:
             if not ok:
                 raise HarnessError(message)
+        if self.resume and self.run_name is None:
+            raise HarnessError("--resume needs --run-name: the name of the run directory to continue")
         if self.run_name is not None and not re.fullmatch(r"[\w.-]+", self.run_name):
             raise HarnessError(f"--run-name '{self.run_name}' may use only letters, digits, '.', '_' and '-'")
         return self
@@ -52,5 +71,11 @@ class RunConfig:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         return f"{Path(self.task).stem}-{short}-{stamp}"
 
+    def engine_options(self) -> dict:
+        keys = ("batch_size", "base_url", "api_key", "concurrency", "request_timeout", "tensor_parallel_size",
+                "pipeline_parallel_size", "gpu_memory_utilization", "max_model_len", "seed")
+        return {k: getattr(self, k) for k in keys}
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        """Every setting, for config.json, without the API key."""
+        return {k: v for k, v in asdict(self).items() if k != "api_key"}

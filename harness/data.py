@@ -39,12 +39,16 @@ class DataSource:
 
 def load_problems(task: Task, data_path: str | None, limit: int | None = None) -> tuple[list[Problem], DataSource]:
     if data_path is not None:
-        records, source = _read_file(Path(data_path))
+        records, lines, source = _read_file(Path(data_path))
     else:
         records, source = _read_hub(task)
+        lines = None
     if not records:
         raise HarnessError(f"data file {source.location} holds no records; point --data at a non-empty file")
-    problems = [_to_problem(task, rec, i, source.location) for i, rec in enumerate(records)]
+    problems = [
+        _to_problem(task, rec, i, f"{source.location}: " + (f"line {lines[i]}" if lines else f"record {i + 1}"))
+        for i, rec in enumerate(records)
+    ]
     seen: set[str] = set()
     for p in problems:
         if p.id in seen:
@@ -56,13 +60,12 @@ def load_problems(task: Task, data_path: str | None, limit: int | None = None) -
 
 
 def _to_problem(task: Task, record: Any, index: int, where: str) -> Problem:
-    line = index + 1
     if not isinstance(record, dict):
-        raise HarnessError(f"{where}: record {line} is not a JSON object; each record must be an object")
+        raise HarnessError(f"{where} is not a JSON object; each record must be an object")
     for name in task.data.required_fields:
         if name not in record or record[name] is None:
             raise HarnessError(
-                f"{where}: record {line} lacks the field '{name}' that task '{task.name}' needs "
+                f"{where} lacks the field '{name}' that task '{task.name}' needs "
                 f"(required: {', '.join(task.data.required_fields)})"
             )
     pid = record.get(task.data.id_field) if task.data.id_field else None
@@ -77,13 +80,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_file(path: Path) -> tuple[list[Any], DataSource]:
+def _read_file(path: Path) -> tuple[list[Any], list[int] | None, DataSource]:
+    """Records, their line numbers (JSONL only) and the source description."""
     if not path.is_file():
         raise HarnessError(f"data file {path} does not exist; check the --data path")
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    lines = None
     try:
         if suffix in (".jsonl", ".jsonl.gz"):
-            records = _read_jsonl(path)
+            records, lines = _read_jsonl(path)
         elif suffix == ".json":
             loaded = json.loads(path.read_text())
             records = _unwrap_json(loaded)
@@ -97,14 +102,14 @@ def _read_file(path: Path) -> tuple[list[Any], DataSource]:
         raise HarnessError(f"data file {path} is not valid {suffix[1:].upper()} ({exc}); fix or replace the file") from exc
     except (OSError, ValueError) as exc:
         raise HarnessError(f"data file {path} could not be read as {suffix} ({exc}); fix or replace the file") from exc
-    return records, DataSource("file", str(path.resolve()), sha256_file(path), len(records))
+    return records, lines, DataSource("file", str(path.resolve()), sha256_file(path), len(records))
 
 
-def _read_jsonl(path: Path) -> list[Any]:
+def _read_jsonl(path: Path) -> tuple[list[Any], list[int]]:
     import gzip
 
     opener = gzip.open if path.suffix == ".gz" else open
-    records = []
+    records, lines = [], []
     with opener(path, "rt", encoding="utf-8") as fh:
         for n, line in enumerate(fh, start=1):
             if line.strip():
@@ -112,7 +117,8 @@ def _read_jsonl(path: Path) -> list[Any]:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise HarnessError(f"data file {path} line {n} is not valid JSON ({exc.msg}); fix that line") from exc
-    return records
+                lines.append(n)
+    return records, lines
 
 
 def _unwrap_json(loaded: Any) -> list[Any]:

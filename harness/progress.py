@@ -31,11 +31,13 @@ class RichProgress:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
-            Progress as _Progress,
             SpinnerColumn,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
+        )
+        from rich.progress import (
+            Progress as _Progress,
         )
 
         self.console = console or Console(stderr=True)
@@ -54,7 +56,11 @@ class RichProgress:
         self._progress.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            # A failed run ends with one error line, not with half-finished bars above it.
+            for task in self._progress.tasks:
+                self._progress.update(task.id, visible=False)
         self._progress.stop()
 
     @contextmanager

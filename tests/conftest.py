@@ -55,13 +55,15 @@ class ScriptedEngine:
         self.reply = reply  # callable(conversation) -> str
         self.calls: list[list] = []
 
-    def chat(self, conversations, settings, on_progress=None):
+    def chat(self, conversations, settings, on_done=None, seeds=None):
         from harness.engines.base import Completion
 
         self.calls.append([list(c) for c in conversations])
+        self.seeds = seeds
         out = [[Completion(self.reply(c), 0, 1, "stop") for _ in range(settings.n)] for c in conversations]
-        if on_progress:
-            on_progress(len(conversations) * settings.n)
+        for i, completions in enumerate(out):
+            if on_done:
+                on_done(i, completions)
         return out
 
     def describe(self) -> dict:

@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from harness.engines.base import Completion, Engine, Message, SamplingSettings
 from harness.errors import HarnessError
 
-BACKENDS = ("hf",)
+BACKENDS = ("hf", "vllm", "openai")
 
 
-def make_engine(backend: str, model: str | None, **options) -> Engine:
-    """Build the engine for `backend`; heavy imports happen here, not at package import."""
+def make_engine(backend: str, model: str | None, options: dict[str, Any]) -> Engine:
+    """Build the engine for `backend` from the run's engine options; heavy imports happen here."""
     if backend == "hf":
         from harness.engines.hf import HFEngine
 
-        return HFEngine.from_model(model, **options)
+        return HFEngine.from_model(model, batch_size=options["batch_size"])
+    if backend == "vllm":
+        from harness.engines.vllm import VLLMEngine
+
+        return VLLMEngine.from_model(
+            model,
+            tensor_parallel_size=options["tensor_parallel_size"],
+            pipeline_parallel_size=options["pipeline_parallel_size"],
+            gpu_memory_utilization=options["gpu_memory_utilization"],
+            max_model_len=options["max_model_len"],
+            seed=options["seed"],
+        )
+    if backend == "openai":
+        from harness.engines.openai import OpenAIEngine
+
+        if not options.get("base_url"):
+            raise HarnessError("--backend openai needs --base-url, e.g. http://127.0.0.1:8000/v1")
+        return OpenAIEngine.from_server(
+            options["base_url"],
+            model=model,
+            api_key=options.get("api_key"),
+            concurrency=options["concurrency"],
+            request_timeout=options["request_timeout"],
+        )
     raise HarnessError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
 
 

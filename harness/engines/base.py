@@ -12,7 +12,14 @@ from typing import Protocol
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 Conversation = list[Message]
-ProgressCallback = Callable[[int], None]  # called with the number of completions just finished
+# Called as soon as all completions of one conversation are ready: (conversation index, completions).
+# Callers use it to save work as it is produced and to show progress; engines call it from the
+# thread that called `chat`.
+DoneCallback = Callable[[int, list["Completion"]], None]
+
+# finish_reason of a conversation the engine did not run because its prompt alone fills the model's
+# context window; its completion text is empty.
+PROMPT_TOO_LONG = "prompt_too_long"
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,7 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" (end of turn) or "length" (hit max_new_tokens)
+    finish_reason: str  # "stop" (end of turn), "length" (hit max_new_tokens) or PROMPT_TOO_LONG
 
 
 class Engine(Protocol):
@@ -49,9 +56,16 @@ class Engine(Protocol):
         self,
         conversations: Sequence[Conversation],
         settings: SamplingSettings,
-        on_progress: ProgressCallback | None = None,
+        on_done: DoneCallback | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        """Return `settings.n` completions for each conversation, in input order."""
+        """Return `settings.n` completions for each conversation, in input order.
+
+        `seeds` gives each conversation its own sampling seed where the engine can honour one
+        (vLLM, servers that accept `seed`), so identical conversations of different episodes
+        still draw different samples, and a conversation draws the same samples whatever else
+        shares its call. Without it, seeds derive from `settings.seed` and the position.
+        """
 
     def describe(self) -> dict:
         """Engine facts for config.json (model path, dtype, device, ...)."""

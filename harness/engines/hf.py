@@ -6,10 +6,10 @@ returned in input order. Generation uses the model's KV cache; float32 on CPU, b
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Sequence
 
-from harness.engines.base import Completion, Conversation, ProgressCallback, SamplingSettings
+from harness.engines.base import PROMPT_TOO_LONG, Completion, Conversation, DoneCallback, SamplingSettings
 
 # Used only when a tokenizer ships no chat template (e.g. a base model); a warning says so.
 PLAIN_CHAT_TEMPLATE = (
@@ -21,20 +21,24 @@ PLAIN_CHAT_TEMPLATE = (
 class HFEngine:
     name = "hf"
 
-    def __init__(self, model, tokenizer, model_name: str, batch_size: int = 16):
+    def __init__(self, model, tokenizer, model_name: str, batch_size: int | str = 16):
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
-        self.batch_size = batch_size
+        # "auto" starts large and halves on out-of-memory; a number is used as given.
+        self.auto_batch = batch_size == "auto"
+        self.batch_size = (64 if str(model.device).startswith("cuda") else 16) if self.auto_batch else int(batch_size)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         if not tokenizer.chat_template:
-            warnings.warn(f"{model_name} has no chat template; using a plain 'Role: text' template", stacklevel=2)
+            logging.getLogger("score_eval").warning(
+                "%s has no chat template; using a plain 'Role: text' template", model_name
+            )
             tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
 
     @classmethod
-    def from_model(cls, model: str | None, batch_size: int = 16, device: str | None = None) -> HFEngine:
+    def from_model(cls, model: str | None, batch_size: int | str = 16, device: str | None = None) -> HFEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -54,7 +58,7 @@ class HFEngine:
             "model_path": str(getattr(self.model, "name_or_path", "")),
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "device": str(self.model.device),
-            "batch_size": self.batch_size,
+            "batch_size": "auto" if self.auto_batch else self.batch_size,
         }
 
     def render(self, conversation: Conversation) -> str:
@@ -65,24 +69,56 @@ class HFEngine:
         self,
         conversations: Sequence[Conversation],
         settings: SamplingSettings,
-        on_progress: ProgressCallback | None = None,
+        on_done: DoneCallback | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
+        """See Engine.chat. Per-conversation `seeds` are not honoured: transformers samples a
+        whole batch from one random stream, seeded per batch from `settings.seed`, so the same
+        call repeats exactly but a conversation's samples depend on its batch."""
         import torch
 
-        prompts = [self.render(c) for c in conversations for _ in range(settings.n)]
-        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-        results: list[Completion | None] = [None] * len(encoded)
-        for batch_no, start in enumerate(range(0, len(order), self.batch_size)):
-            idx = order[start : start + self.batch_size]
+        n = settings.n
+        encoded = [self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"] for c in conversations]
+        results: list[list[Completion]] = [[] for _ in conversations]
+
+        def finish(conv: int, completion: Completion) -> None:
+            results[conv].append(completion)
+            if len(results[conv]) == n and on_done:
+                on_done(conv, results[conv])
+
+        context = self.context_length
+        runnable = []
+        for conv, ids in enumerate(encoded):
+            if context is not None and len(ids) >= context:
+                for _ in range(n):
+                    finish(conv, Completion("", len(ids), 0, PROMPT_TOO_LONG))
+            else:
+                runnable += [conv] * n
+        # Longest prompts first, so each batch holds prompts of similar length and pads little.
+        runnable.sort(key=lambda conv: -len(encoded[conv]))
+        start = batch_no = 0
+        while start < len(runnable):
+            batch = runnable[start : start + self.batch_size]
             # One seed per batch: the same command on the same machine repeats its samples exactly.
             torch.manual_seed(settings.seed + batch_no)
-            for i, completion in zip(idx, self._generate([encoded[i] for i in idx], settings)):
-                results[i] = completion
-            if on_progress:
-                on_progress(len(idx))
-        flat = [c for c in results if c is not None]
-        return [flat[i * settings.n : (i + 1) * settings.n] for i in range(len(conversations))]
+            try:
+                completions = self._generate([encoded[c] for c in batch], settings)
+            except torch.OutOfMemoryError:
+                if not self.auto_batch or self.batch_size == 1:
+                    raise
+                self.batch_size //= 2
+                logging.getLogger("score_eval").warning("out of memory; batch size lowered to %d", self.batch_size)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            for conv, completion in zip(batch, completions):
+                finish(conv, completion)
+            start, batch_no = start + len(batch), batch_no + 1
+        return results
+
+    @property
+    def context_length(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
 
     def _generate(self, batch: list[list[int]], settings: SamplingSettings) -> list[Completion]:
         import torch

@@ -45,7 +45,7 @@ class TrainConfig:
     samples: int = _f(4, "episodes per prompt; the RLOO baseline of one is the mean return of the others")
     micro_batch_size: int = _f(8, "sequences per forward/backward; gradient accumulation covers the rest")
     rollout_batch_size: int = _f(64, "conversations per generation batch in the engine")
-    rollout_backend: str = _f("hf", "engine for rollouts: hf (vllm: not available yet, see README)")
+    rollout_backend: str = _f("hf", "engine for rollouts: hf (vllm: not implemented yet)")
     temperature: float = _f(1.0, "sampling temperature of rollouts")
     top_p: float = _f(1.0, "nucleus mass of rollouts")
     max_new_tokens: int | None = _f(None, "per attempt; default: the task's")
@@ -91,13 +91,17 @@ class TrainConfig:
             (self.eval_every >= 0, "--eval-every must not be negative"),
             (self.eval_every == 0 or self.eval_data is not None, "--eval-every needs --eval-data (held-out problems)"),
             (self.data is not None, "pass --data with training problems (e.g. a MATH train.jsonl), or use --smoke"),
-            (self.rollout_backend in ("hf", "vllm"), f"--rollout-backend must be hf or vllm (got {self.rollout_backend})"),
+            (self.rollout_backend in ("hf", "vllm"),
+             f"--rollout-backend must be hf or vllm (got {self.rollout_backend})"),
         ]
         for ok, message in checks:
             if not ok:
                 raise HarnessError(message)
         if self.rollout_backend == "vllm":
-            raise HarnessError("vllm rollouts need the harness's vllm engine, which is not there yet; use --rollout-backend hf")
+            raise HarnessError(
+                "vllm rollouts (with the updated weights loaded into vLLM after each step) are not implemented yet; "
+                "use --rollout-backend hf"
+            )
         return self
 
     @property
@@ -206,7 +210,8 @@ def config_from_cli(
     if smoke:
         preset = preset or "smoke"
     if resume and config_file is None:
-        output_dir = overrides.get("output_dir") or PRESETS.get(preset or "", {}).get("output_dir") or TrainConfig.output_dir
+        preset_dir = PRESETS.get(preset or "", {}).get("output_dir")
+        output_dir = overrides.get("output_dir") or preset_dir or TrainConfig.output_dir
         saved = Path(output_dir) / "config.json"
         if saved.is_file():
             config_file = str(saved)

@@ -101,7 +101,9 @@ def train(
     state_dir, log_path = out / "state", out / "train_log.csv"
     position = _read_position(state_dir) if resume else None
     if not resume and (log_path.exists() or (out / "config.json").exists()):
-        raise HarnessError(f"{out} already holds a training run; pass --resume to continue it or choose another --output-dir")
+        raise HarnessError(
+            f"{out} already holds a training run; pass --resume to continue it or choose another --output-dir"
+        )
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.seed)
@@ -170,6 +172,7 @@ def train_step(config, stage, step, task, grader, problems, engine, policy, opti
     policy.model.eval()
     with policy.autocast():
         episodes = run_episodes(task, chosen, engine, grader, turns=2, samples=config.samples, settings=sampling)
+    episodes = _complete_groups(episodes, config.samples)
     tokenized = [tokenize_episode(task, e, engine.render, policy.tokenizer, stop_ids) for e in episodes]
     batch = collate(tokenized, pad_id=policy.tokenizer.pad_token_id or 0)
     r1 = torch.tensor([float(e.turns[0].correct) for e in episodes])
@@ -216,6 +219,19 @@ def train_step(config, stage, step, task, grader, problems, engine, policy, opti
     }
 
 
+def _complete_groups(episodes: list, samples: int) -> list:
+    """Drop every prompt whose k episodes are not all two-turn (a prompt outgrew the context), so the
+    RLOO groups stay whole."""
+    groups = [episodes[i : i + samples] for i in range(0, len(episodes), samples)]
+    kept = [e for g in groups if all(e.skipped is None and len(e.turns) == 2 for e in g) for e in g]
+    if not kept:
+        raise HarnessError(
+            "every prompt of this step outgrew the model's context at turn 2; lower --max-new-tokens "
+            "or use a model with a longer context"
+        )
+    return kept
+
+
 def _logprobs(policy: Policy, model: torch.nn.Module, micro: SequenceBatch) -> torch.Tensor:
     ids = micro.input_ids.to(policy.device)
     with policy.autocast():
@@ -223,7 +239,9 @@ def _logprobs(policy: Policy, model: torch.nn.Module, micro: SequenceBatch) -> t
     return token_logprobs(logits, ids)
 
 
-def _evaluate(config: TrainConfig, stage: int, step: int, engine: HFEngine, policy: Policy, max_new_tokens: int) -> dict:
+def _evaluate(
+    config: TrainConfig, stage: int, step: int, engine: HFEngine, policy: Policy, max_new_tokens: int
+) -> dict:
     """The harness's own `score-eval run` on the held-out set, with the current weights."""
     run_name = f"stage{stage}-step{step:05d}"
     shutil.rmtree(Path(config.output_dir) / "evals" / run_name, ignore_errors=True)  # redone after a resume
@@ -247,7 +265,7 @@ def load_policy(config: TrainConfig, model, tokenizer) -> Policy:
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"
     if on_gpu and config.dtype != "fp32":
-        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
     else:
         autocast = contextlib.nullcontext
     if model is None:
@@ -299,7 +317,8 @@ def _save_checkpoint(policy: Policy, path: Path, stage: int, config: TrainConfig
     model = copy.deepcopy(policy.model).merge_and_unload() if policy.lora else policy.model
     model.save_pretrained(partial)
     policy.tokenizer.save_pretrained(partial)
-    write_json(partial / "score_train.json", {"stage": stage, "steps": config.steps(stage), "settings": config.as_dict()})
+    info = {"stage": stage, "steps": config.steps(stage), "settings": config.as_dict()}
+    write_json(partial / "score_train.json", info)
     shutil.rmtree(path, ignore_errors=True)
     partial.rename(path)
     return path

@@ -1,0 +1,120 @@
+"""OpenAI-compatible servers (vLLM serve, SGLang, TGI, llama.cpp's server, ...) over /v1/chat/completions.
+
+Requests go out concurrently (`concurrency` at a time) through the official `openai` client, which
+retries 408/409/429/5xx answers and connection errors with exponential backoff and enforces the
+per-request timeout. The server renders the chat template. Each request carries the
+conversation's seed, so sampled answers repeat on servers that honour `seed`, also after a resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+from harness.engines.base import PROMPT_TOO_LONG, Completion, Conversation, DoneCallback, SamplingSettings
+from harness.errors import HarnessError
+
+log = logging.getLogger("score_eval")
+
+
+class OpenAIEngine:
+    name = "openai"
+
+    def __init__(self, client, model_name: str, base_url: str, concurrency: int = 8):
+        self.client = client
+        self.model_name = model_name
+        self.base_url = base_url
+        self.concurrency = concurrency
+
+    @classmethod
+    def from_server(
+        cls,
+        base_url: str,
+        model: str | None = None,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        request_timeout: float = 600.0,
+        max_retries: int = 6,
+    ) -> OpenAIEngine:
+        import openai
+
+        client = openai.OpenAI(
+            base_url=base_url, api_key=api_key or "EMPTY", timeout=request_timeout, max_retries=max_retries
+        )
+        if model is None:
+            try:
+                served = [m.id for m in client.models.list()]
+            except openai.APIError as exc:
+                raise HarnessError(f"cannot list the models of the server at {base_url} ({exc}); check --base-url") from exc
+            if len(served) != 1:
+                raise HarnessError(
+                    f"the server at {base_url} serves {len(served)} models ({', '.join(served) or 'none'}); pick one with --model"
+                )
+            model = served[0]
+        return cls(client, model, base_url, concurrency)
+
+    def describe(self) -> dict:
+        # The API key is deliberately absent: nothing the harness writes may hold it.
+        return {"backend": self.name, "model": self.model_name, "base_url": self.base_url, "concurrency": self.concurrency}
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        settings: SamplingSettings,
+        on_done: DoneCallback | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        seeds = seeds or [settings.seed + i for i in range(len(conversations))]
+        results: list[list[Completion]] = [[] for _ in conversations]
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai") as pool:
+            futures = {
+                pool.submit(self._complete, conv, settings, seed): i
+                for i, (conv, seed) in enumerate(zip(conversations, seeds))
+            }
+            for future in as_completed(futures):
+                i = futures[future]
+                results[i] = future.result()
+                if on_done:
+                    on_done(i, results[i])
+        return results
+
+    def _complete(self, conversation: Conversation, settings: SamplingSettings, seed: int) -> list[Completion]:
+        """All `settings.n` completions of one conversation; asks again where a server returns fewer."""
+        import openai
+
+        completions: list[Completion] = []
+        while len(completions) < settings.n:
+            want = settings.n - len(completions)
+            try:
+                response = self.client.chat.completions.create(
+                    model=self.model_name,
+                    messages=conversation,
+                    n=want,
+                    max_tokens=settings.max_new_tokens,
+                    temperature=settings.temperature,
+                    top_p=settings.top_p,
+                    seed=seed + len(completions),
+                )
+            except openai.BadRequestError as exc:
+                if "context" in str(exc).lower():
+                    return [Completion("", 0, 0, PROMPT_TOO_LONG)] * settings.n
+                raise HarnessError(f"the server at {self.base_url} rejected a request: {exc}") from exc
+            except openai.APIError as exc:
+                raise HarnessError(f"the server at {self.base_url} failed after retries: {exc}; check that it is up") from exc
+            usage = response.usage
+            choices = response.choices[:want]
+            # Usage is per request; with several choices the completion tokens are shared out evenly.
+            per_choice = (usage.completion_tokens // len(choices)) if usage and choices else 0
+            completions += [
+                Completion(
+                    text=choice.message.content or "",
+                    prompt_tokens=usage.prompt_tokens if usage else 0,
+                    completion_tokens=per_choice,
+                    finish_reason=choice.finish_reason or "stop",
+                )
+                for choice in choices
+            ]
+            if not choices:
+                raise HarnessError(f"the server at {self.base_url} returned no choices; check the server's log")
+        return completions

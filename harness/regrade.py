@@ -1,0 +1,44 @@
+"""`score-eval regrade RUN_DIR`: grade stored responses again with the current grader.
+
+Nothing is generated. Each turn keeps its old verdict under `previous` so a user can see what the
+new grader changed; the summaries are rewritten and count the changes per turn.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.data import load_problems
+from harness.errors import HarnessError
+from harness.grading import get_grader
+from harness.run import finish_run
+from harness.store import read_json, read_jsonl
+from harness.tasks import load_task
+
+
+def regrade_run(run_dir: Path) -> tuple[dict, dict[str, int]]:
+    """Return the new summary document and the number of changed verdicts per turn."""
+    if not (run_dir / "summary.json").is_file() or not (run_dir / "config.json").is_file():
+        raise HarnessError(f"{run_dir} is not a finished run (no summary.json); finish it with `score-eval run ... --resume` first")
+    config, old = read_json(run_dir / "config.json"), read_json(run_dir / "summary.json")
+    source = config["task"].get("source") or ""
+    task = load_task(source if Path(source).is_file() else config["task"]["name"])
+    data = config["data"]
+    problems, now = load_problems(task, data["location"] if data["kind"] == "file" else None)
+    if now.sha256 != data["sha256"]:
+        raise HarnessError(f"the data at {data['location']} changed since the run (sha256 differs); restore the original file")
+    by_id = {p.id: p for p in problems}
+    records = read_jsonl(run_dir / "samples.jsonl")
+    cells = [(r, t, turn) for r in records for t, turn in enumerate(r["turns"], start=1)]
+    verdicts = get_grader(task.grader).grade([(turn["response"], by_id[r["id"]]) for r, _, turn in cells])
+    changed = {f"regrade_changed_t{t}": 0 for t in range(1, old["run"]["turns"] + 1)}
+    for (_, t, turn), verdict in zip(cells, verdicts):
+        previous = {"extracted": turn["extracted"], "correct": turn["correct"]}
+        if turn.get("detail") is not None:
+            previous["detail"] = turn.pop("detail")
+        turn.update(extracted=verdict.extracted, correct=verdict.correct, previous=previous)
+        if verdict.detail is not None:
+            turn["detail"] = verdict.detail
+        if verdict.correct != previous["correct"]:
+            changed[f"regrade_changed_t{t}"] += 1
+    return finish_run(run_dir, records, old["run"], extra_counts=changed), changed

@@ -1,0 +1,123 @@
+"""A stand-in for the parts of vLLM that harness/engines/vllm.py uses, for CPU-only CI.
+
+It mirrors vLLM's documented surface (vllm.LLM, LLM.chat, LLM.get_tokenizer,
+LLM.llm_engine.model_config.max_model_len, vllm.SamplingParams, RequestOutput, CompletionOutput):
+the same names, argument names, defaults and field names. Behind it, transformers runs the model,
+rendering each conversation with the tokenizer's chat template as vLLM does. It records every call
+so tests can check what the adapter sent. It is not vLLM: no paged attention, no scheduling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CALLS: list[dict] = []
+
+
+@dataclass
+class SamplingParams:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: list[str] | None = None
+    max_tokens: int | None = 16
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}.")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be non-negative, got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None = None
+    logprobs: list | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int] | None
+    prompt_logprobs: list | None
+    outputs: list[CompletionOutput]
+    finished: bool = True
+
+
+@dataclass
+class _ModelConfig:
+    max_model_len: int
+
+
+@dataclass
+class _LLMEngine:
+    model_config: _ModelConfig
+
+
+@dataclass
+class LLM:
+    model: str
+    tokenizer: str | None = None
+    tensor_parallel_size: int = 1
+    dtype: str = "auto"
+    seed: int = 0
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    pipeline_parallel_size: int = 1
+    _hf: object = field(default=None, repr=False)
+
+    def __post_init__(self):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer or self.model)
+        self._hf = AutoModelForCausalLM.from_pretrained(self.model).eval()
+        length = self.max_model_len or self._hf.config.max_position_embeddings
+        self.llm_engine = _LLMEngine(_ModelConfig(max_model_len=length))
+        CALLS.append({"init": {k: getattr(self, k) for k in (
+            "model", "tensor_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization", "max_model_len", "seed")}})
+
+    def get_tokenizer(self):
+        return self._tokenizer
+
+    def chat(self, messages, sampling_params=None, use_tqdm=True, lora_request=None, chat_template=None,
+             add_generation_prompt=True, continue_final_message=False, **kwargs):
+        import torch
+
+        conversations = messages if messages and isinstance(messages[0], list) else [messages]
+        params = sampling_params or SamplingParams()
+        params = params if isinstance(params, list) else [params] * len(conversations)
+        if len(params) != len(conversations):
+            raise ValueError("The lengths of prompts and sampling_params must be the same.")
+        prompts = [self._tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=add_generation_prompt)
+                   for c in conversations]
+        CALLS.append({"chat": prompts, "params": params, "use_tqdm": use_tqdm})
+        outputs = []
+        for number, (prompt, p) in enumerate(zip(prompts, params)):
+            ids = self._tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            if ids.shape[1] >= self.llm_engine.model_config.max_model_len:
+                raise ValueError("The decoder prompt is longer than the maximum model length")
+            completions = []
+            for index in range(p.n):
+                if p.seed is not None:
+                    torch.manual_seed(p.seed + index)
+                sample = {"do_sample": True, "temperature": p.temperature, "top_p": p.top_p, "top_k": 0} if p.temperature > 0 else {"do_sample": False}
+                out = self._hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=p.max_tokens,
+                                        pad_token_id=self._tokenizer.pad_token_id, **sample)[0, ids.shape[1]:].tolist()
+                eos = self._tokenizer.eos_token_id
+                stopped = eos in out
+                token_ids = out[: out.index(eos) + 1] if stopped else out
+                completions.append(CompletionOutput(
+                    index=index, text=self._tokenizer.decode([t for t in token_ids if t != eos], skip_special_tokens=True),
+                    token_ids=token_ids, finish_reason="stop" if stopped else "length"))
+            outputs.append(RequestOutput(str(number), prompt, ids[0].tolist(), None, completions))
+        return outputs

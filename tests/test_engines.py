@@ -1,0 +1,231 @@
+"""One engine interface, three backends: the same conformance checks for hf (tiny model), vllm
+(through tests/stand_ins/vllm, a stand-in of vLLM's API) and openai (a fake server on 127.0.0.1);
+then what is particular to each adapter."""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.engines.base import PROMPT_TOO_LONG, SamplingSettings
+from harness.errors import HarnessError
+from tests.fake_openai_server import FakeOpenAIServer
+
+STAND_INS = Path(__file__).parent / "stand_ins"
+CONVS = [
+    [{"role": "user", "content": "What is 1+1?"}],
+    [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "4"},
+     {"role": "user", "content": "There might be an error. Try again."}],
+    [{"role": "user", "content": "What is 1+1?"}],
+]
+
+
+@pytest.fixture
+def stand_in_vllm(monkeypatch):
+    monkeypatch.syspath_prepend(str(STAND_INS))
+    sys.modules.pop("vllm", None)
+    module = importlib.import_module("vllm")
+    module.CALLS.clear()
+    yield module
+    sys.modules.pop("vllm", None)
+
+
+@pytest.fixture(params=["hf", "vllm", "openai"])
+def engine(request, tiny_model_dir):
+    if request.param == "hf":
+        from harness.engines.hf import HFEngine
+
+        yield HFEngine.from_model(str(tiny_model_dir), batch_size=2)
+    elif request.param == "vllm":
+        request.getfixturevalue("stand_in_vllm")
+        from harness.engines.vllm import VLLMEngine
+
+        yield VLLMEngine.from_model(str(tiny_model_dir))
+    else:
+        from harness.engines.openai import OpenAIEngine
+
+        with FakeOpenAIServer() as server:
+            yield OpenAIEngine.from_server(server.base_url, concurrency=3)
+
+
+def test_conformance_n_completions_per_conversation_in_order(engine):
+    out = engine.chat(CONVS, SamplingSettings(max_new_tokens=6, n=2, temperature=1.0, seed=1))
+    assert [len(c) for c in out] == [2, 2, 2]
+    for completions in out:
+        for c in completions:
+            assert isinstance(c.text, str) and c.finish_reason in ("stop", "length")
+            assert c.prompt_tokens > 0 and 0 <= c.completion_tokens <= 6
+
+
+def test_conformance_each_conversation_reported_done_once(engine):
+    seen = []
+    out = engine.chat(CONVS, SamplingSettings(max_new_tokens=4), on_done=lambda i, cs: seen.append((i, cs)))
+    assert sorted(i for i, _ in seen) == [0, 1, 2]
+    assert all(out[i] == cs for i, cs in seen)
+
+
+def test_conformance_greedy_repeats_and_identical_conversations_agree(engine):
+    settings = SamplingSettings(max_new_tokens=8)
+    first = [c[0].text for c in engine.chat(CONVS, settings)]
+    assert first == [c[0].text for c in engine.chat(CONVS, settings)]
+    if engine.name != "openai":  # the fake server echoes the seed, which differs per position
+        assert first[0] == first[2]
+
+
+def test_conformance_describe_names_backend_and_model(engine):
+    facts = engine.describe()
+    assert facts["backend"] == engine.name and facts["model"] == engine.model_name
+    json.dumps(facts)
+
+
+def test_hf_and_vllm_see_the_same_prompt_text_and_agree_greedily(tiny_model_dir, stand_in_vllm):
+    from harness.engines.hf import HFEngine
+    from harness.engines.vllm import VLLMEngine
+
+    hf, vl = HFEngine.from_model(str(tiny_model_dir)), VLLMEngine.from_model(str(tiny_model_dir))
+    settings = SamplingSettings(max_new_tokens=8)
+    hf_texts = [c[0].text for c in hf.chat(CONVS, settings)]
+    vl_texts = [c[0].text for c in vl.chat(CONVS, settings)]
+    sent = stand_in_vllm.CALLS[-1]["chat"]
+    assert sent == [hf.render(c) for c in CONVS]  # byte for byte, rendered by vLLM's own path
+    assert hf_texts == vl_texts
+
+
+def test_vllm_gets_options_and_per_conversation_seeds(tiny_model_dir, stand_in_vllm):
+    from harness.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine.from_model(str(tiny_model_dir), tensor_parallel_size=1, gpu_memory_utilization=0.5,
+                                   max_model_len=512, seed=3)
+    init = stand_in_vllm.CALLS[0]["init"]
+    assert (init["gpu_memory_utilization"], init["max_model_len"], init["seed"]) == (0.5, 512, 3)
+    engine.chat(CONVS, SamplingSettings(max_new_tokens=4, temperature=0.8, top_p=0.9, n=2), seeds=[7, 8, 9])
+    call = stand_in_vllm.CALLS[-1]
+    assert [p.seed for p in call["params"]] == [7, 8, 9]
+    assert {(p.n, p.temperature, p.top_p, p.max_tokens) for p in call["params"]} == {(2, 0.8, 0.9, 4)}
+    assert call["use_tqdm"] is False
+
+
+def test_vllm_prompt_over_max_model_len_is_skipped_not_fatal(tiny_model_dir, stand_in_vllm):
+    from harness.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine.from_model(str(tiny_model_dir), max_model_len=40)
+    long = [{"role": "user", "content": "word " * 100}]
+    out = engine.chat([CONVS[0], long], SamplingSettings(max_new_tokens=4))
+    assert out[0][0].finish_reason != PROMPT_TOO_LONG and out[1][0].finish_reason == PROMPT_TOO_LONG
+
+
+def test_vllm_missing_is_one_clear_error(monkeypatch):
+    from harness.engines.vllm import VLLMEngine
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` fail
+    with pytest.raises(HarnessError, match=r"pip install 'score-eval\[vllm\]'"):
+        VLLMEngine.from_model(None)
+
+
+def test_openai_retries_429_and_5xx_then_succeeds():
+    from harness.engines.openai import OpenAIEngine
+
+    with FakeOpenAIServer(fail_first=[429, 500, 503]) as server:
+        engine = OpenAIEngine.from_server(server.base_url, concurrency=1)
+        engine.client = engine.client.with_options(max_retries=4)
+        out = engine.chat(CONVS[:1], SamplingSettings(max_new_tokens=4))
+    assert out[0][0].text.startswith("turn 1: What is 1+1?")
+    assert len(server.requests) == 4
+
+
+def test_openai_gives_up_with_one_line_when_the_server_keeps_failing():
+    from harness.engines.openai import OpenAIEngine
+
+    with FakeOpenAIServer(fail_first=[500] * 10) as server:
+        engine = OpenAIEngine.from_server(server.base_url, concurrency=1)
+        engine.client = engine.client.with_options(max_retries=1)
+        with pytest.raises(HarnessError, match="failed after retries"):
+            engine.chat(CONVS[:1], SamplingSettings(max_new_tokens=4))
+
+
+def test_openai_runs_requests_concurrently_up_to_the_limit():
+    from harness.engines.openai import OpenAIEngine
+
+    with FakeOpenAIServer(delay=0.2) as server:
+        OpenAIEngine.from_server(server.base_url, concurrency=3).chat(CONVS * 3, SamplingSettings(4))
+    assert server.max_in_flight == 3
+
+
+def test_openai_asks_again_when_the_server_returns_fewer_than_n():
+    from harness.engines.openai import OpenAIEngine
+
+    with FakeOpenAIServer(max_n=1) as server:
+        out = OpenAIEngine.from_server(server.base_url).chat(CONVS[:1], SamplingSettings(4, n=3, temperature=1.0), seeds=[10])
+    assert len(out[0]) == 3 and len(server.requests) == 3
+    assert [r["body"]["seed"] for r in server.requests] == [10, 11, 12]
+    assert [r["body"]["n"] for r in server.requests] == [3, 2, 1]
+
+
+def test_openai_context_overflow_is_skipped():
+    from harness.engines.openai import OpenAIEngine
+
+    with FakeOpenAIServer() as server:
+        out = OpenAIEngine.from_server(server.base_url).chat(
+            [CONVS[0], [{"role": "user", "content": "TOO_LONG"}]], SamplingSettings(4))
+    assert out[1][0].finish_reason == PROMPT_TOO_LONG and out[0][0].finish_reason == "stop"
+
+
+def test_openai_model_comes_from_the_server_when_there_is_one():
+    from harness.engines.openai import OpenAIEngine
+
+    with FakeOpenAIServer(models=["only-one"]) as server:
+        assert OpenAIEngine.from_server(server.base_url).model_name == "only-one"
+    with FakeOpenAIServer(models=["a", "b"]) as server:
+        with pytest.raises(HarnessError, match="serves 2 models .*--model"):
+            OpenAIEngine.from_server(server.base_url)
+
+
+def test_openai_run_end_to_end_never_writes_the_api_key(tmp_path, math500):
+    from tests.conftest import run_cli
+
+    secret = "sk-test-secret-4242"
+    with FakeOpenAIServer() as server:
+        result = run_cli(["run", "--backend", "openai", "--base-url", server.base_url, "--data", str(math500),
+                          "--limit", "3", "--turns", "2", "--output-dir", str(tmp_path), "--run-name", "o",
+                          "--concurrency", "2"], env={"OPENAI_API_KEY": secret})
+        assert result.returncode == 0, result.stderr
+        assert {r["authorization"] for r in server.requests} == {f"Bearer {secret}"}
+    run_dir = tmp_path / "o"
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(
+        ["config.json", "samples.jsonl", "summary.json", "summary.csv", "summary.md"])
+    for path in run_dir.iterdir():
+        assert secret not in path.read_text()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["engine"]["backend"] == "openai" and config["model"] == "fake-model"
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [t["response"][:6] for t in samples[0]["turns"]] == ["turn 1", "turn 2"]
+
+
+def test_api_key_given_on_the_command_line_is_redacted():
+    from harness.run import redact_command
+
+    assert redact_command(["x", "--api-key", "sk-1", "--api-key=sk-2", "--turns", "2"]) == [
+        "x", "--api-key", "***", "--api-key=***", "--turns", "2"]
+
+
+def test_hf_auto_batch_size_halves_on_out_of_memory(tiny_model_dir, monkeypatch):
+    import torch
+
+    from harness.engines.hf import HFEngine
+
+    engine = HFEngine.from_model(str(tiny_model_dir), batch_size="auto")
+    assert engine.batch_size == 16
+    real, sizes = engine._generate, []
+
+    def generate(batch, settings):
+        sizes.append(len(batch))
+        if len(batch) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(batch, settings)
+
+    monkeypatch.setattr(engine, "_generate", generate)
+    out = engine.chat(CONVS * 4, SamplingSettings(max_new_tokens=3))
+    assert len(out) == 12 and engine.batch_size == 4
+    assert sizes[:3] == [12, 8, 4]

@@ -1,0 +1,223 @@
+"""Nothing lost, nothing silently wrong: kill -9 and resume, torn lines, changed settings, regrade,
+determinism, and the bad inputs that remain after test_cli_run.py."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.config import RunConfig
+from harness.engines.base import PROMPT_TOO_LONG, Completion
+from harness.errors import HarnessError
+from harness.run import execute_run
+from harness.store import Journal
+from tests.conftest import REPO, ScriptedEngine, run_cli
+
+RIGHT = "Final Answer: The final answer is ${}$. I hope it is correct."
+
+
+def _run_args(math500, model, out, name, extra=()):
+    return [
+        "run", "--model", str(model), "--data", str(math500), "--limit", "12", "--turns", "2",
+        "--max-new-tokens", "12", "--batch-size", "1", "--output-dir", str(out), "--run-name", name, *extra,
+    ]
+
+
+def _start(args):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, proc, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+def _journal_lines(run_dir):
+    path = run_dir / "journal.jsonl"
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, math500_path, tiny_model_dir):
+    out = tmp_path_factory.mktemp("baseline")
+    # Same run name as the interrupted runs (it is part of the summaries), another directory.
+    result = run_cli(_run_args(math500_path, tiny_model_dir, out, "r"))
+    assert result.returncode == 0, result.stderr
+    return out / "r"
+
+
+@pytest.fixture(scope="module")
+def math500_path():
+    from tests.conftest import MATH500, require_shared
+
+    return require_shared(MATH500)
+
+
+# 12 problems x 2 turns: 24 generation lines and 24 grade lines in the journal.
+KILL_POINTS = {
+    "while loading": lambda run_dir: True,
+    "mid turn 1": lambda run_dir: _journal_lines(run_dir) >= 5,
+    "mid turn 2": lambda run_dir: _journal_lines(run_dir) >= 12 + 12 + 4,
+    "while writing results": lambda run_dir: (run_dir / "samples.jsonl").exists(),
+}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_sigkill_then_resume_matches_an_uninterrupted_run_byte_for_byte(
+    tmp_path, math500_path, tiny_model_dir, baseline, point
+):
+    args = _run_args(math500_path, tiny_model_dir, tmp_path, "r")
+    proc = _start(args)
+    reached = _wait_for(lambda: KILL_POINTS[point](tmp_path / "r"), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if not reached:
+        pytest.skip(f"the run finished before the kill point '{point}' was seen")
+    assert not (tmp_path / "r" / "summary.json").exists() or point == "while writing results"
+    resumed = run_cli(args + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("samples.jsonl", "summary.json", "summary.csv", "summary.md"):
+        assert (tmp_path / "r" / name).read_bytes() == (baseline / name).read_bytes(), name
+    records = [json.loads(line) for line in (tmp_path / "r" / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == len({(r["id"], r["sample"]) for r in records}) == 12
+    assert not (tmp_path / "r" / "journal.jsonl").exists()
+
+
+def test_ctrl_c_keeps_finished_work_and_prints_the_resume_command(tmp_path, math500_path, tiny_model_dir, baseline):
+    args = _run_args(math500_path, tiny_model_dir, tmp_path, "r")
+    proc = _start(args)
+    assert _wait_for(lambda: _journal_lines(tmp_path / "r") >= 5, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Resume with:" in stderr and "--run-name r" in stderr and "--resume" in stderr
+    assert _journal_lines(tmp_path / "r") >= 5
+    assert run_cli(args + ["--resume"]).returncode == 0
+    assert (tmp_path / "r" / "samples.jsonl").read_bytes() == (baseline / "samples.jsonl").read_bytes()
+
+
+def test_torn_last_line_is_dropped_and_the_file_truncated(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c": ')
+    assert Journal(path).replay() == [{"a": 1}, {"b": 2}]
+    assert path.read_bytes() == b'{"a": 1}\n{"b": 2}\n'
+    Journal(path).append([{"d": 4}])
+    assert Journal(path).replay() == [{"a": 1}, {"b": 2}, {"d": 4}]
+
+
+def test_corrupt_line_in_the_middle_is_an_error_not_a_silent_loss(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    path.write_bytes(b'{"a": 1}\n{oops\n{"b": 2}\n')
+    with pytest.raises(HarnessError, match="line 2 is corrupt"):
+        Journal(path).replay()
+
+
+def test_resuming_with_other_settings_is_refused_naming_the_differences(tmp_path, math500_path):
+    base = dict(data=str(math500_path), limit=3, output_dir=str(tmp_path), run_name="x")
+    execute_run(RunConfig(**base), engine=ScriptedEngine(lambda c: "x"))
+    with pytest.raises(HarnessError) as info:
+        execute_run(RunConfig(**base, turns=3, temperature=0.7), engine=ScriptedEngine(lambda c: "x"))
+    message = str(info.value)
+    assert "turns (2 -> 3)" in message and "sampling.temperature (0.0 -> 0.7)" in message
+
+
+def test_same_command_twice_writes_identical_samples(tmp_path, math500_path, tiny_model_dir):
+    from harness.engines.hf import HFEngine
+
+    engine = HFEngine.from_model(str(tiny_model_dir), batch_size=4)
+    for temperature in (0.0, 1.0):
+        paths = []
+        for run in ("a", "b"):
+            name = f"{run}-{temperature}"
+            config = RunConfig(data=str(math500_path), limit=6, max_new_tokens=10, temperature=temperature,
+                               samples=2, seed=7, output_dir=str(tmp_path), run_name=name)
+            paths.append(execute_run(config, engine=engine).run_dir / "samples.jsonl")
+        assert paths[0].read_bytes() == paths[1].read_bytes()
+    # Sampling really samples: the two samples of a problem differ somewhere.
+    records = [json.loads(line) for line in paths[0].read_text().splitlines()]
+    assert any(records[i]["turns"][0]["response"] != records[i + 1]["turns"][0]["response"] for i in range(0, 12, 2))
+
+
+def test_regrade_keeps_old_verdicts_beside_new_ones(tmp_path, math500_path):
+    answers = [json.loads(line)["answer"] for line in math500_path.read_text().splitlines()[:3]]
+    replies = iter([RIGHT.format(answers[0]), "no answer", RIGHT.format(answers[2])] * 2)
+    result = execute_run(RunConfig(data=str(math500_path), limit=3, output_dir=str(tmp_path), run_name="g"),
+                         engine=ScriptedEngine(lambda c: next(replies)))
+    samples = result.run_dir / "samples.jsonl"
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    records[0]["turns"][1]["correct"] = False  # pretend an older grader got this one wrong
+    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    out = run_cli(["regrade", str(result.run_dir)])
+    assert out.returncode == 0, out.stderr
+    regraded = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert regraded[0]["turns"][1] | {} == regraded[0]["turns"][1]
+    assert regraded[0]["turns"][1]["correct"] is True
+    assert regraded[0]["turns"][1]["previous"] == {"extracted": answers[0], "correct": False}
+    assert regraded[1]["turns"][0]["previous"] == {"extracted": None, "correct": False}
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["counts"]["regrade_changed_t1"] == 0 and summary["counts"]["regrade_changed_t2"] == 1
+    assert summary["acc_t2"] == 2 / 3
+
+
+def test_prompt_too_long_skips_the_problem_and_counts_it(tmp_path, math500_path):
+    class Overflowing(ScriptedEngine):
+        def chat(self, conversations, settings, on_done=None, seeds=None):
+            out = [[Completion("", 9999, 0, PROMPT_TOO_LONG) if "$(0,3)$" in c[0]["content"]
+                    else Completion("x", 10, 1, "stop")] for c in conversations]
+            for i, cs in enumerate(out):
+                on_done(i, cs)
+            return out
+
+    result = execute_run(RunConfig(data=str(math500_path), limit=3, output_dir=str(tmp_path), run_name="s"),
+                         engine=Overflowing(None))
+    assert result.summary["n"] == 2 and result.summary["counts"]["skipped"] == 1
+    first = json.loads((result.run_dir / "samples.jsonl").read_text().splitlines()[0])
+    assert first["skipped"] == "turn 1: prompt longer than the model's context" and first["turns"] == []
+
+
+def test_limit_beyond_the_data_is_allowed_with_a_note(tmp_path):
+    data = tmp_path / "two.jsonl"
+    data.write_text("".join(json.dumps({"problem": f"q{i}", "answer": "1", "unique_id": str(i)}) + "\n" for i in range(2)))
+    bad_model = tmp_path / "no-model"
+    result = run_cli(["run", "--data", str(data), "--limit", "5", "--model", str(bad_model),
+                      "--output-dir", str(tmp_path / "o"), "--run-name", "n"])
+    # The note comes before the model is loaded; the (missing) model then ends the run.
+    assert "note: --limit 5 is larger than the 2 problems in the data; using all of them" in result.stderr
+
+
+def test_unwritable_output_directory_is_one_line(tmp_path, math500_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_cli(["run", "--data", str(math500_path), "--limit", "1", "--model", str(tmp_path / "nope"),
+                      "--output-dir", str(blocker)], timeout=120)
+    assert result.returncode == 2
+    config = RunConfig(data=str(math500_path), limit=1, output_dir=str(blocker), run_name="x")
+    with pytest.raises(HarnessError, match="cannot write to output directory .*pass a writable --output-dir"):
+        execute_run(config, engine=ScriptedEngine(lambda c: "x"))
+    assert blocker.read_text() == ""
+
+
+def test_model_without_chat_template_falls_back_with_a_warning(tiny_model_dir, caplog):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.engines.hf import HFEngine
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = None
+    with caplog.at_level("WARNING", logger="score_eval"):
+        engine = HFEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, "plain")
+    assert "has no chat template" in caplog.text
+    assert engine.render([{"role": "user", "content": "hi"}]) == "User: hi\n\nAssistant: "
