@@ -161,3 +161,16 @@ def test_every_shipped_train_config_file_resolves():
     for path in files:
         config = resolve_config(None, str(path), {"data": "x.jsonl"})
         assert config.samples >= 2 and config.batch_size % config.samples == 0, path
+
+
+def test_a_prompt_with_a_skipped_episode_is_dropped_whole_so_rloo_groups_stay_intact():
+    from harness.train.trainer import _complete_groups
+
+    def episode(pid, sample, skipped=None):
+        turns = [] if skipped else [Turn("a", "stop", 1, "a", True), Turn("b", "stop", 1, "b", False)]
+        return Episode(Problem(pid, "x", {}), sample, turns, skipped=skipped)
+
+    episodes = [episode("p", 0), episode("p", 1), episode("q", 0), episode("q", 1, skipped="turn 2: too long")]
+    assert [(e.problem.id, e.sample) for e in _complete_groups(episodes, 2)] == [("p", 0), ("p", 1)]
+    with pytest.raises(HarnessError, match="context"):
+        _complete_groups(episodes[2:], 2)
