@@ -11,6 +11,7 @@ import click
 from harness.config import RunConfig
 from harness.errors import HarnessError
 from harness.stats import TRANSITIONS
+from harness.train.config import PRESETS, click_options
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -125,6 +126,40 @@ def grade(task: str, input_path: Path, output_path: Path) -> None:
     from harness.grade import grade_file
 
     click.echo(grade_file(task, input_path, output_path).line())
+
+
+@cli.command()
+@click.option("--config", "config_file", default=None,
+              help="YAML or TOML file of settings (e.g. configs/train/one-gpu.yaml)")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="start from a named preset")
+@click.option("--smoke", is_flag=True, help="a few steps of each stage on the embedded model on CPU (the smoke preset)")
+@click.option("--resume", is_flag=True, help="continue the run in --output-dir from its last checkpoint")
+@click_options
+def train(config_file, preset, smoke, resume, **overrides) -> None:
+    """Train self-correction with SCoRe (Stage I, then Stage II) and write DIR/stage1, DIR/stage2."""
+    from harness.progress import RichProgress
+    from harness.train.config import config_from_cli
+    from harness.train.trainer import train as run_training
+
+    config = config_from_cli(preset, config_file, smoke, resume, overrides)
+    console = _console()
+    with RichProgress(console) as progress:
+        result = run_training(config, progress, log=lambda row: _show_step(row, console), resume=resume)
+    for stage, path in result.checkpoints.items():
+        console.print(f"[green]stage {stage} checkpoint[/green] {path}  (evaluate: score-eval run --model {path})")
+    console.print(f"[green]wrote[/green] {result.output_dir}/ (config.json, train_log.csv, train_curves.png)")
+
+
+def _show_step(row: dict, console) -> None:
+    evaluation = ""
+    if "eval_acc_t1" in row:
+        evaluation = f"  held-out acc t1 {row['eval_acc_t1']:.3f} t2 {row['eval_acc_t2']:.3f}"
+    console.log(
+        f"stage {row['stage']} step {row['step']}: reward t1 {row['reward_t1']:.3f} t2 {row['reward_t2']:.3f}  "
+        f"KL t1 {row['kl_t1']:.4f} t2 {row['kl_t2']:.4f}  loss {row['loss']:.4f}  "
+        f"{row['tokens_per_s']:.0f} tok/s (rollout {row['rollout_s']:.1f}s, reference {row['reference_s']:.1f}s, "
+        f"update {row['update_s']:.1f}s){evaluation}"
+    )
 
 
 def _show_summary(document: dict, console) -> None:
