@@ -64,7 +64,7 @@ def grade_file(
     try:
         verdicts = grader.grade([(p.fields["response"], p) for p in problems])
     finally:
-        if own and hasattr(grader, "close"):
+        if own:
             grader.close()
     out = []
     for record, verdict in zip(records, verdicts):

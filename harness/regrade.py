@@ -30,7 +30,11 @@ def regrade_run(run_dir: Path) -> tuple[dict, dict[str, int]]:
     by_id = {p.id: p for p in problems}
     records = read_jsonl(run_dir / "samples.jsonl")
     cells = [(r, t, turn) for r in records for t, turn in enumerate(r["turns"], start=1)]
-    verdicts = get_grader(task.grader).grade([(turn["response"], by_id[r["id"]]) for r, _, turn in cells])
+    grader = get_grader(task.grader)
+    try:
+        verdicts = grader.grade([(turn["response"], by_id[r["id"]]) for r, _, turn in cells])
+    finally:
+        grader.close()
     changed = {f"regrade_changed_t{t}": 0 for t in range(1, old["run"]["turns"] + 1)}
     for (_, t, turn), verdict in zip(cells, verdicts):
         previous = {"extracted": turn["extracted"], "correct": turn["correct"]}

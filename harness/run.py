@@ -151,10 +151,13 @@ def execute_run(
         write_json(run_dir / "config.json", run_config)
 
     journal = Journal(run_dir / JOURNAL)
-    episodes = run_episodes(
-        task, problems, engine, grader, turns=config.turns, samples=config.samples, settings=settings,
-        progress=progress, journal=journal,
-    )
+    try:
+        episodes = run_episodes(
+            task, problems, engine, grader, turns=config.turns, samples=config.samples, settings=settings,
+            progress=progress, journal=journal,
+        )
+    finally:
+        grader.close()
     records = [e.record(task.data.keep_fields) for e in episodes]
     document = finish_run(run_dir, records, _run_info(run_name, task, engine.model_name, engine.name, config, len(problems)))
     journal.path.unlink(missing_ok=True)

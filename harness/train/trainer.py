@@ -126,33 +126,36 @@ def train(
     stop_ids = stop_token_ids(policy.model, policy.tokenizer)
     checkpoints: dict[int, Path] = {}
 
-    for stage in config.stages:
-        steps = config.steps(stage)
-        done = 0
-        if position is not None and position["stage"] > stage:
-            checkpoints[stage] = out / f"stage{stage}"
-            continue
-        if position is not None and position["stage"] == stage:
-            done = position["step"]
-        optimizer, scheduler = make_optimizer(config, policy.model)
-        if position is not None and position["stage"] == stage and done < steps:
-            optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location=policy.device))
-            scheduler.last_epoch = done
-        with progress.step(f"Stage {'I' if stage == 1 else 'II'}", steps) as advance:
-            advance(done)
-            for step in range(done + 1, steps + 1):
-                row = train_step(config, stage, step, task, grader, problems, engine, policy, optimizer,
-                                  scheduler, settings, coef, stop_ids)
-                if config.eval_every and (step % config.eval_every == 0 or step == steps):
-                    row.update(_evaluate(config, stage, step, engine, policy, max_new_tokens))
-                _append_log(log_path, row)
-                if log:
-                    log(row)
-                if step % config.save_every == 0 or step == steps:
-                    _save_state(policy, optimizer, state_dir, stage, step)
-                advance(1)
-        checkpoints[stage] = _save_checkpoint(policy, out / f"stage{stage}", stage, config)
-        _save_state(policy, None, state_dir, stage, steps)
+    try:
+        for stage in config.stages:
+            steps = config.steps(stage)
+            done = 0
+            if position is not None and position["stage"] > stage:
+                checkpoints[stage] = out / f"stage{stage}"
+                continue
+            if position is not None and position["stage"] == stage:
+                done = position["step"]
+            optimizer, scheduler = make_optimizer(config, policy.model)
+            if position is not None and position["stage"] == stage and done < steps:
+                optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location=policy.device))
+                scheduler.last_epoch = done
+            with progress.step(f"Stage {'I' if stage == 1 else 'II'}", steps) as advance:
+                advance(done)
+                for step in range(done + 1, steps + 1):
+                    row = train_step(config, stage, step, task, grader, problems, engine, policy, optimizer,
+                                      scheduler, settings, coef, stop_ids)
+                    if config.eval_every and (step % config.eval_every == 0 or step == steps):
+                        row.update(_evaluate(config, stage, step, engine, policy, max_new_tokens))
+                    _append_log(log_path, row)
+                    if log:
+                        log(row)
+                    if step % config.save_every == 0 or step == steps:
+                        _save_state(policy, optimizer, state_dir, stage, step)
+                    advance(1)
+            checkpoints[stage] = _save_checkpoint(policy, out / f"stage{stage}", stage, config)
+            _save_state(policy, None, state_dir, stage, steps)
+    finally:
+        grader.close()
     plot_path = None
     with contextlib.suppress(ImportError):
         from harness.train.plots import plot_log
