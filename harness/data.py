@@ -88,7 +88,7 @@ def _read_file(path: Path) -> tuple[list[Any], list[int] | None, DataSource]:
     lines = None
     try:
         if suffix in (".jsonl", ".jsonl.gz"):
-            records, lines = _read_jsonl(path)
+            records, lines = read_jsonl_lines(path)
         elif suffix == ".json":
             loaded = json.loads(path.read_text())
             records = _unwrap_json(loaded)
@@ -105,7 +105,7 @@ def _read_file(path: Path) -> tuple[list[Any], list[int] | None, DataSource]:
     return records, lines, DataSource("file", str(path.resolve()), sha256_file(path), len(records))
 
 
-def _read_jsonl(path: Path) -> tuple[list[Any], list[int]]:
+def read_jsonl_lines(path: Path) -> tuple[list[Any], list[int]]:
     import gzip
 
     opener = gzip.open if path.suffix == ".gz" else open

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.data import Problem, _read_jsonl
+from harness.data import Problem, read_jsonl_lines
 from harness.errors import HarnessError
 from harness.grading import Grader, get_grader
 from harness.store import write_jsonl
@@ -57,7 +57,7 @@ def grade_file(
         raise HarnessError(
             f"input file {input_path} does not exist; pass a .jsonl of records with response and answer"
         )
-    records, lines = _read_jsonl(input_path)
+    records, lines = read_jsonl_lines(input_path)
     problems = [_problem(r, n, input_path) for r, n in zip(records, lines)]
     own = grader is None
     grader = grader or get_grader(task.grader)

@@ -46,7 +46,7 @@ def metric_names(turns: int) -> list[str]:
     return names
 
 
-def _indicator_columns(correct: np.ndarray) -> tuple[list[str], np.ndarray]:
+def indicator_columns(correct: np.ndarray) -> tuple[list[str], np.ndarray]:
     """Per-episode 0/1 columns whose means are the count-based metrics."""
     turns = correct.shape[1]
     names = [f"correct_t{t}" for t in range(1, turns + 1)]
@@ -58,7 +58,7 @@ def _indicator_columns(correct: np.ndarray) -> tuple[list[str], np.ndarray]:
     return names, np.stack(cols, axis=1)
 
 
-def _metrics_from_means(names: list[str], means: np.ndarray, turns: int) -> dict[str, np.ndarray]:
+def metrics_from_means(names: list[str], means: np.ndarray, turns: int) -> dict[str, np.ndarray]:
     """Turn column means (any leading shape) into the named metrics."""
     col = {name: means[..., i] for i, name in enumerate(names)}
     out = {f"acc_t{t}": col[f"correct_t{t}"] for t in range(1, turns + 1)}
@@ -80,10 +80,10 @@ def summarize(records: Sequence[Graded], resamples: int = BOOTSTRAP_RESAMPLES, s
     if any(len(r.correct) != turns for r in records):
         raise ValueError("records disagree on the number of turns")
     correct = np.array([[int(bool(c)) for c in r.correct] for r in records], dtype=np.int64)
-    names, indicators = _indicator_columns(correct)
+    names, indicators = indicator_columns(correct)
     n = len(records)
     counts = {name: int(v) for name, v in zip(names, indicators.sum(axis=0))}
-    point = _metrics_from_means(names, indicators.sum(axis=0) / n, turns)
+    point = metrics_from_means(names, indicators.sum(axis=0) / n, turns)
     metrics: dict[str, float | int] = {"n": n, **{k: float(point[k]) for k in metric_names(turns)[1:]}}
 
     # Cluster bootstrap over problems: per-problem sums, then resampled problem sets.
@@ -95,6 +95,6 @@ def summarize(records: Sequence[Graded], resamples: int = BOOTSTRAP_RESAMPLES, s
     sizes = np.bincount(rows, minlength=len(problem_ids)).astype(float)
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(problem_ids), size=(resamples, len(problem_ids)))
-    boot = _metrics_from_means(names, sums[draws].sum(axis=1) / sizes[draws].sum(axis=1)[:, None], turns)
+    boot = metrics_from_means(names, sums[draws].sum(axis=1) / sizes[draws].sum(axis=1)[:, None], turns)
     ci95 = {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in boot.items()}
     return {"metrics": metrics, "counts": {"n": n, **counts}, "ci95": ci95}

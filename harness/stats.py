@@ -21,8 +21,8 @@ from harness.metrics import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     Graded,
-    _indicator_columns,
-    _metrics_from_means,
+    indicator_columns,
+    metrics_from_means,
     metric_names,
 )
 
@@ -89,7 +89,7 @@ def _sort_key(value: Any) -> tuple:
 def _problem_sums(records: Sequence[Graded], problem_ids: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Per-problem sums of the metric indicator columns and per-problem episode counts."""
     correct = np.array([[int(bool(c)) for c in r.correct] for r in records], dtype=np.int64)
-    names, indicators = _indicator_columns(correct)
+    names, indicators = indicator_columns(correct)
     index = {pid: i for i, pid in enumerate(problem_ids)}
     rows = np.array([index[r.problem_id] for r in records])
     sums = np.zeros((len(problem_ids), indicators.shape[1]))
@@ -130,7 +130,7 @@ def paired_difference(
     wanted = metric_names(turns)[1:]
 
     def metrics(names, sums, sizes):
-        return _metrics_from_means(names, sums.sum(axis=-2) / sizes.sum(axis=-1)[..., None], turns)
+        return metrics_from_means(names, sums.sum(axis=-2) / sizes.sum(axis=-1)[..., None], turns)
 
     point_a, point_b = metrics(names_a, sums_a, sizes_a), metrics(names_b, sums_b, sizes_b)
     draws = np.random.default_rng(seed).integers(0, len(shared), size=(resamples, len(shared)))
