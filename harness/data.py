@@ -106,6 +106,8 @@ def _read_file(path: Path) -> tuple[list[Any], list[int] | None, DataSource]:
 
 
 def read_jsonl_lines(path: Path) -> tuple[list[Any], list[int]]:
+    """Records of a .jsonl(.gz) file and their 1-based line numbers (blank lines skipped), so that
+    errors about a record can name its line; a line that is not JSON is a one-line HarnessError."""
     import gzip
 
     opener = gzip.open if path.suffix == ".gz" else open
