@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,7 +90,10 @@ def build_program(code: str, prompt: str, entry_point: str) -> str:
 
 def stdlib_imports(source: str) -> str:
     """`import m` for each standard-library module a test names (e.g. `math.isclose(...)`)."""
-    names = {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
+    with warnings.catch_warnings():  # MBPP's asserts hold regex literals such as "\d"
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        names = {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
     return "".join(f"import {m}\n" for m in sorted(names & set(sys.stdlib_module_names)) if not m.startswith("_"))
 
 

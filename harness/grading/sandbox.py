@@ -140,6 +140,7 @@ class _UidPool:
 
 
 _UIDS = _UidPool()
+SANDBOX_UIDS = range(1 << 20, (1 << 30) + (1 << 12))  # where program uids come from (for checks and docs)
 
 
 def default_workers() -> int:
@@ -232,10 +233,11 @@ def _limits_message(limits: Limits, uid: int | None) -> dict:
 class Sandbox:
     """Runs jobs on a pool of judges. Thread-safe: `run` may be called from several threads at once."""
 
-    def __init__(self, limits: Limits | None = None, workers: int | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, workers: int | None = None,
+                 isolation: Isolation | None = None) -> None:
         self.limits = limits or Limits()
         self.workers = workers or default_workers()
-        self.isolation = probe_isolation()
+        self.isolation = isolation or probe_isolation()
         self._idle: list[_Judge] = []
         self._lock = threading.Lock()
         atexit.register(self.close)
