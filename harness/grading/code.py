@@ -81,7 +81,7 @@ def build_program(code: str, prompt: str, entry_point: str) -> str:
     first = next((line for line in code.splitlines() if line.strip()), "")
     if not first.startswith((" ", "\t")):
         code = "\n".join(("    " + line) if line.strip() else line for line in code.splitlines())
-    return prompt + code.lstrip("\n") + "\n"
+    return prompt + code.lstrip("\n").rstrip() + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
