@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.data import Problem  # noqa: E402
-from harness.grading.code import CodeGrader, humaneval_job  # noqa: E402
-from harness.grading.sandbox import default_workers  # noqa: E402
+from harness.data import Problem
+from harness.grading.code import CodeGrader, humaneval_job
+from harness.grading.sandbox import default_workers
 
 
 def _children_cpu() -> float:
@@ -33,10 +33,19 @@ def measure(name: str, grade, count: int) -> dict:
     cpu, start = _children_cpu(), time.perf_counter()
     passed = grade()
     seconds = time.perf_counter() - start
-    row = {"grader": name, "programs": count, "passed": passed, "seconds": seconds,
-           "programs_per_s": count / seconds, "child_cpu_s": _children_cpu() - cpu}
-    print(f"{name:<34} {count:>4} programs  {passed:>4} passed  {seconds:7.2f} s  "
-          f"{row['programs_per_s']:7.1f} programs/s  {row['child_cpu_s']:7.2f} child CPU s", flush=True)
+    row = {
+        "grader": name,
+        "programs": count,
+        "passed": passed,
+        "seconds": seconds,
+        "programs_per_s": count / seconds,
+        "child_cpu_s": _children_cpu() - cpu,
+    }
+    print(
+        f"{name:<34} {count:>4} programs  {passed:>4} passed  {seconds:7.2f} s  "
+        f"{row['programs_per_s']:7.1f} programs/s  {row['child_cpu_s']:7.2f} child CPU s",
+        flush=True,
+    )
     return row
 
 
@@ -53,8 +62,10 @@ def main() -> None:
     records = list(read_problems().values())[: args.limit]
     items = [(r["canonical_solution"], Problem(r["task_id"], r["canonical_solution"], r)) for r in records]
     grader = CodeGrader(humaneval_job, workers=args.workers)
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; workers {args.workers}; "
-          f"sandbox isolation: {grader.sandbox.isolation.describe()}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; workers {args.workers}; "
+        f"sandbox isolation: {grader.sandbox.isolation.describe()}"
+    )
 
     def ours() -> int:
         return sum(v.correct for v in grader.grade(items))

@@ -23,7 +23,10 @@ def test_without_a_defining_block_the_last_complete_block_is_taken():
 
 
 def test_a_block_cut_off_by_the_token_limit_is_still_used():
-    assert extract_code("Sure.\n```python\ndef add(a, b):\n    return a +", "add") == "def add(a, b):\n    return a +"
+    assert (
+        extract_code("Sure.\n```python\ndef add(a, b):\n    return a +", "add")
+        == "def add(a, b):\n    return a +"
+    )
 
 
 def test_bare_code_after_a_sentence_is_found():
@@ -32,7 +35,9 @@ def test_bare_code_after_a_sentence_is_found():
 
 
 def test_mbpp_begin_done_markers_delimit_the_code():
-    assert extract_code("[BEGIN]\ndef f(x):\n  return x\n[DONE]\nmore text", "f") == "\ndef f(x):\n  return x\n"
+    assert (
+        extract_code("[BEGIN]\ndef f(x):\n  return x\n[DONE]\nmore text", "f") == "\ndef f(x):\n  return x\n"
+    )
 
 
 def test_a_completion_of_the_function_body_is_appended_to_the_prompt():
@@ -49,7 +54,7 @@ def test_a_whole_program_comes_after_the_prompt_so_its_definition_wins_and_impor
     program = build_program(code, PROMPT, "add")
     assert program.startswith("from typing import List") and program.endswith(code)
     namespace: dict = {}
-    exec(program, namespace)
+    exec(program, namespace)  # noqa: S102 - a trusted program, to show it runs
     assert namespace["add"](1, 2) == 3
 
 
@@ -63,6 +68,8 @@ def test_defines_sees_top_level_definitions_only():
 
 
 def test_the_mbpp_entry_point_is_the_reference_function_that_the_first_test_calls():
-    record = {"code": "def helper():\n    pass\ndef similar(a, b):\n    return a\n",
-              "test_list": ["assert set(similar((1,), (2,))) == {1}"]}
+    record = {
+        "code": "def helper():\n    pass\ndef similar(a, b):\n    return a\n",
+        "test_list": ["assert set(similar((1,), (2,))) == {1}"],
+    }
     assert mbpp_entry_point(record) == "similar"

@@ -33,10 +33,19 @@ def test_impossible_counts_are_refused():
 
 
 def test_pass_at_k_by_turn_averages_over_problems_per_turn():
-    records = [Graded("a", [False, True]), Graded("a", [False, True]),
-               Graded("b", [True, True]), Graded("b", [False, False])]
+    records = [
+        Graded("a", [False, True]),
+        Graded("a", [False, True]),
+        Graded("b", [True, True]),
+        Graded("b", [False, False]),
+    ]
     # turn 1: a 0/2 -> 0, b 1/2 -> 0.5 (k=1) and 1.0 (k=2); turn 2: a 2/2, b 1/2.
-    assert pass_at_k_by_turn(records) == {"pass@1_t1": 0.25, "pass@1_t2": 0.75, "pass@2_t1": 0.5, "pass@2_t2": 1.0}
+    assert pass_at_k_by_turn(records) == {
+        "pass@1_t1": 0.25,
+        "pass@1_t2": 0.75,
+        "pass@2_t1": 0.5,
+        "pass@2_t2": 1.0,
+    }
 
 
 def test_with_one_sample_per_problem_no_pass_at_k_is_reported():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import SHARED_DATA, ScriptedEngine, require_shared, run_cli
+
 from harness.config import RunConfig
 from harness.data import load_problems
 from harness.run import execute_run
@@ -54,7 +54,9 @@ def test_run_grades_each_turn_in_the_sandbox_and_reports_pass_at_k(tmp_path):
     def reply(conversation):
         task_id = next(tid for tid, p in problems.items() if p["prompt"] in conversation[0]["content"])
         if len(conversation) == 1:
-            return "```python\n" + problems[task_id]["prompt"] + problems[task_id]["canonical_solution"] + "```"
+            return (
+                "```python\n" + problems[task_id]["prompt"] + problems[task_id]["canonical_solution"] + "```"
+            )
         return "```python\ndef nothing():\n    pass\n```"
 
     config = RunConfig(task="humaneval", limit=3, samples=2, turns=2, output_dir=str(tmp_path), run_name="r")
@@ -65,12 +67,30 @@ def test_run_grades_each_turn_in_the_sandbox_and_reports_pass_at_k(tmp_path):
     assert (summary["pass@2_t1"], summary["pass@2_t2"]) == (1.0, 0.0)
     first = json.loads((result.run_dir / "samples.jsonl").read_text().splitlines()[0])
     # Turn 2 leaves only the prompt's stub, which returns None.
-    assert [t["detail"] for t in first["turns"]] == ["passed", "failed: assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True"]
+    assert [t["detail"] for t in first["turns"]] == [
+        "passed",
+        "failed: assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True",
+    ]
 
 
 def test_score_eval_run_humaneval_writes_the_five_files_of_a_math_run(tmp_path, tiny_model_dir):
-    args = ["run", "--task", "humaneval", "--turns", "2", "--limit", "2", "--max-new-tokens", "16",
-            "--model", str(tiny_model_dir), "--output-dir", str(tmp_path), "--run-name", "he"]
+    args = [
+        "run",
+        "--task",
+        "humaneval",
+        "--turns",
+        "2",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "16",
+        "--model",
+        str(tiny_model_dir),
+        "--output-dir",
+        str(tmp_path),
+        "--run-name",
+        "he",
+    ]
     result = run_cli(args)
     assert result.returncode == 0, result.stderr
     assert {p.name for p in (tmp_path / "he").iterdir()} == FILES
@@ -86,17 +106,27 @@ def test_score_eval_grade_keeps_order_and_extra_fields_and_says_why(tmp_path):
         {"task_id": "HumanEval/2", "completion": "    while True:\n        pass\n"},
     ]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
-    result = run_cli(["grade", "--task", "humaneval", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl")],
-                     env={"SCORE_EVAL_CPU_S": "1", "SCORE_EVAL_WALL_S": "3"})
+    result = run_cli(
+        ["grade", "--task", "humaneval", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl")],
+        env={"SCORE_EVAL_CPU_S": "1", "SCORE_EVAL_WALL_S": "3"},
+    )
     assert result.returncode == 0, result.stderr
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [(o["task_id"], o["passed"]) for o in out] == [("HumanEval/2", True), ("HumanEval/0", False), ("HumanEval/2", False)]
+    assert [(o["task_id"], o["passed"]) for o in out] == [
+        ("HumanEval/2", True),
+        ("HumanEval/0", False),
+        ("HumanEval/2", False),
+    ]
     assert (out[0]["id"], out[0]["model"], out[0]["result"]) == (1, "m", "passed")
-    assert out[1]["result"].startswith("failed: assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True")
+    assert out[1]["result"].startswith(
+        "failed: assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True"
+    )
     assert out[2]["result"] == "timed out"
 
 
 def test_grade_refuses_a_task_id_the_task_does_not_have(tmp_path):
     (tmp_path / "in.jsonl").write_text('{"task_id": "HumanEval/999", "completion": ""}\n')
-    result = run_cli(["grade", "--task", "humaneval", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl")])
+    result = run_cli(
+        ["grade", "--task", "humaneval", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl")]
+    )
     assert result.returncode == 2 and "HumanEval/999" in result.stderr

@@ -17,7 +17,9 @@ import pytest
 
 from harness.grading.sandbox import SANDBOX_UIDS, Isolation, Job, Limits, Outcome, Sandbox, probe_isolation
 
-LIMITS = Limits(cpu_s=1.0, wall_s=3.0, memory_bytes=1 << 30, processes=32, output_bytes=4096, message_bytes=1 << 20)
+LIMITS = Limits(
+    cpu_s=1.0, wall_s=3.0, memory_bytes=1 << 30, processes=32, output_bytes=4096, message_bytes=1 << 20
+)
 
 MODES = ["namespaces", "fallback"]
 
@@ -64,7 +66,9 @@ def assert_still_grading(sandbox: Sandbox) -> None:
 
 
 def test_a_correct_program_passes_and_a_wrong_one_fails(sandbox):
-    assert judge(sandbox, "def f(x):\n    return x * 2\n") == Outcome(True, "passed", "", pytest.approx(0, abs=60))
+    assert judge(sandbox, "def f(x):\n    return x * 2\n") == Outcome(
+        True, "passed", "", pytest.approx(0, abs=60)
+    )
     outcome = judge(sandbox, "def f(x):\n    return x + 3\n")
     assert (outcome.passed, outcome.result) == (False, "failed: assert f(2) == 4")
 
@@ -186,7 +190,8 @@ def test_deep_recursion_fails_and_the_harness_survives(sandbox):
 
 def test_a_segfault_is_reported_as_a_crash(sandbox):
     assert judge(sandbox, "import faulthandler\ndef f(x):\n    faulthandler._sigsegv()\n").result.startswith(
-        "crashed (signal 11")
+        "crashed (signal 11"
+    )
 
 
 def test_a_fork_bomb_is_bounded_and_leaves_nothing_behind(sandbox):
@@ -263,7 +268,9 @@ def test_writes_to_absolute_paths_do_not_land(sandbox, tmp_path):
     if escaped_to_tmp:
         os.remove("/tmp/score-eval-test-pwned")
     if not sandbox.isolation.namespaces:
-        pytest.xfail("without a mount namespace a child process of the program can write to world-writable /tmp")
+        pytest.xfail(
+            "without a mount namespace a child process of the program can write to world-writable /tmp"
+        )
     assert not escaped_to_tmp
 
 

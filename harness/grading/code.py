@@ -38,7 +38,12 @@ def _parses(code: str) -> bool:
 
 def defines(code: str, name: str) -> bool:
     """Whether `code` defines `name` at top level (a def, class or assignment)."""
-    return re.search(rf"^(?:async\s+)?(?:def|class)\s+{re.escape(name)}\b|^{re.escape(name)}\s*=", code, re.M) is not None
+    return (
+        re.search(
+            rf"^(?:async\s+)?(?:def|class)\s+{re.escape(name)}\b|^{re.escape(name)}\s*=", code, re.MULTILINE
+        )
+        is not None
+    )
 
 
 def extract_code(response: str, entry_point: str) -> str:
@@ -52,7 +57,9 @@ def extract_code(response: str, entry_point: str) -> str:
         defining = [b for b in blocks if defines(b, entry_point)]
         return (defining or blocks)[-1]
     if "```" in text:  # an unterminated block: a response cut off at the token limit
-        text = text.rsplit("```", 1)[1].split("\n", 1)[-1] if text.count("```") % 2 else text.replace("```", "")
+        text = (
+            text.rsplit("```", 1)[1].split("\n", 1)[-1] if text.count("```") % 2 else text.replace("```", "")
+        )
     return _trim_prose(text)
 
 
@@ -94,7 +101,9 @@ def stdlib_imports(source: str) -> str:
         warnings.simplefilter("ignore", SyntaxWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         names = {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
-    return "".join(f"import {m}\n" for m in sorted(names & set(sys.stdlib_module_names)) if not m.startswith("_"))
+    return "".join(
+        f"import {m}\n" for m in sorted(names & set(sys.stdlib_module_names)) if not m.startswith("_")
+    )
 
 
 def humaneval_job(program: str, fields: dict[str, Any]) -> Job:
@@ -106,7 +115,7 @@ def humaneval_job(program: str, fields: dict[str, Any]) -> Job:
 def mbpp_entry_point(fields: dict[str, Any]) -> str:
     """The function the tests call: the reference solution's function that the first test names."""
     code = str(fields.get("code", "")).replace("\r\n", "\n")
-    defined = re.findall(r"^def\s+(\w+)", code, re.M)
+    defined = re.findall(r"^def\s+(\w+)", code, re.MULTILINE)
     calls = re.findall(r"(\w+)\s*\(", fields["test_list"][0])
     for name in calls:
         if name in defined:
@@ -197,11 +206,18 @@ def limits_from_env() -> Limits:
 class CodeGrader:
     """Grades a batch in parallel sandboxes; safe to call from several threads at once."""
 
-    def __init__(self, make_job, prompt_field: str | None = "prompt", limits: Limits | None = None,
-                 workers: int | None = None) -> None:
+    def __init__(
+        self,
+        make_job,
+        prompt_field: str | None = "prompt",
+        limits: Limits | None = None,
+        workers: int | None = None,
+    ) -> None:
         self.make_job = make_job
         self.prompt_field = prompt_field
-        workers = workers or (int(os.environ["SCORE_EVAL_WORKERS"]) if os.environ.get("SCORE_EVAL_WORKERS") else None)
+        workers = workers or (
+            int(os.environ["SCORE_EVAL_WORKERS"]) if os.environ.get("SCORE_EVAL_WORKERS") else None
+        )
         self.sandbox = Sandbox(limits or limits_from_env(), workers)
 
     def program(self, response: str, fields: dict[str, Any]) -> str:

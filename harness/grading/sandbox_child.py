@@ -88,7 +88,7 @@ def send_text(fd: int, text: str) -> None:
     data = text.encode("utf-8", "surrogatepass")
     data = len(data).to_bytes(4, "big") + data
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 class Timeout(Exception):
@@ -125,7 +125,7 @@ def recv(fd: int, deadline: float | None = None, cap: int = 1 << 30, output: Out
         chunks, left = [], n
         while left:
             if deadline is not None:
-                import select  # noqa: PLC0415 - only the judge waits with a deadline
+                import select
                 import time
 
                 wait = deadline - time.monotonic()
@@ -155,19 +155,63 @@ def recv(fd: int, deadline: float | None = None, cap: int = 1 << 30, output: Out
 
 # Imported before dropping privileges when the interpreter's files are unreadable to the program's
 # uid and no mount namespace can expose them (e.g. Python under /root, mode 700).
-PREIMPORT = (
-    "math cmath re collections collections.abc itertools functools heapq bisect string operator copy random "
-    "fractions decimal statistics datetime hashlib array struct textwrap unicodedata numbers typing time "
-    "signal json subprocess"
-).split()
+PREIMPORT = [
+    "math",
+    "cmath",
+    "re",
+    "collections",
+    "collections.abc",
+    "itertools",
+    "functools",
+    "heapq",
+    "bisect",
+    "string",
+    "operator",
+    "copy",
+    "random",
+    "fractions",
+    "decimal",
+    "statistics",
+    "datetime",
+    "hashlib",
+    "array",
+    "struct",
+    "textwrap",
+    "unicodedata",
+    "numbers",
+    "typing",
+    "time",
+    "signal",
+    "json",
+    "subprocess",
+]
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _PATH_EVENTS = {  # event -> positions of path arguments that must stay inside the workdir
-    "os.mkdir": (0,), "os.rename": (0, 1), "os.remove": (0,), "os.rmdir": (0,), "os.symlink": (1,),
-    "os.link": (1,), "os.chmod": (0,), "os.chown": (0,), "os.truncate": (0,), "os.utime": (0,),
-    "os.mkfifo": (0,), "os.mknod": (0,), "shutil.rmtree": (0,), "os.chdir": (), "os.chroot": (0,),
+    "os.mkdir": (0,),
+    "os.rename": (0, 1),
+    "os.remove": (0,),
+    "os.rmdir": (0,),
+    "os.symlink": (1,),
+    "os.link": (1,),
+    "os.chmod": (0,),
+    "os.chown": (0,),
+    "os.truncate": (0,),
+    "os.utime": (0,),
+    "os.mkfifo": (0,),
+    "os.mknod": (0,),
+    "shutil.rmtree": (0,),
+    "os.chdir": (),
+    "os.chroot": (0,),
 }
-_DENIED_EVENTS = {"socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo", "os.setuid", "os.setgid"}
+_DENIED_EVENTS = {
+    "socket.__new__",
+    "socket.connect",
+    "socket.bind",
+    "socket.getaddrinfo",
+    "os.setuid",
+    "os.setgid",
+}
 _DENIED_IMPORTS = {"ctypes", "_ctypes", "cffi", "_posixshmem"}
 
 
@@ -206,6 +250,31 @@ def audit_hook(workdir: str):
     return hook
 
 
+def _drop_capabilities() -> None:
+    """Empty the bounding, effective, permitted and inheritable sets (so no exec can regain any), then
+    forget ctypes, so that the program has to import it afresh, which the audit hook refuses."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in range(64):
+        libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP; EINVAL past the last capability
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [
+            ("effective", ctypes.c_uint32),
+            ("permitted", ctypes.c_uint32),
+            ("inheritable", ctypes.c_uint32),
+        ]
+
+    if libc.capset(ctypes.byref(Header(0x20080522, 0)), (Data * 2)()) != 0:
+        raise SystemExit(f"could not drop capabilities: {os.strerror(ctypes.get_errno())}")
+    for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
+        del sys.modules[name]
+
+
 def _describe(exc: BaseException) -> list:
     return [type(exc).__name__, str(exc)[:500]]
 
@@ -224,6 +293,8 @@ def worker(config: dict) -> None:
         for module in PREIMPORT:
             __import__(module)
     uid = config["uid"]
+    if uid is None and os.geteuid() == 0:
+        _drop_capabilities()  # root of a user namespace (the harness is not root): keep none of its powers
     if uid is not None:
         os.setgroups([])
         os.setgid(uid)
@@ -256,7 +327,7 @@ def worker(config: dict) -> None:
     namespace = {"__name__": "solution", "__builtins__": builtins}
     program = recv(req)
     try:
-        exec(compile(program, "<program>", "exec"), namespace)
+        exec(compile(program, "<program>", "exec"), namespace)  # noqa: S102 - running it is the point
     except BaseException as exc:  # noqa: BLE001 - any failure of the program is its verdict
         send(resp, {"loaded": False, "error": _describe(exc)})
         return
@@ -302,7 +373,7 @@ class ProgramFailed(BaseException):
 class Remote:
     """A function or object that lives in the worker. Compares equal only to itself; has no truth value."""
 
-    __slots__ = ("_worker", "_ref")
+    __slots__ = ("_ref", "_worker")
 
     def __init__(self, worker_, ref_):
         object.__setattr__(self, "_worker", worker_)
@@ -384,7 +455,9 @@ class WorkerLink:
         if not isinstance(reply, dict) or not ({"ok", "error"} & reply.keys()):
             raise self.fail("failed: bad reply from the program")
         if "error" in reply:
-            kind, message = (list(reply["error"]) + ["", ""])[:2] if isinstance(reply["error"], list) else ("", "")
+            kind, message = (
+                (list(reply["error"]) + ["", ""])[:2] if isinstance(reply["error"], list) else ("", "")
+            )
             if kind == "MemoryError":
                 raise self.fail("memory")
             cls = getattr(builtins, str(kind), None)
@@ -421,7 +494,10 @@ class WorkerLink:
         if status is None:
             return "failed: the program closed its channel"
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if status in (-signal.SIGXCPU, -signal.SIGKILL) and usage.ru_utime + usage.ru_stime >= self.cpu_limit - 0.5:
+        if (
+            status in (-signal.SIGXCPU, -signal.SIGKILL)
+            and usage.ru_utime + usage.ru_stime >= self.cpu_limit - 0.5
+        ):
             return "timed out"
         if status < 0:
             return f"crashed (signal {-status}: {signal.Signals(-status).name})"
@@ -452,8 +528,16 @@ SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/dev/null", "/dev/zero", 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     import ctypes
 
-    if _libc().mount(source.encode() if source else None, target.encode(), fstype.encode() if fstype else None,
-                     flags, data.encode() if data else None) != 0:
+    if (
+        _libc().mount(
+            source.encode() if source else None,
+            target.encode(),
+            fstype.encode() if fstype else None,
+            flags,
+            data.encode() if data else None,
+        )
+        != 0
+    ):
         err = ctypes.get_errno()
         raise OSError(err, f"mount {target}: {os.strerror(err)}")
 
@@ -530,7 +614,9 @@ def kill_everything(uid: int | None) -> None:
                 os.setuid(uid)
                 for _ in range(10_000):  # a fork bomb may add processes while we kill; NPROC bounds it
                     try:
-                        os.kill(-1, signal.SIGKILL)  # only processes of this uid: nothing else is ours to kill
+                        os.kill(
+                            -1, signal.SIGKILL
+                        )  # only processes of this uid: nothing else is ours to kill
                     except ProcessLookupError:
                         break
                     if not _processes_of(uid):
@@ -561,7 +647,9 @@ def _processes_of(uid: int) -> list[int]:
                     status = dict(line.split(":", 1) for line in fh.read().splitlines() if ":" in line)
             except (OSError, ValueError):
                 continue
-            if status.get("Uid", "").split()[:1] == [str(uid)] and not status.get("State", "").strip().startswith(("Z", "X")):
+            if status.get("Uid", "").split()[:1] == [str(uid)] and not status.get(
+                "State", ""
+            ).strip().startswith(("Z", "X")):
                 found.append(int(entry))
     return found
 
@@ -641,8 +729,13 @@ def judge() -> None:
             workdir = job["workdir"]
             if uid is not None:
                 os.chown(workdir, uid, uid)
-        config = {"rlimits": job["rlimits"], "root": root, "workdir": workdir, "uid": uid,
-                  "preimport": uid is not None and root is None}
+        config = {
+            "rlimits": job["rlimits"],
+            "root": root,
+            "workdir": workdir,
+            "uid": uid,
+            "preimport": uid is not None and root is None,
+        }
         output = Output(-1, job["output_bytes"])
         try:
             result = _run_tests(job, config, setup["env"], output, deadline=start + job["wall_s"])
@@ -671,8 +764,11 @@ def _spawn_worker(config: dict, env: dict) -> tuple[int, int, int, int]:
         sys.executable,
         [sys.executable, "-I", "-S", "-B", os.path.abspath(__file__), "worker", json.dumps(config)],
         env,
-        file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
-                      (os.POSIX_SPAWN_DUP2, out_w, 2)],
+        file_actions=[
+            (os.POSIX_SPAWN_DUP2, devnull, 0),
+            (os.POSIX_SPAWN_DUP2, out_w, 1),
+            (os.POSIX_SPAWN_DUP2, out_w, 2),
+        ],
     )
     for fd in (req_r, resp_w, out_w, devnull):
         os.close(fd)
@@ -699,11 +795,11 @@ def _run_tests(job: dict, config: dict, env: dict, output: Output, deadline: flo
         if job["entry_point"] not in names:
             return {"passed": False, "result": f"failed: the program does not define {job['entry_point']}"}
         namespace: dict = {"__name__": "__judge__"}
-        exec(compile(job["prelude"], "<prelude>", "exec"), namespace)
+        exec(compile(job["prelude"], "<prelude>", "exec"), namespace)  # noqa: S102 - the dataset's trusted code
         for name in sorted(_names(tests) & names):
             if name == job["entry_point"] or name not in namespace:
                 namespace[name] = link.op("global", [name])
-        exec(compile(tests, "<tests>", "exec"), namespace)
+        exec(compile(tests, "<tests>", "exec"), namespace)  # noqa: S102 - the dataset's trusted tests
         if link.failure:
             return {"passed": False, "result": link.failure}
     except ProgramFailed as exc:
