@@ -69,14 +69,16 @@ def test_a_wrong_solution_fails_every_humaneval_problem_it_is_given():
 
 
 def test_a_correct_but_slow_solution_within_the_limit_passes():
-    from harness.grading.code import CodeGrader, mbpp_job
+    from harness.grading.code import CodeGrader, mbpp_entry_point, mbpp_job
     from harness.grading.sandbox import Limits
 
     slow = (
         "def f(n):\n    total = 0\n    for i in range(3_000_000):\n        total += i % 7\n    return n * 2\n"
     )
     record = {"task_id": 1, "test_list": ["assert f(2) == 4"], "code": "def f(n):\n    return n * 2\n"}
-    grader = CodeGrader(mbpp_job, prompt_field=None, limits=Limits(cpu_s=10, wall_s=30), workers=1)
+    grader = CodeGrader(
+        mbpp_job, prompt_field=None, limits=Limits(cpu_s=10, wall_s=30), workers=1, entry_point=mbpp_entry_point
+    )
     try:
         (verdict,) = grader.grade([(slow, Problem("1", None, record))])
     finally:

@@ -30,10 +30,17 @@ _CODE_START = re.compile(r"^(?:def |class |import |from |@|async def |[A-Za-z_]\
 
 def _parses(code: str) -> bool:
     try:
-        ast.parse(code)
+        _quiet_parse(code)
     except (SyntaxError, ValueError):
         return False
     return True
+
+
+def _quiet_parse(code: str) -> ast.Module:
+    with warnings.catch_warnings():  # regex literals such as "\d" in MBPP's code and asserts
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ast.parse(code)
 
 
 def defines(code: str, name: str) -> bool:
@@ -97,10 +104,7 @@ def build_program(code: str, prompt: str, entry_point: str) -> str:
 
 def stdlib_imports(source: str) -> str:
     """`import m` for each standard-library module a test names (e.g. `math.isclose(...)`)."""
-    with warnings.catch_warnings():  # MBPP's asserts hold regex literals such as "\d"
-        warnings.simplefilter("ignore", SyntaxWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        names = {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
+    names = {n.id for n in ast.walk(_quiet_parse(source)) if isinstance(n, ast.Name)}
     return "".join(
         f"import {m}\n" for m in sorted(names & set(sys.stdlib_module_names)) if not m.startswith("_")
     )
@@ -212,8 +216,9 @@ class CodeGrader:
         prompt_field: str | None = "prompt",
         limits: Limits | None = None,
         workers: int | None = None,
+        entry_point=lambda fields: fields["entry_point"],
     ) -> None:
-        self.make_job = make_job
+        self.make_job, self.entry_point = make_job, entry_point
         self.prompt_field = prompt_field
         workers = workers or (
             int(os.environ["SCORE_EVAL_WORKERS"]) if os.environ.get("SCORE_EVAL_WORKERS") else None
@@ -221,7 +226,7 @@ class CodeGrader:
         self.sandbox = Sandbox(limits or limits_from_env(), workers)
 
     def program(self, response: str, fields: dict[str, Any]) -> str:
-        entry = self.make_job("", fields).entry_point
+        entry = self.entry_point(fields)
         prompt = str(fields.get(self.prompt_field, "")) if self.prompt_field else ""
         return build_program(extract_code(response, entry), prompt, entry)
 
@@ -234,4 +239,4 @@ class CodeGrader:
 
 register("humaneval")(lambda: CodeGrader(humaneval_job))
 register("humaneval-plus")(lambda: CodeGrader(humaneval_plus_job))
-register("mbpp")(lambda: CodeGrader(mbpp_job, prompt_field=None))
+register("mbpp")(lambda: CodeGrader(mbpp_job, prompt_field=None, entry_point=mbpp_entry_point))

@@ -1,12 +1,13 @@
-"""Run untrusted programs against trusted tests: one fresh process tree per program, many in parallel.
+"""Run untrusted programs against trusted tests, many in parallel, each in a fresh process.
 
-Each program gets a judge process (started through `unshare` into new pid, network, mount and IPC
-namespaces where the platform permits) which starts a worker for the program; see sandbox_child.py
-for the split and why it makes verdicts unforgeable. This module is the harness side: it probes
-once what isolation the machine allows, gives every concurrent program a uid of its own (when the
-harness runs as root), enforces the wall-clock limit from outside, and cleans up afterwards.
-Processes are started with posix spawn/vfork + exec of a small interpreter (`python -I -S`), never
-as forks of the (large, threaded) harness.
+A pool of judge processes (one per worker, each started through `unshare` into new pid, network,
+mount, IPC and UTS namespaces where the platform permits, each with a uid of its own for its
+programs when the harness runs as root) serves jobs; for every job the judge starts a fresh worker
+interpreter for the program. See sandbox_child.py for the judge/worker split and why it makes
+verdicts unforgeable. This module is the harness side: it probes once what isolation the machine
+allows, hands out uids, keeps a backstop wall-clock limit on each judge from outside (killing it,
+and with it its namespaces, when it does not answer), and cleans up. Processes are started by
+vfork + exec of a small interpreter (`python -I -S`), never as forks of the large, threaded harness.
 """
 
 from __future__ import annotations
@@ -108,9 +109,10 @@ class Isolation:
 
     def describe(self) -> dict:
         return {
-            "pid_net_mount_namespaces": self.namespaces,
+            "pid_net_mount_ipc_uts_namespaces": self.namespaces,
+            "minimal_chroot": self.namespaces,
             "separate_uid": self.separate_uid,
-            "rlimits": ["AS", "CPU", "NPROC" if self.separate_uid else None, "FSIZE", "NOFILE", "CORE"],
+            "rlimits": ["AS", "CPU", "NPROC", "FSIZE", "NOFILE", "CORE"],
             "audit_hook": True,
             "wall_clock": "enforced by the judge and, as a backstop, by the harness",
         }

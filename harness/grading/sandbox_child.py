@@ -716,6 +716,7 @@ def judge() -> None:
     if setup["mount_namespace"]:
         root = setup["root"]
         minimal_root(root, setup["interpreter"] + [os.path.dirname(__file__)], setup["hide"])
+    worker_code = _compiled_copy(setup["root"])
     while True:
         try:
             job = recv(requests)
@@ -738,7 +739,7 @@ def judge() -> None:
         }
         output = Output(-1, job["output_bytes"])
         try:
-            result = _run_tests(job, config, setup["env"], output, deadline=start + job["wall_s"])
+            result = _run_tests(job, config, setup["env"], output, worker_code, deadline=start + job["wall_s"])
         except Exception as exc:  # noqa: BLE001 - a fault of the judge is reported, never a pass
             result = {"passed": False, "result": f"failed: sandbox error ({type(exc).__name__}: {exc})"}
         finally:
@@ -751,7 +752,15 @@ def judge() -> None:
         send(verdicts, result)
 
 
-def _spawn_worker(config: dict, env: dict) -> tuple[int, int, int, int]:
+def _compiled_copy(directory: str) -> str:
+    """This file compiled once per judge, so that a worker does not spend most of its start-up
+    compiling it (bytecode caches are often disabled; PYTHONDONTWRITEBYTECODE)."""
+    import py_compile
+
+    return py_compile.compile(__file__, cfile=os.path.join(directory, ".sandbox_child.pyc"), doraise=True)
+
+
+def _spawn_worker(config: dict, env: dict, code: str) -> tuple[int, int, int, int]:
     """Start the worker as a fresh interpreter (not a fork: it must not inherit the tests in memory)."""
     req_r, req_w = os.pipe()
     resp_r, resp_w = os.pipe()
@@ -762,7 +771,7 @@ def _spawn_worker(config: dict, env: dict) -> tuple[int, int, int, int]:
         os.set_inheritable(fd, True)
     pid = os.posix_spawn(
         sys.executable,
-        [sys.executable, "-I", "-S", "-B", os.path.abspath(__file__), "worker", json.dumps(config)],
+        [sys.executable, "-I", "-S", "-B", code, "worker", json.dumps(config)],
         env,
         file_actions=[
             (os.POSIX_SPAWN_DUP2, devnull, 0),
@@ -775,10 +784,10 @@ def _spawn_worker(config: dict, env: dict) -> tuple[int, int, int, int]:
     return pid, req_w, resp_r, out_r
 
 
-def _run_tests(job: dict, config: dict, env: dict, output: Output, deadline: float) -> dict:
+def _run_tests(job: dict, config: dict, env: dict, output: Output, worker_code: str, deadline: float) -> dict:
     import signal
 
-    pid, req_w, resp_r, out_r = _spawn_worker(config, env)
+    pid, req_w, resp_r, out_r = _spawn_worker(config, env, worker_code)
     output.fd = output.source = out_r
     link = WorkerLink(pid, req_w, resp_r, output, job, deadline)
     tests = job["tests"]
