@@ -4,13 +4,15 @@ Started as `python -I -S sandbox_child.py judge` by harness/grading/sandbox.py. 
 standard library (never the harness), so nothing of the harness lives in a process the program can reach.
 
 Why two processes: a test is an honest judge only if the code under test cannot touch it. The
-program is loaded into the worker, which drops to an unprivileged uid of its own, sets rlimits and
-an audit hook, then answers calls ("call entry point with these arguments") with values encoded as
-plain data. The judge runs the dataset's test code against proxies of those functions and decodes
-every returned value into builtins (int, str, list, ...), so an object that claims to equal anything
-never reaches an `==`; and the verdict is written by the judge alone, to a pipe the worker does not
-hold and cannot open (other uid, non-dumpable judge), so exit statuses, prints, signals and crashes
-of the program can only ever make it fail.
+program is loaded into a worker, a fresh interpreter per program that sets rlimits, enters a
+minimal read-only root (when there is a mount namespace), drops to an unprivileged uid of its own,
+installs an audit hook, and then only answers calls ("call the entry point with these arguments")
+with values encoded as plain data. The judge runs the dataset's test code against proxies of the
+program's functions and decodes every returned value into builtins (int, str, list, ...), so an
+object that claims to equal anything never reaches an `==`. The verdict is written by the judge
+alone, to a pipe the worker does not hold and cannot open (other uid; the judge is non-dumpable and,
+in a pid namespace, pid 1), so exit statuses, prints, signals and crashes of the program can only
+ever make it fail. The worker never holds the tests either: it is exec'd, not forked from the judge.
 """
 
 from __future__ import annotations
