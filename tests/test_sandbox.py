@@ -77,3 +77,20 @@ def test_values_cross_as_their_builtin_types(sandbox):
     tests = "assert f(0) == [{'a': 2, 'b': 1}, (1, 2), {1, 2}, b'x', 2**200, 1.5, None, (int, str), 3j]\n"
     (outcome,) = sandbox.run([Job(program, tests, "f")])
     assert outcome.passed, outcome.result
+
+
+def test_where_unshare_is_refused_the_sandbox_falls_back_and_still_judges(monkeypatch):
+    from harness.grading import sandbox as module
+
+    monkeypatch.setattr(module, "UNSHARE_FLAGS", ["--no-such-namespace"])
+    monkeypatch.setattr(os, "geteuid", lambda: 0)  # the probe takes the root path, as on this machine
+    module.probe_isolation.cache_clear()
+    try:
+        isolation = module.probe_isolation()
+        assert not isolation.namespaces
+        box = Sandbox(Limits(wall_s=10), workers=1, isolation=isolation)
+        (outcome,) = box.run([Job("def f(x):\n    return x\n", "assert f(3) == 3\n", "f")])
+        box.close()
+        assert outcome.passed
+    finally:
+        module.probe_isolation.cache_clear()

@@ -120,19 +120,18 @@ class Isolation:
 
 @lru_cache(maxsize=1)
 def probe_isolation() -> Isolation:
-    """Try `unshare` once; fall back quietly where containers or kernels forbid namespaces."""
+    """Judge one trivial program with namespaces, once per process; fall back quietly where containers
+    or kernels forbid them (SCORE_EVAL_SANDBOX_NO_NAMESPACES=1 forces the fallback)."""
     separate_uid = os.geteuid() == 0
-    variants = [UNSHARE_FLAGS] if separate_uid else [["--user", "--map-root-user", *UNSHARE_FLAGS]]
-    if os.environ.get("SCORE_EVAL_SANDBOX_NO_NAMESPACES"):
-        variants = []
-    for flags in variants:
-        command = ("unshare", *flags, "--", sys.executable, "-I", "-S", "-c", "pass")
+    flags = UNSHARE_FLAGS if separate_uid else ["--user", "--map-root-user", *UNSHARE_FLAGS]
+    if not os.environ.get("SCORE_EVAL_SANDBOX_NO_NAMESPACES") and shutil.which("unshare"):
+        candidate = Isolation(True, separate_uid, ("unshare", *flags, "--"))
+        judge = _Judge(candidate)
         try:
-            ok = subprocess.run(command, capture_output=True, timeout=10, check=False).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            ok = False
-        if ok:
-            return Isolation(True, separate_uid, ("unshare", *flags, "--"))
+            if judge.run(Job("def f():\n    return 1\n", "assert f() == 1\n", "f"), Limits(wall_s=20)).passed:
+                return candidate
+        finally:
+            judge.close()
     return Isolation(False, separate_uid)
 
 
