@@ -182,19 +182,22 @@ class _Judge:
             cwd="/",
             start_new_session=True,
         )
-        send(
-            self.proc.stdin.fileno(),
-            {
-                "uid": self.uid,
-                "root": self.root,
-                "mount_namespace": isolation.namespaces,
-                "interpreter": sorted(
-                    {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-                ),
-                "hide": _site_packages(),
-                "env": CLEAN_ENV,
-            },
-        )
+        try:
+            send(
+                self.proc.stdin.fileno(),
+                {
+                    "uid": self.uid,
+                    "root": self.root,
+                    "mount_namespace": isolation.namespaces,
+                    "interpreter": sorted(
+                        {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+                    ),
+                    "hide": _site_packages(),
+                    "env": CLEAN_ENV,
+                },
+            )
+        except OSError:
+            pass  # a judge that died at once (unshare refused): its first job reports the failure
 
     def run(self, job: Job, limits: Limits) -> Outcome:
         """The judge's verdict; if the judge itself fails to answer in time, it is killed and the job fails."""
