@@ -57,7 +57,13 @@ def normalize(answer: str) -> str:
     s = re.sub(r"\\text\{\s*([^{}]*)\}", r"\1", s)
     s = re.sub(r"\\(?:left|right)", "", s)
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
-    s = s.replace("^\\circ", "").replace("^{\\circ}", "").replace("\\%", "").replace("\\$", "").replace("$", "")
+    s = (
+        s.replace("^\\circ", "")
+        .replace("^{\\circ}", "")
+        .replace("\\%", "")
+        .replace("\\$", "")
+        .replace("$", "")
+    )
     s = s.replace("\\!", "").replace("\\,", "").replace("\\ ", "").replace(" ", "")
     s = re.sub(r"^[a-zA-Z]\s*=", "", s)
     s = s.rstrip(".")
@@ -95,7 +101,9 @@ class MathGrader:
         verdicts = []
         for response, problem in items:
             extracted = extract_answer(response)
-            verdicts.append(Verdict(extracted=extracted, correct=grade_math_answer(extracted, problem.answer)))
+            verdicts.append(
+                Verdict(extracted=extracted, correct=grade_math_answer(extracted, problem.answer))
+            )
         return verdicts
 
 

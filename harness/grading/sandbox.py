@@ -32,7 +32,9 @@ from harness.grading.sandbox_child import Timeout, recv, send
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
 GiB, MiB = 1 << 30, 1 << 20
-JUDGE_GRACE_S = 15.0  # beyond the wall limit, before the harness gives up on a judge
+# The harness gives up on a judge after this many times the wall limit plus JUDGE_GRACE_S: the
+# program's own share is capped by the judge; the rest is the judge's trusted work (HumanEval+).
+JUDGE_BACKSTOP_FACTOR, JUDGE_GRACE_S = 4.0, 15.0
 
 # The environment a program sees: nothing inherited (no tokens, keys or proxies).
 CLEAN_ENV = {
@@ -64,7 +66,10 @@ class Limits:
     a correct program into a failure, and a runaway costs at most `cpu_s` of one core."""
 
     cpu_s: float = field(default=10.0, metadata={"help": "CPU seconds of the program (RLIMIT_CPU)"})
-    wall_s: float = field(default=30.0, metadata={"help": "wall-clock seconds for load + all tests"})
+    wall_s: float = field(
+        default=30.0,
+        metadata={"help": "wall-clock seconds the program may take, over its load and all calls"},
+    )
     memory_bytes: int = field(default=4 * GiB, metadata={"help": "address space of the program (RLIMIT_AS)"})
     processes: int = field(
         default=64, metadata={"help": "processes the program's uid may hold (RLIMIT_NPROC)"}
@@ -209,7 +214,7 @@ class _Judge:
             )
             verdict = recv(
                 self.proc.stdout.fileno(),
-                time.monotonic() + limits.wall_s + JUDGE_GRACE_S,
+                time.monotonic() + JUDGE_BACKSTOP_FACTOR * limits.wall_s + JUDGE_GRACE_S,
                 cap=limits.message_bytes + limits.output_bytes + (1 << 20),
             )
             return Outcome(

@@ -422,8 +422,11 @@ class WorkerLink:
 
     failure: str | None = None
 
-    def __init__(self, pid: int, req: int, resp: int, output: Output, job: dict, deadline: float):
-        self.pid, self.req, self.resp, self.output, self.deadline = pid, req, resp, output, deadline
+    def __init__(self, pid: int, req: int, resp: int, output: Output, job: dict):
+        self.pid, self.req, self.resp, self.output = pid, req, resp, output
+        # The wall-clock budget is spent only while the judge waits for the program: the judge's own
+        # work (HumanEval+ runs the reference solution on every input) is not the program's time.
+        self.budget = float(job["wall_s"])
         self.cap, self.cpu_limit = job["message_bytes"], job["cpu_s"]
         self.status: int | None = None
 
@@ -442,6 +445,10 @@ class WorkerLink:
     def exchange(self, message):
         if self.failure:
             raise ProgramFailed(self.failure)
+        import time
+
+        start = time.monotonic()
+        self.deadline = start + self.budget
         try:
             send(self.req, message)
             return recv(self.resp, self.deadline, self.cap, self.output)
@@ -451,6 +458,8 @@ class WorkerLink:
             raise self.fail("timed out") from None
         except (ValueError, RecursionError) as exc:
             raise self.fail(f"failed: bad reply from the program ({str(exc)[:100]})") from None
+        finally:
+            self.budget -= time.monotonic() - start
 
     def op(self, name: str, args: list):
         reply = self.exchange([name, encode(args, self._out)])
@@ -741,7 +750,7 @@ def judge() -> None:
         }
         output = Output(-1, job["output_bytes"])
         try:
-            result = _run_tests(job, config, setup["env"], output, worker_code, deadline=start + job["wall_s"])
+            result = _run_tests(job, config, setup["env"], output, worker_code)
         except Exception as exc:  # noqa: BLE001 - a fault of the judge is reported, never a pass
             result = {"passed": False, "result": f"failed: sandbox error ({type(exc).__name__}: {exc})"}
         finally:
@@ -786,12 +795,12 @@ def _spawn_worker(config: dict, env: dict, code: str) -> tuple[int, int, int, in
     return pid, req_w, resp_r, out_r
 
 
-def _run_tests(job: dict, config: dict, env: dict, output: Output, worker_code: str, deadline: float) -> dict:
+def _run_tests(job: dict, config: dict, env: dict, output: Output, worker_code: str) -> dict:
     import signal
 
     pid, req_w, resp_r, out_r = _spawn_worker(config, env, worker_code)
     output.fd = output.source = out_r
-    link = WorkerLink(pid, req_w, resp_r, output, job, deadline)
+    link = WorkerLink(pid, req_w, resp_r, output, job)
     tests = job["tests"]
     try:
         loaded = link.exchange(job["program"])
