@@ -237,13 +237,18 @@ class _Judge:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def close(self) -> None:
-        """Kill the judge and, with it, its pid namespace (or, without one, sweep the program's uid)."""
+    def close(self, wait_s: float = 0.0) -> None:
+        """Stop the judge: ask (end of input) and wait up to `wait_s`, then kill it and, with it, its pid
+        namespace (or, without one, sweep the program's uid)."""
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
                 stream.close()
             except OSError:
                 pass
+        try:
+            self.proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            pass
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -311,7 +316,7 @@ class Sandbox:
         with self._lock:
             judges, self._idle = self._idle, []
         for judge in judges:
-            judge.close()
+            judge.close(wait_s=5.0)
 
 
 def _processes_of_uid(uid: int) -> int:
