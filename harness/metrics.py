@@ -97,4 +97,45 @@ def summarize(records: Sequence[Graded], resamples: int = BOOTSTRAP_RESAMPLES, s
     draws = rng.integers(0, len(problem_ids), size=(resamples, len(problem_ids)))
     boot = metrics_from_means(names, sums[draws].sum(axis=1) / sizes[draws].sum(axis=1)[:, None], turns)
     ci95 = {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in boot.items()}
-    return {"metrics": metrics, "counts": {"n": n, **counts}, "ci95": ci95}
+    out = {"metrics": metrics, "counts": {"n": n, **counts}, "ci95": ci95}
+    passes = pass_at_k_by_turn(records)
+    if passes:
+        out["pass_at_k"] = passes
+    return out
+
+
+# --- pass@k (Chen et al. 2021, "Evaluating Large Language Models Trained on Code") -------------------
+
+PASS_AT_K = (1, 10, 100)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of pass@k from n samples of which c are correct:
+
+        pass@k = 1 - C(n - c, k) / C(n, k) = 1 - prod_{i = n-c+1}^{n} (1 - k / i)
+
+    computed as the product, which stays stable where the binomials overflow. 1.0 when n - c < k.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k})")
+    if n - c < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def pass_at_k_by_turn(records: Sequence[Graded], ks: Sequence[int] = PASS_AT_K) -> dict[str, float]:
+    """Mean pass@k over problems at each turn, `pass@{k}_t{t}`, for k in `ks` up to n and k = n, where n
+    is the fewest samples a problem has; empty when every problem has one sample (pass@1 is then acc_t)."""
+    by_problem: dict[str, list[Sequence[bool]]] = {}
+    for r in records:
+        by_problem.setdefault(r.problem_id, []).append(r.correct)
+    n_min = min(len(v) for v in by_problem.values())
+    if n_min < 2:
+        return {}
+    turns = len(records[0].correct)
+    out = {}
+    for k in sorted({k for k in ks if k <= n_min} | {n_min}):
+        for t in range(turns):
+            values = [pass_at_k(len(v), sum(bool(s[t]) for s in v), k) for v in by_problem.values()]
+            out[f"pass@{k}_t{t + 1}"] = float(np.mean(values))
+    return out

@@ -187,7 +187,11 @@ def finish_run(run_dir: Path, records: list[dict], run_info: dict[str, Any], ext
             f"every problem was skipped (prompts longer than the model's context); see {run_dir}/samples.jsonl"
         )
     summary = summarize([Graded(r["id"], [bool(t["correct"]) for t in r["turns"]]) for r in scored])
-    details = Counter(f"{t['detail']}_t{i + 1}" for r in scored for i, t in enumerate(r["turns"]) if t.get("detail"))
+    # Grader notes by kind ("timeout"; code: "passed", "failed", "timed out", "memory"), per turn.
+    details = Counter(
+        f"{t['detail'].split(':')[0].replace(' ', '_')}_t{i + 1}"
+        for r in scored for i, t in enumerate(r["turns"]) if t.get("detail")
+    )
     summary["counts"].update({
         "skipped": len(records) - len(scored),
         **{f"detail_{k}": v for k, v in sorted(details.items())},

@@ -39,6 +39,8 @@ class DataSpec:
     id_field: str | None = None
     keep_fields: tuple[str, ...] = ()
     hub: dict[str, Any] | None = None
+    package: dict[str, Any] | None = None  # {module, file}: data shipped inside an installed package
+    optional_fields: tuple[str, ...] = ()  # fields a template may use when a record has them
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ def _parse(raw: dict[str, Any], source: str) -> Task:
             id_field=data.get("id_field"),
             keep_fields=tuple(data.get("keep_fields") or ()),
             hub=data.get("hub"),
+            package=data.get("package"),
+            optional_fields=tuple(data.get("optional_fields") or ()),
         ),
         prompts=Prompts(
             first_turn=str(prompts["first_turn"]),
@@ -122,7 +126,7 @@ def _parse(raw: dict[str, Any], source: str) -> Task:
     )
     for template in (task.prompts.first_turn, task.prompts.correction):
         used = jinja2.meta.find_undeclared_variables(_JINJA.parse(template))
-        unknown = used - set(task.data.required_fields)
+        unknown = used - set(task.data.required_fields) - set(task.data.optional_fields)
         if unknown:
-            raise ValueError(f"a prompt uses {sorted(unknown)}, which are not in data.required_fields")
+            raise ValueError(f"a prompt uses {sorted(unknown)}, which are not in data.required_fields (or optional_fields)")
     return task

@@ -41,8 +41,11 @@ def register(name: str) -> Callable[[Callable[[], Grader]], Callable[[], Grader]
 
 def get_grader(name: str) -> Grader:
     # Importing the modules registers their graders.
+    from harness.grading import code as _code  # noqa: F401
     from harness.grading import math as _math  # noqa: F401
 
     if name not in _REGISTRY:
-        raise HarnessError(f"unknown grader '{name}' in the task file; choose one of: {', '.join(sorted(_REGISTRY))}")
+        raise HarnessError(
+            f"unknown grader '{name}' in the task file; choose one of: {', '.join(sorted(_REGISTRY))}"
+        )
     return _REGISTRY[name]()

@@ -17,7 +17,13 @@ from harness.store import atomic_write_text, write_json
 
 
 def summary_document(summary: dict, run: dict[str, Any]) -> dict:
-    return {**summary["metrics"], "ci95": summary["ci95"], "counts": summary["counts"], "run": run}
+    """pass@k (`pass@{k}_t{t}`, present when problems have several samples) sits beside the metrics."""
+    return {**summary["metrics"], **summary.get("pass_at_k", {}), "ci95": summary["ci95"],
+            "counts": summary["counts"], "run": run}
+
+
+def pass_at_k_names(document: dict) -> list[str]:
+    return [k for k in document if k.startswith("pass@")]
 
 
 def metric_label(name: str) -> str:
@@ -41,6 +47,8 @@ def csv_text(document: dict) -> str:
     row = [document["run"]["name"], document["run"]["task"], document["run"]["model"], document["run"]["backend"]]
     row += [document[m] for m in names]
     row += [document["ci95"][m][i] for m in names[1:] for i in (0, 1)]
+    header += pass_at_k_names(document)
+    row += [document[m] for m in pass_at_k_names(document)]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -64,6 +72,9 @@ def markdown_text(document: dict) -> str:
     for name in metric_names(turns)[1:]:
         low, high = document["ci95"][name]
         lines.append(f"| {metric_label(name)} | {100 * document[name]:.1f}% | [{100 * low:.1f}, {100 * high:.1f}] |")
+    if pass_at_k_names(document):
+        lines += ["", "| pass@k (unbiased estimator) | value |", "|---|---:|"]
+        lines += [f"| {m.replace('_', ' at ')} | {100 * document[m]:.1f}% |" for m in pass_at_k_names(document)]
     counts = document["counts"]
     lines += ["", "Counts:", ""]
     lines += [f"- right at t{t}: {counts[f'correct_t{t}']}" for t in range(1, turns + 1)]

