@@ -11,7 +11,7 @@ import gzip
 import json
 
 import pytest
-from conftest import SHARED_DATA, require_shared
+from tests.conftest import SHARED_DATA, require_shared
 
 from harness.data import Problem
 from harness.grading import get_grader

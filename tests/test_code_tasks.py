@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SHARED_DATA, ScriptedEngine, require_shared, run_cli
+from tests.conftest import SHARED_DATA, ScriptedEngine, require_shared, run_cli
 
 from harness.config import RunConfig
 from harness.data import load_problems
