@@ -49,6 +49,9 @@ class ExactGrader:
     def grade(self, items):
         return [Verdict(extracted=r.strip(), correct=r.strip() == str(p.answer)) for r, p in items]
 
+    def close(self):
+        pass
+
 
 register("toy-exact")(ExactGrader)
 
