@@ -51,8 +51,16 @@ def measure(engine, task, problems, settings) -> dict:
     timed = TimedEngine(engine)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        episodes = run_episodes(task, problems, timed, get_grader(task.grader), turns=2, samples=1,
-                                settings=settings, journal=Journal(Path(tmp) / "journal.jsonl"))
+        episodes = run_episodes(
+            task,
+            problems,
+            timed,
+            get_grader(task.grader),
+            turns=2,
+            samples=1,
+            settings=settings,
+            journal=Journal(Path(tmp) / "journal.jsonl"),
+        )
         wall = time.perf_counter() - start
     tokens = sum(t.completion_tokens for e in episodes for t in e.turns)
     return {"episodes": episodes, "wall": wall, "engine": timed.seconds, "tokens": tokens}
@@ -68,8 +76,9 @@ def bare_client_seconds(base_url: str, model: str, task, episodes, settings, con
         convs = [conversation(task, e.problem, [t.response for t in e.turns[:turn]]) for e in episodes]
 
         def send(conv):
-            return client.chat.completions.create(model=model, messages=conv, max_tokens=settings.max_new_tokens,
-                                                  temperature=0.0)
+            return client.chat.completions.create(
+                model=model, messages=conv, max_tokens=settings.max_new_tokens, temperature=0.0
+            )
 
         start = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
@@ -106,12 +115,16 @@ def main() -> None:
         rows.append(("openai", oa, bare))
 
     print(f"workload: {len(problems)} MATH-500 problems x 2 turns, greedy, max {args.max_new_tokens} new tokens")
-    print(f"{'backend':8} {'wall s':>8} {'engine s':>9} {'overhead':>9} {'tokens':>7} {'tok/s':>7} {'bare client s':>14}")
+    print(
+        f"{'backend':8} {'wall s':>8} {'engine s':>9} {'overhead':>9} {'tokens':>7} {'tok/s':>7} {'bare client s':>14}"
+    )
     for name, r, bare in rows:
         overhead = r["wall"] / r["engine"] - 1
         bare_text = f"{bare:14.1f}" if bare is not None else f"{'-':>14}"
-        print(f"{name:8} {r['wall']:8.1f} {r['engine']:9.1f} {overhead:9.2%} {r['tokens']:7d} "
-              f"{r['tokens'] / r['wall']:7.1f} {bare_text}")
+        print(
+            f"{name:8} {r['wall']:8.1f} {r['engine']:9.1f} {overhead:9.2%} {r['tokens']:7d} "
+            f"{r['tokens'] / r['wall']:7.1f} {bare_text}"
+        )
 
 
 if __name__ == "__main__":

@@ -62,11 +62,7 @@ def throughput_cases(n: int) -> list[tuple[str, str]]:
         if i % 2:
             answers = by_subject[r["subject"]]
             other = next(
-                (
-                    a
-                    for k, a in enumerate(answers[i % len(answers) :] + answers)
-                    if a.strip() != r["answer"].strip()
-                ),
+                (a for k, a in enumerate(answers[i % len(answers) :] + answers) if a.strip() != r["answer"].strip()),
                 r["answer"],
             )
             start, end, _ = boxed_answers(solution)[-1]
@@ -77,9 +73,7 @@ def throughput_cases(n: int) -> list[tuple[str, str]]:
 
 def ours(cases: list[tuple[str, str, str | None]], processes: int) -> tuple[list[bool], float, int]:
     with MathGrader(processes=processes) as grader:
-        grader.pool().map(
-            [("1", "1", None)]
-        )  # start the workers outside the timing, as a run's grader would be
+        grader.pool().map([("1", "1", None)])  # start the workers outside the timing, as a run's grader would be
         start = time.perf_counter()
         verdicts = grader.grade(
             [(r, Problem(str(i), g, {"problem": p} if p else {})) for i, (r, g, p) in enumerate(cases)]
@@ -159,9 +153,7 @@ def main() -> None:
         f"  math-verify, 1 process (as shipped): {mv1_s:6.1f} s  {n / mv1_s:7.0f} responses/s"
         f"  ({sum(mv1_out)} graded correct)"
     )
-    print(
-        f"  math-verify, pool of {args.processes} processes:    {mvp_s:6.1f} s  {n / mvp_s:7.0f} responses/s"
-    )
+    print(f"  math-verify, pool of {args.processes} processes:    {mvp_s:6.1f} s  {n / mvp_s:7.0f} responses/s")
     disagree = [i for i, (a, b) in enumerate(zip(ours_out, mv1_out)) if a != b]
     expected = [i % 2 == 0 for i in range(n)]
     print(

@@ -63,7 +63,9 @@ class BatchSize(click.ParamType):
 @click.option("--request-timeout", type=float, default=600.0, show_default=True, help=_help("request_timeout"))
 @click.option("--tensor-parallel-size", type=int, default=1, show_default=True, help=_help("tensor_parallel_size"))
 @click.option("--pipeline-parallel-size", type=int, default=1, show_default=True, help=_help("pipeline_parallel_size"))
-@click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True, help=_help("gpu_memory_utilization"))
+@click.option(
+    "--gpu-memory-utilization", type=float, default=0.9, show_default=True, help=_help("gpu_memory_utilization")
+)
 @click.option("--max-model-len", type=int, default=None, help=_help("max_model_len"))
 def run(**options) -> None:
     """Run k turns of intrinsic self-correction and write results/<run>/.
@@ -83,10 +85,14 @@ def run(**options) -> None:
         with RichProgress(console) as progress:
             result = execute_run(config, progress)
     except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/yellow]; finished work is saved. Resume with:\n  {_resume_command(config)}")
+        console.print(
+            f"[yellow]interrupted[/yellow]; finished work is saved. Resume with:\n  {_resume_command(config)}"
+        )
         sys.exit(130)
     _show_summary(result.summary, console)
-    console.print(f"[green]wrote[/green] {result.run_dir}/ (config.json, samples.jsonl, summary.json, summary.csv, summary.md)")
+    console.print(
+        f"[green]wrote[/green] {result.run_dir}/ (config.json, samples.jsonl, summary.json, summary.csv, summary.md)"
+    )
 
 
 def _console():
@@ -119,8 +125,13 @@ def regrade(run_dir: Path) -> None:
 @cli.command()
 @click.option("--task", default="math", show_default=True, help=_help("task"))
 @click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(path_type=Path))
-@click.option("--output", "output_path", required=True, type=click.Path(path_type=Path),
-              help="where to write the graded records (JSONL, same order, with the verdicts added)")
+@click.option(
+    "--output",
+    "output_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="where to write the graded records (JSONL, same order, with the verdicts added)",
+)
 @click.option("--data", default=None, help="code tasks: local data file (mbpp, humaneval-plus); default: the task's")
 def grade(task: str, input_path: Path, output_path: Path, data: str | None) -> None:
     """Grade outputs made elsewhere with the grader `run` uses.
@@ -134,8 +145,9 @@ def grade(task: str, input_path: Path, output_path: Path, data: str | None) -> N
 
 
 @cli.command()
-@click.option("--config", "config_file", default=None,
-              help="YAML or TOML file of settings (e.g. configs/train/one-gpu.yaml)")
+@click.option(
+    "--config", "config_file", default=None, help="YAML or TOML file of settings (e.g. configs/train/one-gpu.yaml)"
+)
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="start from a named preset")
 @click.option("--smoke", is_flag=True, help="a few steps of each stage on the embedded model on CPU (the smoke preset)")
 @click.option("--resume", is_flag=True, help="continue the run in --output-dir from its last checkpoint")

@@ -13,9 +13,13 @@ from harness.errors import HarnessError
 @dataclass
 class RunConfig:
     task: str = field(default="math", metadata={"help": "task name (a file in tasks/) or path to a task .yaml"})
-    model: str | None = field(default=None, metadata={"help": "checkpoint dir, .gguf file or hub id; default: embedded SmolLM2-135M-Instruct"})
+    model: str | None = field(
+        default=None, metadata={"help": "checkpoint dir, .gguf file or hub id; default: embedded SmolLM2-135M-Instruct"}
+    )
     backend: str = field(default="hf", metadata={"help": "inference engine"})
-    data: str | None = field(default=None, metadata={"help": "local .jsonl/.json/.parquet; default: the task's hub dataset"})
+    data: str | None = field(
+        default=None, metadata={"help": "local .jsonl/.json/.parquet; default: the task's hub dataset"}
+    )
     limit: int | None = field(default=None, metadata={"help": "use only the first N problems"})
     turns: int = field(default=2, metadata={"help": "attempts per episode (1 + corrections)"})
     samples: int = field(default=1, metadata={"help": "independent episodes per problem"})
@@ -23,13 +27,19 @@ class RunConfig:
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
-    batch_size: int | str = field(default=16, metadata={"help": "hf: conversations per generation batch, or 'auto' (halves on out-of-memory)"})
+    batch_size: int | str = field(
+        default=16, metadata={"help": "hf: conversations per generation batch, or 'auto' (halves on out-of-memory)"}
+    )
     output_dir: str = field(default="results", metadata={"help": "parent of the run directory"})
     run_name: str | None = field(default=None, metadata={"help": "run directory name; default: task-model-time"})
     resume: bool = field(default=False, metadata={"help": "continue the unfinished run named by --run-name"})
     # Engine options: openai
     base_url: str | None = field(default=None, metadata={"help": "openai: server URL, e.g. http://127.0.0.1:8000/v1"})
-    api_key: str | None = field(default=None, repr=False, metadata={"help": "openai: API key (default: $OPENAI_API_KEY); never written to any file"})
+    api_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata={"help": "openai: API key (default: $OPENAI_API_KEY); never written to any file"},
+    )
     concurrency: int = field(default=8, metadata={"help": "openai: requests in flight at once"})
     request_timeout: float = field(default=600.0, metadata={"help": "openai: seconds per request before it is retried"})
     # Engine options: vllm
@@ -42,19 +52,25 @@ class RunConfig:
         checks = [
             (self.turns >= 1, f"--turns must be at least 1 (got {self.turns})"),
             (self.samples >= 1, f"--samples must be at least 1 (got {self.samples})"),
-            (self.max_new_tokens is None or self.max_new_tokens > 0,
-             f"--max-new-tokens must be positive (got {self.max_new_tokens})"),
+            (
+                self.max_new_tokens is None or self.max_new_tokens > 0,
+                f"--max-new-tokens must be positive (got {self.max_new_tokens})",
+            ),
             (self.limit is None or self.limit > 0, f"--limit must be positive (got {self.limit})"),
             (self.temperature >= 0, f"--temperature must be 0 (greedy) or positive (got {self.temperature})"),
             (0 < self.top_p <= 1, f"--top-p must be in (0, 1] (got {self.top_p})"),
-            (self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size >= 1),
-             f"--batch-size must be a positive number or 'auto' (got {self.batch_size})"),
+            (
+                self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size >= 1),
+                f"--batch-size must be a positive number or 'auto' (got {self.batch_size})",
+            ),
             (self.concurrency >= 1, f"--concurrency must be at least 1 (got {self.concurrency})"),
             (self.request_timeout > 0, f"--request-timeout must be positive (got {self.request_timeout})"),
         ]
         from harness.engines import BACKENDS
 
-        checks.append((self.backend in BACKENDS, f"unknown backend '{self.backend}'; choose one of: {', '.join(BACKENDS)}"))
+        checks.append(
+            (self.backend in BACKENDS, f"unknown backend '{self.backend}'; choose one of: {', '.join(BACKENDS)}")
+        )
         for ok, message in checks:
             if not ok:
                 raise HarnessError(message)
@@ -72,8 +88,18 @@ class RunConfig:
         return f"{Path(self.task).stem}-{short}-{stamp}"
 
     def engine_options(self) -> dict:
-        keys = ("batch_size", "base_url", "api_key", "concurrency", "request_timeout", "tensor_parallel_size",
-                "pipeline_parallel_size", "gpu_memory_utilization", "max_model_len", "seed")
+        keys = (
+            "batch_size",
+            "base_url",
+            "api_key",
+            "concurrency",
+            "request_timeout",
+            "tensor_parallel_size",
+            "pipeline_parallel_size",
+            "gpu_memory_utilization",
+            "max_model_len",
+            "seed",
+        )
         return {k: getattr(self, k) for k in keys}
 
     def as_dict(self) -> dict:

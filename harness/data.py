@@ -101,7 +101,9 @@ def _read_file(path: Path) -> tuple[list[Any], list[int] | None, DataSource]:
         else:
             raise HarnessError(f"data file {path} has an unknown format '{suffix}'; use .jsonl, .json or .parquet")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HarnessError(f"data file {path} is not valid {suffix[1:].upper()} ({exc}); fix or replace the file") from exc
+        raise HarnessError(
+            f"data file {path} is not valid {suffix[1:].upper()} ({exc}); fix or replace the file"
+        ) from exc
     except (OSError, ValueError) as exc:
         raise HarnessError(f"data file {path} could not be read as {suffix} ({exc}); fix or replace the file") from exc
     return records, lines, DataSource("file", str(path.resolve()), sha256_file(path), len(records))
@@ -120,7 +122,9 @@ def read_jsonl_lines(path: Path) -> tuple[list[Any], list[int]]:
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as exc:
-                    raise HarnessError(f"data file {path} line {n} is not valid JSON ({exc.msg}); fix that line") from exc
+                    raise HarnessError(
+                        f"data file {path} line {n} is not valid JSON ({exc.msg}); fix that line"
+                    ) from exc
                 lines.append(n)
     return records, lines
 

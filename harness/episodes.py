@@ -144,9 +144,19 @@ def run_episodes(
         for episode, verdict in zip(todo, verdicts):
             episode.turns[t].extracted, episode.turns[t].correct = verdict.extracted, verdict.correct
             episode.turns[t].detail = verdict.detail
-        save({"id": e.problem.id, "sample": e.sample, "turn": t, "grade": {
-            "extracted": e.turns[t].extracted, "correct": e.turns[t].correct, "detail": e.turns[t].detail,
-        }} for e in todo)
+        save(
+            {
+                "id": e.problem.id,
+                "sample": e.sample,
+                "turn": t,
+                "grade": {
+                    "extracted": e.turns[t].extracted,
+                    "correct": e.turns[t].correct,
+                    "detail": e.turns[t].detail,
+                },
+            }
+            for e in todo
+        )
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="grading") as grading:
         pending_grades: list[Future] = []
@@ -170,10 +180,18 @@ def run_episodes(
 
 
 def _record_generation(episode: Episode, t: int, completion: Completion, save) -> None:
-    save([{
-        "id": episode.problem.id, "sample": episode.sample, "turn": t, "response": completion.text,
-        "finish_reason": completion.finish_reason, "completion_tokens": completion.completion_tokens,
-    }])
+    save(
+        [
+            {
+                "id": episode.problem.id,
+                "sample": episode.sample,
+                "turn": t,
+                "response": completion.text,
+                "finish_reason": completion.finish_reason,
+                "completion_tokens": completion.completion_tokens,
+            }
+        ]
+    )
     if completion.finish_reason == PROMPT_TOO_LONG:
         episode.skipped = _too_long(t)
     else:

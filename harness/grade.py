@@ -40,23 +40,17 @@ def _problem(record: Any, line: int, where: Path) -> Problem:
         raise HarnessError(f"{where} line {line} is not a JSON object; each line must be an object")
     for name in ("response", "answer"):
         if record.get(name) is None:
-            raise HarnessError(
-                f"{where} line {line} lacks '{name}'; every record needs 'response' and 'answer'"
-            )
+            raise HarnessError(f"{where} line {line} lacks '{name}'; every record needs 'response' and 'answer'")
     if not isinstance(record["response"], str):
         raise HarnessError(f"{where} line {line} has a 'response' that is not a string")
     return Problem(id=str(record.get("id", line)), answer=record["answer"], fields=record)
 
 
-def grade_file(
-    task_name: str, input_path: Path, output_path: Path, grader: Grader | None = None
-) -> GradeSummary:
+def grade_file(task_name: str, input_path: Path, output_path: Path, grader: Grader | None = None) -> GradeSummary:
     """Grade every record of `input_path` and write them, graded and in order, to `output_path`."""
     task = load_task(task_name)
     if not input_path.is_file():
-        raise HarnessError(
-            f"input file {input_path} does not exist; pass a .jsonl of records with response and answer"
-        )
+        raise HarnessError(f"input file {input_path} does not exist; pass a .jsonl of records with response and answer")
     records, lines = read_jsonl_lines(input_path)
     problems = [_problem(r, n, input_path) for r, n in zip(records, lines)]
     own = grader is None

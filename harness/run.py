@@ -101,9 +101,7 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.')} ({old!r} -> {new!r})"]
 
 
-def execute_run(
-    config: RunConfig, progress: Progress | None = None, engine: Engine | None = None
-) -> RunResult:
+def execute_run(config: RunConfig, progress: Progress | None = None, engine: Engine | None = None) -> RunResult:
     """Run (or continue) a whole evaluation; `engine` may be passed in (tests, the trainer)."""
     progress = progress or SilentProgress()
     config.validate()
@@ -111,7 +109,9 @@ def execute_run(
     grader = get_grader(task.grader)
     problems, source = load_problems(task, config.data, config.limit)
     if config.limit is not None and config.limit > source.records:
-        log.warning("--limit %d is larger than the %d problems in the data; using all of them", config.limit, source.records)
+        log.warning(
+            "--limit %d is larger than the %d problems in the data; using all of them", config.limit, source.records
+        )
     if engine is None:
         with progress.step("loading model", None):
             engine = make_engine(config.backend, config.model, config.engine_options())
@@ -153,13 +153,22 @@ def execute_run(
     journal = Journal(run_dir / JOURNAL)
     try:
         episodes = run_episodes(
-            task, problems, engine, grader, turns=config.turns, samples=config.samples, settings=settings,
-            progress=progress, journal=journal,
+            task,
+            problems,
+            engine,
+            grader,
+            turns=config.turns,
+            samples=config.samples,
+            settings=settings,
+            progress=progress,
+            journal=journal,
         )
     finally:
         grader.close()
     records = [e.record(task.data.keep_fields) for e in episodes]
-    document = finish_run(run_dir, records, _run_info(run_name, task, engine.model_name, engine.name, config, len(problems)))
+    document = finish_run(
+        run_dir, records, _run_info(run_name, task, engine.model_name, engine.name, config, len(problems))
+    )
     journal.path.unlink(missing_ok=True)
     return RunResult(run_dir, document, resumed=previous is not None)
 
@@ -190,11 +199,15 @@ def finish_run(run_dir: Path, records: list[dict], run_info: dict[str, Any], ext
     # Grader notes by kind ("timeout"; code: "passed", "failed", "timed out", "memory"), per turn.
     details = Counter(
         f"{t['detail'].split(':')[0].replace(' ', '_')}_t{i + 1}"
-        for r in scored for i, t in enumerate(r["turns"]) if t.get("detail")
+        for r in scored
+        for i, t in enumerate(r["turns"])
+        if t.get("detail")
     )
-    summary["counts"].update({
-        "skipped": len(records) - len(scored),
-        **{f"detail_{k}": v for k, v in sorted(details.items())},
-        **(extra_counts or {}),
-    })
+    summary["counts"].update(
+        {
+            "skipped": len(records) - len(scored),
+            **{f"detail_{k}": v for k, v in sorted(details.items())},
+            **(extra_counts or {}),
+        }
+    )
     return write_summaries(run_dir, summary, run_info)

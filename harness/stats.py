@@ -22,8 +22,8 @@ from harness.metrics import (
     BOOTSTRAP_SEED,
     Graded,
     indicator_columns,
-    metrics_from_means,
     metric_names,
+    metrics_from_means,
 )
 
 TRANSITIONS = ("c2c", "i2c", "c2i", "i2i")

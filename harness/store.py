@@ -74,7 +74,9 @@ def prepare_run_dir(output_dir: str, run_name: str, resume: bool) -> tuple[Path,
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise HarnessError(f"cannot write to output directory {path} ({exc.strerror}); pass a writable --output-dir") from exc
+        raise HarnessError(
+            f"cannot write to output directory {path} ({exc.strerror}); pass a writable --output-dir"
+        ) from exc
     return path, None
 
 

@@ -89,8 +89,9 @@ def load_task(name_or_path: str) -> Task:
     """Load a task by name (a file in a tasks directory) or by path to a YAML file."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
-        path = next((d / f"{name_or_path}.yaml" for d in tasks_dirs() if (d / f"{name_or_path}.yaml").is_file()),
-                    Path())
+        path = next(
+            (d / f"{name_or_path}.yaml" for d in tasks_dirs() if (d / f"{name_or_path}.yaml").is_file()), Path()
+        )
     if not path.is_file():
         known = ", ".join(available_tasks()) or "none"
         raise HarnessError(f"unknown task '{name_or_path}'; choose one of: {known} (or pass a path to a task .yaml)")
@@ -128,5 +129,7 @@ def _parse(raw: dict[str, Any], source: str) -> Task:
         used = jinja2.meta.find_undeclared_variables(_JINJA.parse(template))
         unknown = used - set(task.data.required_fields) - set(task.data.optional_fields)
         if unknown:
-            raise ValueError(f"a prompt uses {sorted(unknown)}, which are not in data.required_fields (or optional_fields)")
+            raise ValueError(
+                f"a prompt uses {sorted(unknown)}, which are not in data.required_fields (or optional_fields)"
+            )
     return task

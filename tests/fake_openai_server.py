@@ -35,8 +35,15 @@ class FakeOpenAIServer:
 
             def do_GET(self):
                 if self.path.rstrip("/") == "/v1/models":
-                    self._send(200, {"object": "list", "data": [
-                        {"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in server.models]})
+                    self._send(
+                        200,
+                        {
+                            "object": "list",
+                            "data": [
+                                {"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in server.models
+                            ],
+                        },
+                    )
                 else:
                     self._send(404, {"error": {"message": "not found"}})
 
@@ -52,8 +59,15 @@ class FakeOpenAIServer:
                     if status != 200:
                         self._send(status, {"error": {"message": f"scripted {status}", "type": "test"}})
                     elif any("TOO_LONG" in m["content"] for m in body["messages"]):
-                        self._send(400, {"error": {"message": "This model's maximum context length is 10 tokens",
-                                                   "type": "invalid_request_error"}})
+                        self._send(
+                            400,
+                            {
+                                "error": {
+                                    "message": "This model's maximum context length is 10 tokens",
+                                    "type": "invalid_request_error",
+                                }
+                            },
+                        )
                     else:
                         self._send(200, server.answer(body))
                 finally:
@@ -68,12 +82,22 @@ class FakeOpenAIServer:
         n = body.get("n", 1) if self.max_n is None else min(body.get("n", 1), self.max_n)
         last = body["messages"][-1]["content"]
         turn = sum(m["role"] == "assistant" for m in body["messages"]) + 1
-        choices = [{
-            "index": i, "finish_reason": "stop",
-            "message": {"role": "assistant", "content": f"turn {turn}: {last[:20]} seed={body.get('seed')} #{i}"},
-        } for i in range(n)]
-        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"], "choices": choices,
-                "usage": {"prompt_tokens": len(last), "completion_tokens": 3 * n, "total_tokens": len(last) + 3 * n}}
+        choices = [
+            {
+                "index": i,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": f"turn {turn}: {last[:20]} seed={body.get('seed')} #{i}"},
+            }
+            for i in range(n)
+        ]
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": choices,
+            "usage": {"prompt_tokens": len(last), "completion_tokens": 3 * n, "total_tokens": len(last) + 3 * n},
+        }
 
     def __enter__(self):
         self.thread.start()

@@ -18,18 +18,39 @@ def _recompute(run_dir):
 
 def test_done_when_default_model_writes_all_five_files(tmp_path, math500):
     # The command of the "done when", with no --model: the embedded SmolLM2.
-    result = run_cli([
-        "run", "--task", "math", "--data", str(math500), "--turns", "2", "--limit", "4",
-        "--max-new-tokens", "48", "--output-dir", str(tmp_path), "--run-name", "demo",
-    ])
+    result = run_cli(
+        [
+            "run",
+            "--task",
+            "math",
+            "--data",
+            str(math500),
+            "--turns",
+            "2",
+            "--limit",
+            "4",
+            "--max-new-tokens",
+            "48",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "demo",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "demo"
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.json", "samples.jsonl", "summary.csv", "summary.json", "summary.md",
+        "config.json",
+        "samples.jsonl",
+        "summary.csv",
+        "summary.json",
+        "summary.md",
     ]
     samples, recomputed = _recompute(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert [s["id"] for s in samples] == [json.loads(line)["unique_id"] for line in math500.read_text().splitlines()[:4]]
+    assert [s["id"] for s in samples] == [
+        json.loads(line)["unique_id"] for line in math500.read_text().splitlines()[:4]
+    ]
     assert all(len(s["turns"]) == 2 and set(s["turns"][0]) >= {"response", "extracted", "correct"} for s in samples)
     for name, value in recomputed["metrics"].items():
         assert summary[name] == value

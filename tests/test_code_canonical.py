@@ -11,10 +11,10 @@ import gzip
 import json
 
 import pytest
-from tests.conftest import SHARED_DATA, require_shared
 
 from harness.data import Problem
 from harness.grading import get_grader
+from tests.conftest import SHARED_DATA, require_shared
 
 MBPP_FULL = SHARED_DATA / "mbpp" / "mbpp.jsonl"
 MBPP_SANITIZED = SHARED_DATA / "mbpp" / "sanitized-mbpp.json"
@@ -72,9 +72,7 @@ def test_a_correct_but_slow_solution_within_the_limit_passes():
     from harness.grading.code import CodeGrader, mbpp_entry_point, mbpp_job
     from harness.grading.sandbox import Limits
 
-    slow = (
-        "def f(n):\n    total = 0\n    for i in range(3_000_000):\n        total += i % 7\n    return n * 2\n"
-    )
+    slow = "def f(n):\n    total = 0\n    for i in range(3_000_000):\n        total += i % 7\n    return n * 2\n"
     record = {"task_id": 1, "test_list": ["assert f(2) == 4"], "code": "def f(n):\n    return n * 2\n"}
     grader = CodeGrader(
         mbpp_job, prompt_field=None, limits=Limits(cpu_s=10, wall_s=30), workers=1, entry_point=mbpp_entry_point

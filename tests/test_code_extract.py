@@ -23,10 +23,7 @@ def test_without_a_defining_block_the_last_complete_block_is_taken():
 
 
 def test_a_block_cut_off_by_the_token_limit_is_still_used():
-    assert (
-        extract_code("Sure.\n```python\ndef add(a, b):\n    return a +", "add")
-        == "def add(a, b):\n    return a +"
-    )
+    assert extract_code("Sure.\n```python\ndef add(a, b):\n    return a +", "add") == "def add(a, b):\n    return a +"
 
 
 def test_bare_code_after_a_sentence_is_found():
@@ -35,9 +32,7 @@ def test_bare_code_after_a_sentence_is_found():
 
 
 def test_mbpp_begin_done_markers_delimit_the_code():
-    assert (
-        extract_code("[BEGIN]\ndef f(x):\n  return x\n[DONE]\nmore text", "f") == "\ndef f(x):\n  return x\n"
-    )
+    assert extract_code("[BEGIN]\ndef f(x):\n  return x\n[DONE]\nmore text", "f") == "\ndef f(x):\n  return x\n"
 
 
 def test_a_completion_of_the_function_body_is_appended_to_the_prompt():

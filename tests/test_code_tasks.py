@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.conftest import SHARED_DATA, ScriptedEngine, require_shared, run_cli
 
 from harness.config import RunConfig
 from harness.data import load_problems
 from harness.run import execute_run
 from harness.tasks import load_task
+from tests.conftest import SHARED_DATA, ScriptedEngine, require_shared, run_cli
 
 MBPP_FULL = SHARED_DATA / "mbpp" / "mbpp.jsonl"
 MBPP_SANITIZED = SHARED_DATA / "mbpp" / "sanitized-mbpp.json"
@@ -54,9 +54,7 @@ def test_run_grades_each_turn_in_the_sandbox_and_reports_pass_at_k(tmp_path):
     def reply(conversation):
         task_id = next(tid for tid, p in problems.items() if p["prompt"] in conversation[0]["content"])
         if len(conversation) == 1:
-            return (
-                "```python\n" + problems[task_id]["prompt"] + problems[task_id]["canonical_solution"] + "```"
-            )
+            return "```python\n" + problems[task_id]["prompt"] + problems[task_id]["canonical_solution"] + "```"
         return "```python\ndef nothing():\n    pass\n```"
 
     config = RunConfig(task="humaneval", limit=3, samples=2, turns=2, output_dir=str(tmp_path), run_name="r")
@@ -118,9 +116,7 @@ def test_score_eval_grade_keeps_order_and_extra_fields_and_says_why(tmp_path):
         ("HumanEval/2", False),
     ]
     assert (out[0]["id"], out[0]["model"], out[0]["result"]) == (1, "m", "passed")
-    assert out[1]["result"].startswith(
-        "failed: assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True"
-    )
+    assert out[1]["result"].startswith("failed: assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True")
     assert out[2]["result"] == "timed out"
 
 

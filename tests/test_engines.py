@@ -16,8 +16,11 @@ from tests.fake_openai_server import FakeOpenAIServer
 STAND_INS = Path(__file__).parent / "stand_ins"
 CONVS = [
     [{"role": "user", "content": "What is 1+1?"}],
-    [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "4"},
-     {"role": "user", "content": "There might be an error. Try again."}],
+    [
+        {"role": "user", "content": "Name a prime."},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "There might be an error. Try again."},
+    ],
     [{"role": "user", "content": "What is 1+1?"}],
 ]
 
@@ -96,8 +99,9 @@ def test_hf_and_vllm_see_the_same_prompt_text_and_agree_greedily(tiny_model_dir,
 def test_vllm_gets_options_and_per_conversation_seeds(tiny_model_dir, stand_in_vllm):
     from harness.engines.vllm import VLLMEngine
 
-    engine = VLLMEngine.from_model(str(tiny_model_dir), tensor_parallel_size=1, gpu_memory_utilization=0.5,
-                                   max_model_len=512, seed=3)
+    engine = VLLMEngine.from_model(
+        str(tiny_model_dir), tensor_parallel_size=1, gpu_memory_utilization=0.5, max_model_len=512, seed=3
+    )
     init = stand_in_vllm.CALLS[0]["init"]
     assert (init["gpu_memory_utilization"], init["max_model_len"], init["seed"]) == (0.5, 512, 3)
     engine.chat(CONVS, SamplingSettings(max_new_tokens=4, temperature=0.8, top_p=0.9, n=2), seeds=[7, 8, 9])
@@ -157,7 +161,9 @@ def test_openai_asks_again_when_the_server_returns_fewer_than_n():
     from harness.engines.openai import OpenAIEngine
 
     with FakeOpenAIServer(max_n=1) as server:
-        out = OpenAIEngine.from_server(server.base_url).chat(CONVS[:1], SamplingSettings(4, n=3, temperature=1.0), seeds=[10])
+        out = OpenAIEngine.from_server(server.base_url).chat(
+            CONVS[:1], SamplingSettings(4, n=3, temperature=1.0), seeds=[10]
+        )
     assert len(out[0]) == 3 and len(server.requests) == 3
     assert [r["body"]["seed"] for r in server.requests] == [10, 11, 12]
     assert [r["body"]["n"] for r in server.requests] == [3, 2, 1]
@@ -168,7 +174,8 @@ def test_openai_context_overflow_is_skipped():
 
     with FakeOpenAIServer() as server:
         out = OpenAIEngine.from_server(server.base_url).chat(
-            [CONVS[0], [{"role": "user", "content": "TOO_LONG"}]], SamplingSettings(4))
+            [CONVS[0], [{"role": "user", "content": "TOO_LONG"}]], SamplingSettings(4)
+        )
     assert out[1][0].finish_reason == PROMPT_TOO_LONG and out[0][0].finish_reason == "stop"
 
 
@@ -187,14 +194,34 @@ def test_openai_run_end_to_end_never_writes_the_api_key(tmp_path, math500):
 
     secret = "sk-test-secret-4242"
     with FakeOpenAIServer() as server:
-        result = run_cli(["run", "--backend", "openai", "--base-url", server.base_url, "--data", str(math500),
-                          "--limit", "3", "--turns", "2", "--output-dir", str(tmp_path), "--run-name", "o",
-                          "--concurrency", "2"], env={"OPENAI_API_KEY": secret})
+        result = run_cli(
+            [
+                "run",
+                "--backend",
+                "openai",
+                "--base-url",
+                server.base_url,
+                "--data",
+                str(math500),
+                "--limit",
+                "3",
+                "--turns",
+                "2",
+                "--output-dir",
+                str(tmp_path),
+                "--run-name",
+                "o",
+                "--concurrency",
+                "2",
+            ],
+            env={"OPENAI_API_KEY": secret},
+        )
         assert result.returncode == 0, result.stderr
         assert {r["authorization"] for r in server.requests} == {f"Bearer {secret}"}
     run_dir = tmp_path / "o"
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(
-        ["config.json", "samples.jsonl", "summary.json", "summary.csv", "summary.md"])
+        ["config.json", "samples.jsonl", "summary.json", "summary.csv", "summary.md"]
+    )
     for path in run_dir.iterdir():
         assert secret not in path.read_text()
     config = json.loads((run_dir / "config.json").read_text())
@@ -207,7 +234,13 @@ def test_api_key_given_on_the_command_line_is_redacted():
     from harness.run import redact_command
 
     assert redact_command(["x", "--api-key", "sk-1", "--api-key=sk-2", "--turns", "2"]) == [
-        "x", "--api-key", "***", "--api-key=***", "--turns", "2"]
+        "x",
+        "--api-key",
+        "***",
+        "--api-key=***",
+        "--turns",
+        "2",
+    ]
 
 
 def test_hf_auto_batch_size_halves_on_out_of_memory(tiny_model_dir, monkeypatch):

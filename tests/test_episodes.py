@@ -23,8 +23,13 @@ def test_conversation_alternates_attempts_and_the_correction_instruction():
 def test_each_turn_is_one_batched_call_over_all_episodes():
     engine = ScriptedEngine(lambda conv: "The final answer is $1$. I hope it is correct.")
     episodes = run_episodes(
-        load_task("math"), PROBLEMS, engine, get_grader("math"),
-        turns=3, samples=2, settings=SamplingSettings(max_new_tokens=8),
+        load_task("math"),
+        PROBLEMS,
+        engine,
+        get_grader("math"),
+        turns=3,
+        samples=2,
+        settings=SamplingSettings(max_new_tokens=8),
     )
     assert len(engine.calls) == 3
     assert [len(call) for call in engine.calls] == [6, 6, 6]
@@ -40,8 +45,13 @@ def test_wrong_then_right_is_recorded_per_turn():
         return "The final answer is $0$. I hope it is correct." if turn == 1 else "\\boxed{2}"
 
     (episode,) = run_episodes(
-        load_task("math"), [PROBLEMS[2]], ScriptedEngine(reply), get_grader("math"),
-        turns=2, samples=1, settings=SamplingSettings(max_new_tokens=8),
+        load_task("math"),
+        [PROBLEMS[2]],
+        ScriptedEngine(reply),
+        get_grader("math"),
+        turns=2,
+        samples=1,
+        settings=SamplingSettings(max_new_tokens=8),
     )
     assert [(t.extracted, t.correct) for t in episode.turns] == [("0", False), ("2", True)]
     record = episode.record(["answer"])
@@ -53,8 +63,13 @@ def test_wrong_then_right_is_recorded_per_turn():
 def test_turn_count_is_respected(turns):
     engine = ScriptedEngine(lambda conv: "x")
     (episode,) = run_episodes(
-        load_task("math"), PROBLEMS[:1], engine, get_grader("math"),
-        turns=turns, samples=1, settings=SamplingSettings(max_new_tokens=8),
+        load_task("math"),
+        PROBLEMS[:1],
+        engine,
+        get_grader("math"),
+        turns=turns,
+        samples=1,
+        settings=SamplingSettings(max_new_tokens=8),
     )
     assert len(episode.turns) == turns
     assert episode.turns[0].extracted is None and not episode.turns[0].correct

@@ -23,9 +23,7 @@ def write(path, records):
 
 def test_grade_writes_the_same_records_in_order_with_extracted_and_correct(tmp_path):
     write(tmp_path / "in.jsonl", RECORDS)
-    result = run_cli(
-        ["grade", "--task", "math", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl")]
-    )
+    result = run_cli(["grade", "--task", "math", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl")])
     assert result.returncode == 0, result.stderr
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["id"] for r in out] == ["a", "b", "c", "d"]

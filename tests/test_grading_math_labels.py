@@ -18,9 +18,7 @@ from harness.grading.math import extract_answer, grade_math_answer
 
 LABELS = Path(__file__).parent / "data" / "math_grading_labels.yaml"
 SECTIONS: dict[str, list[dict]] = yaml.safe_load(LABELS.read_text())
-CASES = [
-    (f"{category}-{n}", entry) for category, entries in SECTIONS.items() for n, entry in enumerate(entries)
-]
+CASES = [(f"{category}-{n}", entry) for category, entries in SECTIONS.items() for n, entry in enumerate(entries)]
 
 
 def response_of(entry: dict) -> str:
@@ -32,9 +30,7 @@ def test_the_labelled_set_is_large_and_covers_both_directions():
     assert len(CASES) >= 300
     for category, entries in SECTIONS.items():
         labels = {e["correct"] for e in entries}
-        assert labels == {True, False}, (
-            f"{category} lacks a {'right' if False in labels else 'near-miss'} pair"
-        )
+        assert labels == {True, False}, f"{category} lacks a {'right' if False in labels else 'near-miss'} pair"
         assert all(e.get("why") for e in entries), f"{category} has a pair without a reason"
 
 

@@ -8,7 +8,11 @@ from harness.engines.hf import HFEngine
 CONVS = [
     [{"role": "user", "content": "What is 1+1?"}],
     [{"role": "user", "content": "A much longer question, so that this prompt needs no padding at all " * 3}],
-    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Again"}],
+    [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Again"},
+    ],
 ]
 
 

@@ -40,9 +40,24 @@ def llama_server(tmp_path_factory):
     log_path = tmp_path_factory.mktemp("llama") / "server.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf()), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "4096", "--model_alias", "smollm2-135m-instruct"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(embedded_gguf()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "4096",
+            "--model_alias",
+            "smollm2-135m-instruct",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -65,9 +80,29 @@ def llama_server(tmp_path_factory):
 
 
 def test_run_against_llama_cpp_server_end_to_end(tmp_path, math500, llama_server):
-    result = run_cli(["run", "--backend", "openai", "--base-url", llama_server, "--data", str(math500),
-                      "--limit", "3", "--turns", "2", "--max-new-tokens", "32", "--concurrency", "3",
-                      "--output-dir", str(tmp_path), "--run-name", "llama"])
+    result = run_cli(
+        [
+            "run",
+            "--backend",
+            "openai",
+            "--base-url",
+            llama_server,
+            "--data",
+            str(math500),
+            "--limit",
+            "3",
+            "--turns",
+            "2",
+            "--max-new-tokens",
+            "32",
+            "--concurrency",
+            "3",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "llama",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "llama"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -90,8 +125,11 @@ def test_server_sees_the_same_prompt_tokens_as_the_hf_engine(llama_server, embed
     tokenizer = AutoTokenizer.from_pretrained(embedded_checkpoint)
     convs = [
         [{"role": "user", "content": "What is 2+3?"}],
-        [{"role": "user", "content": "Solve x^2 = 4."}, {"role": "assistant", "content": "x = 2"},
-         {"role": "user", "content": "There might be an error in the solution above. Please correct it."}],
+        [
+            {"role": "user", "content": "Solve x^2 = 4."},
+            {"role": "assistant", "content": "x = 2"},
+            {"role": "user", "content": "There might be an error in the solution above. Please correct it."},
+        ],
     ]
     out = OpenAIEngine.from_server(llama_server).chat(convs, SamplingSettings(max_new_tokens=4))
     for conv, completions in zip(convs, out):

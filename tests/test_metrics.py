@@ -41,8 +41,16 @@ def test_three_turns_reports_consecutive_pairs_and_first_to_last():
         assert m[f"delta_c2i_t{a}_t{b}"] == pytest.approx(0.25)
         assert m[f"delta_t{a}_t{b}"] == pytest.approx(0.0)
     assert s["counts"] == {
-        "n": 4, "correct_t1": 2, "correct_t2": 2, "correct_t3": 2,
-        "i2c_t1_t2": 1, "c2i_t1_t2": 1, "i2c_t2_t3": 1, "c2i_t2_t3": 1, "i2c_t1_t3": 1, "c2i_t1_t3": 1,
+        "n": 4,
+        "correct_t1": 2,
+        "correct_t2": 2,
+        "correct_t3": 2,
+        "i2c_t1_t2": 1,
+        "c2i_t1_t2": 1,
+        "i2c_t2_t3": 1,
+        "c2i_t2_t3": 1,
+        "i2c_t1_t3": 1,
+        "c2i_t1_t3": 1,
     }
 
 

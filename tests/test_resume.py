@@ -22,15 +22,37 @@ RIGHT = "Final Answer: The final answer is ${}$. I hope it is correct."
 
 def _run_args(math500, model, out, name, extra=()):
     return [
-        "run", "--model", str(model), "--data", str(math500), "--limit", "12", "--turns", "2",
-        "--max-new-tokens", "12", "--batch-size", "1", "--output-dir", str(out), "--run-name", name, *extra,
+        "run",
+        "--model",
+        str(model),
+        "--data",
+        str(math500),
+        "--limit",
+        "12",
+        "--turns",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--batch-size",
+        "1",
+        "--output-dir",
+        str(out),
+        "--run-name",
+        name,
+        *extra,
     ]
 
 
 def _start(args):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(condition, proc, timeout=300):
@@ -141,8 +163,16 @@ def test_same_command_twice_writes_identical_samples(tmp_path, math500_path, tin
         paths = []
         for run in ("a", "b"):
             name = f"{run}-{temperature}"
-            config = RunConfig(data=str(math500_path), limit=6, max_new_tokens=10, temperature=temperature,
-                               samples=2, seed=7, output_dir=str(tmp_path), run_name=name)
+            config = RunConfig(
+                data=str(math500_path),
+                limit=6,
+                max_new_tokens=10,
+                temperature=temperature,
+                samples=2,
+                seed=7,
+                output_dir=str(tmp_path),
+                run_name=name,
+            )
             paths.append(execute_run(config, engine=engine).run_dir / "samples.jsonl")
         assert paths[0].read_bytes() == paths[1].read_bytes()
     # Sampling really samples: the two samples of a problem differ somewhere.
@@ -153,8 +183,10 @@ def test_same_command_twice_writes_identical_samples(tmp_path, math500_path, tin
 def test_regrade_keeps_old_verdicts_beside_new_ones(tmp_path, math500_path):
     answers = [json.loads(line)["answer"] for line in math500_path.read_text().splitlines()[:3]]
     replies = iter([RIGHT.format(answers[0]), "no answer", RIGHT.format(answers[2])] * 2)
-    result = execute_run(RunConfig(data=str(math500_path), limit=3, output_dir=str(tmp_path), run_name="g"),
-                         engine=ScriptedEngine(lambda c: next(replies)))
+    result = execute_run(
+        RunConfig(data=str(math500_path), limit=3, output_dir=str(tmp_path), run_name="g"),
+        engine=ScriptedEngine(lambda c: next(replies)),
+    )
     samples = result.run_dir / "samples.jsonl"
     records = [json.loads(line) for line in samples.read_text().splitlines()]
     records[0]["turns"][1]["correct"] = False  # pretend an older grader got this one wrong
@@ -175,14 +207,21 @@ def test_regrade_keeps_old_verdicts_beside_new_ones(tmp_path, math500_path):
 def test_prompt_too_long_skips_the_problem_and_counts_it(tmp_path, math500_path):
     class Overflowing(ScriptedEngine):
         def chat(self, conversations, settings, on_done=None, seeds=None):
-            out = [[Completion("", 9999, 0, PROMPT_TOO_LONG) if "$(0,3)$" in c[0]["content"]
-                    else Completion("x", 10, 1, "stop")] for c in conversations]
+            out = [
+                [
+                    Completion("", 9999, 0, PROMPT_TOO_LONG)
+                    if "$(0,3)$" in c[0]["content"]
+                    else Completion("x", 10, 1, "stop")
+                ]
+                for c in conversations
+            ]
             for i, cs in enumerate(out):
                 on_done(i, cs)
             return out
 
-    result = execute_run(RunConfig(data=str(math500_path), limit=3, output_dir=str(tmp_path), run_name="s"),
-                         engine=Overflowing(None))
+    result = execute_run(
+        RunConfig(data=str(math500_path), limit=3, output_dir=str(tmp_path), run_name="s"), engine=Overflowing(None)
+    )
     assert result.summary["n"] == 2 and result.summary["counts"]["skipped"] == 1
     first = json.loads((result.run_dir / "samples.jsonl").read_text().splitlines()[0])
     assert first["skipped"] == "turn 1: prompt longer than the model's context" and first["turns"] == []
@@ -190,10 +229,25 @@ def test_prompt_too_long_skips_the_problem_and_counts_it(tmp_path, math500_path)
 
 def test_limit_beyond_the_data_is_allowed_with_a_note(tmp_path):
     data = tmp_path / "two.jsonl"
-    data.write_text("".join(json.dumps({"problem": f"q{i}", "answer": "1", "unique_id": str(i)}) + "\n" for i in range(2)))
+    data.write_text(
+        "".join(json.dumps({"problem": f"q{i}", "answer": "1", "unique_id": str(i)}) + "\n" for i in range(2))
+    )
     bad_model = tmp_path / "no-model"
-    result = run_cli(["run", "--data", str(data), "--limit", "5", "--model", str(bad_model),
-                      "--output-dir", str(tmp_path / "o"), "--run-name", "n"])
+    result = run_cli(
+        [
+            "run",
+            "--data",
+            str(data),
+            "--limit",
+            "5",
+            "--model",
+            str(bad_model),
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--run-name",
+            "n",
+        ]
+    )
     # The note comes before the model is loaded; the (missing) model then ends the run.
     assert "note: --limit 5 is larger than the 2 problems in the data; using all of them" in result.stderr
 
@@ -201,8 +255,20 @@ def test_limit_beyond_the_data_is_allowed_with_a_note(tmp_path):
 def test_unwritable_output_directory_is_one_line(tmp_path, math500_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    result = run_cli(["run", "--data", str(math500_path), "--limit", "1", "--model", str(tmp_path / "nope"),
-                      "--output-dir", str(blocker)], timeout=120)
+    result = run_cli(
+        [
+            "run",
+            "--data",
+            str(math500_path),
+            "--limit",
+            "1",
+            "--model",
+            str(tmp_path / "nope"),
+            "--output-dir",
+            str(blocker),
+        ],
+        timeout=120,
+    )
     assert result.returncode == 2
     config = RunConfig(data=str(math500_path), limit=1, output_dir=str(blocker), run_name="x")
     with pytest.raises(HarnessError, match="cannot write to output directory .*pass a writable --output-dir"):

@@ -56,9 +56,7 @@ def test_no_working_directory_is_left_behind(sandbox):
     before = set(os.listdir(tempfile.gettempdir()))
     sandbox.run([Job(WRITE_THEN_LIST, "assert f(1) == []\n", "f")])
     left = {
-        d
-        for d in set(os.listdir(tempfile.gettempdir())) - before
-        if d.startswith("score-eval-") and "root" not in d
+        d for d in set(os.listdir(tempfile.gettempdir())) - before if d.startswith("score-eval-") and "root" not in d
     }
     assert left == set()
 

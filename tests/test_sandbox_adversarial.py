@@ -17,9 +17,7 @@ import pytest
 
 from harness.grading.sandbox import SANDBOX_UIDS, Isolation, Job, Limits, Outcome, Sandbox, probe_isolation
 
-LIMITS = Limits(
-    cpu_s=1.0, wall_s=3.0, memory_bytes=1 << 30, processes=32, output_bytes=4096, message_bytes=1 << 20
-)
+LIMITS = Limits(cpu_s=1.0, wall_s=3.0, memory_bytes=1 << 30, processes=32, output_bytes=4096, message_bytes=1 << 20)
 
 MODES = ["namespaces", "fallback"]
 
@@ -66,9 +64,7 @@ def assert_still_grading(sandbox: Sandbox) -> None:
 
 
 def test_a_correct_program_passes_and_a_wrong_one_fails(sandbox):
-    assert judge(sandbox, "def f(x):\n    return x * 2\n") == Outcome(
-        True, "passed", "", pytest.approx(0, abs=60)
-    )
+    assert judge(sandbox, "def f(x):\n    return x * 2\n") == Outcome(True, "passed", "", pytest.approx(0, abs=60))
     outcome = judge(sandbox, "def f(x):\n    return x + 3\n")
     assert (outcome.passed, outcome.result) == (False, "failed: assert f(2) == 4")
 
@@ -268,9 +264,7 @@ def test_writes_to_absolute_paths_do_not_land(sandbox, tmp_path):
     if escaped_to_tmp:
         os.remove("/tmp/score-eval-test-pwned")
     if not sandbox.isolation.namespaces:
-        pytest.xfail(
-            "without a mount namespace a child process of the program can write to world-writable /tmp"
-        )
+        pytest.xfail("without a mount namespace a child process of the program can write to world-writable /tmp")
     assert not escaped_to_tmp
 
 

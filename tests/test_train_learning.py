@@ -65,8 +65,13 @@ def toy_tokenizer():
     words += [f"w{i}" for i in range(24 - len(words))]
     raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", unk_token="<unk>", eos_token="<|end|>",
-                                  additional_special_tokens=["<|user|>", "<|assistant|>"])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="<|end|>",
+        additional_special_tokens=["<|user|>", "<|assistant|>"],
+    )
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
@@ -74,9 +79,18 @@ def toy_tokenizer():
 def toy_model(tok):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-                         bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        bos_token_id=None,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(config)
 
@@ -120,8 +134,17 @@ def warm_up(model, tok, steps: int = 200) -> None:
 
 
 def evaluate(task_path, data_path, engine, out_dir, name) -> dict:
-    config = RunConfig(task=str(task_path), data=str(data_path), turns=2, samples=16, temperature=1.0, seed=123,
-                       batch_size=256, output_dir=str(out_dir), run_name=name)
+    config = RunConfig(
+        task=str(task_path),
+        data=str(data_path),
+        turns=2,
+        samples=16,
+        temperature=1.0,
+        seed=123,
+        batch_size=256,
+        output_dir=str(out_dir),
+        run_name=name,
+    )
     return execute_run(config, engine=engine).summary
 
 
@@ -147,10 +170,24 @@ def test_stage1_then_stage2_teach_the_toy_model_to_correct_itself(toy):
     base = evaluate(toy / "toy.yaml", toy / "train.jsonl", HFEngine(model, tok, "toy"), toy / "evals", "base")
 
     config = TrainConfig(
-        task=str(toy / "toy.yaml"), data=str(toy / "train.jsonl"), output_dir=str(toy / "run"),
-        stage1_steps=STAGE1_STEPS, stage2_steps=STAGE2_STEPS, batch_size=64, samples=8, micro_batch_size=64,
-        rollout_batch_size=256, lr=LR, max_grad_norm=1.0, eval_every=1000, eval_data=str(toy / "train.jsonl"),
-        eval_temperature=1.0, eval_samples=16, save_every=1000, device="cpu", beta2=BETA2,
+        task=str(toy / "toy.yaml"),
+        data=str(toy / "train.jsonl"),
+        output_dir=str(toy / "run"),
+        stage1_steps=STAGE1_STEPS,
+        stage2_steps=STAGE2_STEPS,
+        batch_size=64,
+        samples=8,
+        micro_batch_size=64,
+        rollout_batch_size=256,
+        lr=LR,
+        max_grad_norm=1.0,
+        eval_every=1000,
+        eval_data=str(toy / "train.jsonl"),
+        eval_temperature=1.0,
+        eval_samples=16,
+        save_every=1000,
+        device="cpu",
+        beta2=BETA2,
     )
     result = train(config, model=model, tokenizer=tok)
     trained = evaluate(toy / "toy.yaml", toy / "train.jsonl", HFEngine(model, tok, "toy"), toy / "evals", "trained")

@@ -35,16 +35,21 @@ COEF = Coefficients(beta1=0.01, beta2=0.1, alpha=10.0)
 
 
 def batch():
-    logp = torch.tensor([
-        [P, P, -1.0, -0.5, P, -0.3],
-        [P, -2.0, P, -0.4, -0.6, 0.0],
-        [P, -0.1, -0.2, P, -1.0, 0.0],
-    ], requires_grad=True)
-    ref = torch.tensor([
-        [X, X, -1.2, -0.5, X, -0.1],
-        [X, -1.0, X, -0.4, -0.1, 0.0],
-        [X, -0.6, -0.2, X, -1.5, 0.0],
-    ])
+    logp = torch.tensor(
+        [
+            [P, P, -1.0, -0.5, P, -0.3],
+            [P, -2.0, P, -0.4, -0.6, 0.0],
+            [P, -0.1, -0.2, P, -1.0, 0.0],
+        ],
+        requires_grad=True,
+    )
+    ref = torch.tensor(
+        [
+            [X, X, -1.2, -0.5, X, -0.1],
+            [X, -1.0, X, -0.4, -0.1, 0.0],
+            [X, -0.6, -0.2, X, -1.5, 0.0],
+        ]
+    )
     mask1 = torch.tensor([[0, 0, 1, 1, 0, 0], [0, 1, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0]], dtype=torch.float)
     mask2 = torch.tensor([[0, 0, 0, 0, 0, 1], [0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 1, 0]], dtype=torch.float)
     r1, r2 = torch.tensor([0.0, 1.0, 1.0]), torch.tensor([1.0, 1.0, 0.0])

@@ -76,10 +76,13 @@ def sampled_gradients(theta: torch.Tensor, ref: torch.Tensor, stage: int) -> tor
     return torch.stack(estimates)
 
 
-@pytest.mark.parametrize("stage,wrong", [
-    (1, Coefficients(beta1=0.2, beta2=0.0, alpha=10.0)),  # Stage I without its strong attempt-1 KL
-    (2, Coefficients(beta1=0.2, beta2=1.0, alpha=0.0)),  # Stage II without the α bonus
-])
+@pytest.mark.parametrize(
+    "stage,wrong",
+    [
+        (1, Coefficients(beta1=0.2, beta2=0.0, alpha=10.0)),  # Stage I without its strong attempt-1 KL
+        (2, Coefficients(beta1=0.2, beta2=1.0, alpha=0.0)),  # Stage II without the α bonus
+    ],
+)
 def test_average_sampled_gradient_matches_the_exact_gradient(stage, wrong):
     theta, ref = tables()
     estimates = sampled_gradients(theta, ref, stage)

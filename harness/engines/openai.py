@@ -46,17 +46,25 @@ class OpenAIEngine:
             try:
                 served = [m.id for m in client.models.list()]
             except openai.APIError as exc:
-                raise HarnessError(f"cannot list the models of the server at {base_url} ({exc}); check --base-url") from exc
+                raise HarnessError(
+                    f"cannot list the models of the server at {base_url} ({exc}); check --base-url"
+                ) from exc
             if len(served) != 1:
                 raise HarnessError(
-                    f"the server at {base_url} serves {len(served)} models ({', '.join(served) or 'none'}); pick one with --model"
+                    f"the server at {base_url} serves {len(served)} models "
+                    f"({', '.join(served) or 'none'}); pick one with --model"
                 )
             model = served[0]
         return cls(client, model, base_url, concurrency)
 
     def describe(self) -> dict:
         # The API key is deliberately absent: nothing the harness writes may hold it.
-        return {"backend": self.name, "model": self.model_name, "base_url": self.base_url, "concurrency": self.concurrency}
+        return {
+            "backend": self.name,
+            "model": self.model_name,
+            "base_url": self.base_url,
+            "concurrency": self.concurrency,
+        }
 
     def chat(
         self,
@@ -101,7 +109,9 @@ class OpenAIEngine:
                     return [Completion("", 0, 0, PROMPT_TOO_LONG)] * settings.n
                 raise HarnessError(f"the server at {self.base_url} rejected a request: {exc}") from exc
             except openai.APIError as exc:
-                raise HarnessError(f"the server at {self.base_url} failed after retries: {exc}; check that it is up") from exc
+                raise HarnessError(
+                    f"the server at {self.base_url} failed after retries: {exc}; check that it is up"
+                ) from exc
             usage = response.usage
             choices = response.choices[:want]
             # Usage is per request; with several choices the completion tokens are shared out evenly.

@@ -45,7 +45,5 @@ def get_grader(name: str) -> Grader:
     from harness.grading import math as _math  # noqa: F401
 
     if name not in _REGISTRY:
-        raise HarnessError(
-            f"unknown grader '{name}' in the task file; choose one of: {', '.join(sorted(_REGISTRY))}"
-        )
+        raise HarnessError(f"unknown grader '{name}' in the task file; choose one of: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]()

@@ -46,9 +46,7 @@ def _quiet_parse(code: str) -> ast.Module:
 def defines(code: str, name: str) -> bool:
     """Whether `code` defines `name` at top level (a def, class or assignment)."""
     return (
-        re.search(
-            rf"^(?:async\s+)?(?:def|class)\s+{re.escape(name)}\b|^{re.escape(name)}\s*=", code, re.MULTILINE
-        )
+        re.search(rf"^(?:async\s+)?(?:def|class)\s+{re.escape(name)}\b|^{re.escape(name)}\s*=", code, re.MULTILINE)
         is not None
     )
 
@@ -64,9 +62,7 @@ def extract_code(response: str, entry_point: str) -> str:
         defining = [b for b in blocks if defines(b, entry_point)]
         return (defining or blocks)[-1]
     if "```" in text:  # an unterminated block: a response cut off at the token limit
-        text = (
-            text.rsplit("```", 1)[1].split("\n", 1)[-1] if text.count("```") % 2 else text.replace("```", "")
-        )
+        text = text.rsplit("```", 1)[1].split("\n", 1)[-1] if text.count("```") % 2 else text.replace("```", "")
     return _trim_prose(text)
 
 
@@ -105,9 +101,7 @@ def build_program(code: str, prompt: str, entry_point: str) -> str:
 def stdlib_imports(source: str) -> str:
     """`import m` for each standard-library module a test names (e.g. `math.isclose(...)`)."""
     names = {n.id for n in ast.walk(_quiet_parse(source)) if isinstance(n, ast.Name)}
-    return "".join(
-        f"import {m}\n" for m in sorted(names & set(sys.stdlib_module_names)) if not m.startswith("_")
-    )
+    return "".join(f"import {m}\n" for m in sorted(names & set(sys.stdlib_module_names)) if not m.startswith("_"))
 
 
 def humaneval_job(program: str, fields: dict[str, Any]) -> Job:
@@ -220,9 +214,7 @@ class CodeGrader:
     ) -> None:
         self.make_job, self.entry_point = make_job, entry_point
         self.prompt_field = prompt_field
-        workers = workers or (
-            int(os.environ["SCORE_EVAL_WORKERS"]) if os.environ.get("SCORE_EVAL_WORKERS") else None
-        )
+        workers = workers or (int(os.environ["SCORE_EVAL_WORKERS"]) if os.environ.get("SCORE_EVAL_WORKERS") else None)
         self.sandbox = Sandbox(limits or limits_from_env(), workers)
 
     def program(self, response: str, fields: dict[str, Any]) -> str:

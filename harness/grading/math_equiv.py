@@ -127,9 +127,7 @@ def shapes_equal(a: Shape, b: Shape, ordered: bool) -> bool:
         return scalars_equal(a.text, b.text)
     kinds = {a.kind, b.kind}
     if a.kind == b.kind == "matrix":
-        return len(a.parts) == len(b.parts) and all(
-            _in_order(ra, rb, ordered) for ra, rb in zip(a.parts, b.parts)
-        )
+        return len(a.parts) == len(b.parts) and all(_in_order(ra, rb, ordered) for ra, rb in zip(a.parts, b.parts))
     if a.kind == b.kind == "bracketed":
         return a.brackets == b.brackets and _in_order(a.parts, b.parts, ordered)
     if a.kind == b.kind == "union":

@@ -15,9 +15,7 @@ import re
 _BOX = re.compile(r"\\(?:boxed|fbox)\b")
 _BOX_TOKEN = re.compile(r"[^\s$,;]{1,100}?(?=[.]?(?:\s|$|[$,;]))")
 # "final answer is", "the answer is", and "Answer:" as a label (at a line's start or after "Final").
-_STATED = re.compile(
-    r"(?:final\s+answer\s+is|answer\s+is|(?:^|\n|final\s|[*#]\s?)answer\s*:)\s*:?\s*", re.IGNORECASE
-)
+_STATED = re.compile(r"(?:final\s+answer\s+is|answer\s+is|(?:^|\n|final\s|[*#]\s?)answer\s*:)\s*:?\s*", re.IGNORECASE)
 # Where a plain-text statement ends: a sentence's end, or the reason that follows the answer.
 _STATEMENT_END = re.compile(
     r"[.!?;](?:\s|$)|\n|\s+I hope|,\s*(?:so|because|since|which|as|and)\b|\s+(?:because|since)\b|$"
@@ -147,9 +145,7 @@ def extract_answer(response: str, fallback: str | None = None) -> str | None:
     stated = _stated_answers(response)
     # Words ("the answer is positive, because ...") revise nothing a box already says; they
     # count only in a response that boxes nothing.
-    candidates = (
-        boxes + [(i, c) for i, c, is_math in stated if is_math or not boxes] + _bold_answers(response)
-    )
+    candidates = boxes + [(i, c) for i, c, is_math in stated if is_math or not boxes] + _bold_answers(response)
     if candidates:
         answer = unbox(max(candidates, key=lambda c: c[0])[1])
         return answer or None

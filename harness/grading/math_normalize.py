@@ -28,9 +28,7 @@ _WORDS = re.compile(r"[A-Za-z][A-Za-z ]*")  # not "p.m.": 4:51 a.m. and 4:51 p.m
 # on "minmin...", since "min" is also "m" + "in".
 _TEXT_UNIT = re.compile(r"(?<=[\w})])\s*\\(?:text|mbox|mathrm|textrm)\{([^{}]*)\}(\^\{?[23]\}?)?")
 _PLAIN_UNIT = re.compile(r"(?<=[\d}])\s+(?:" + _UNIT + r")(?:\s+(?:" + _UNIT + r"))*\s*$")
-_WRAPPERS = re.compile(
-    r"\\(?:text|textbf|textrm|textit|mbox|mathrm|mathbf|mathit|operatorname|rm|bf)\s*\{([^{}]*)\}"
-)
+_WRAPPERS = re.compile(r"\\(?:text|textbf|textrm|textit|mbox|mathrm|mathbf|mathit|operatorname|rm|bf)\s*\{([^{}]*)\}")
 _REMOVE = (
     "\\left",
     "\\right",

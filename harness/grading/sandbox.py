@@ -71,9 +71,7 @@ class Limits:
         metadata={"help": "wall-clock seconds the program may take, over its load and all calls"},
     )
     memory_bytes: int = field(default=4 * GiB, metadata={"help": "address space of the program (RLIMIT_AS)"})
-    processes: int = field(
-        default=64, metadata={"help": "processes the program's uid may hold (RLIMIT_NPROC)"}
-    )
+    processes: int = field(default=64, metadata={"help": "processes the program's uid may hold (RLIMIT_NPROC)"})
     file_bytes: int = field(default=64 * MiB, metadata={"help": "largest file the program may write"})
     disk_bytes: int = field(default=128 * MiB, metadata={"help": "size of the working directory's tmpfs"})
     output_bytes: int = field(default=64 * 1024, metadata={"help": "captured stdout+stderr kept"})

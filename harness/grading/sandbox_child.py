@@ -466,9 +466,7 @@ class WorkerLink:
         if not isinstance(reply, dict) or not ({"ok", "error"} & reply.keys()):
             raise self.fail("failed: bad reply from the program")
         if "error" in reply:
-            kind, message = (
-                (list(reply["error"]) + ["", ""])[:2] if isinstance(reply["error"], list) else ("", "")
-            )
+            kind, message = (list(reply["error"]) + ["", ""])[:2] if isinstance(reply["error"], list) else ("", "")
             if kind == "MemoryError":
                 raise self.fail("memory")
             cls = getattr(builtins, str(kind), None)
@@ -505,10 +503,7 @@ class WorkerLink:
         if status is None:
             return "failed: the program closed its channel"
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if (
-            status in (-signal.SIGXCPU, -signal.SIGKILL)
-            and usage.ru_utime + usage.ru_stime >= self.cpu_limit - 0.5
-        ):
+        if status in (-signal.SIGXCPU, -signal.SIGKILL) and usage.ru_utime + usage.ru_stime >= self.cpu_limit - 0.5:
             return "timed out"
         if status < 0:
             return f"crashed (signal {-status}: {signal.Signals(-status).name})"
@@ -625,9 +620,7 @@ def kill_everything(uid: int | None) -> None:
                 os.setuid(uid)
                 for _ in range(10_000):  # a fork bomb may add processes while we kill; NPROC bounds it
                     try:
-                        os.kill(
-                            -1, signal.SIGKILL
-                        )  # only processes of this uid: nothing else is ours to kill
+                        os.kill(-1, signal.SIGKILL)  # only processes of this uid: nothing else is ours to kill
                     except ProcessLookupError:
                         break
                     if not _processes_of(uid):
@@ -658,9 +651,9 @@ def _processes_of(uid: int) -> list[int]:
                     status = dict(line.split(":", 1) for line in fh.read().splitlines() if ":" in line)
             except (OSError, ValueError):
                 continue
-            if status.get("Uid", "").split()[:1] == [str(uid)] and not status.get(
-                "State", ""
-            ).strip().startswith(("Z", "X")):
+            if status.get("Uid", "").split()[:1] == [str(uid)] and not status.get("State", "").strip().startswith(
+                ("Z", "X")
+            ):
                 found.append(int(entry))
     return found
 

@@ -18,8 +18,13 @@ from harness.store import atomic_write_text, write_json
 
 def summary_document(summary: dict, run: dict[str, Any]) -> dict:
     """pass@k (`pass@{k}_t{t}`, present when problems have several samples) sits beside the metrics."""
-    return {**summary["metrics"], **summary.get("pass_at_k", {}), "ci95": summary["ci95"],
-            "counts": summary["counts"], "run": run}
+    return {
+        **summary["metrics"],
+        **summary.get("pass_at_k", {}),
+        "ci95": summary["ci95"],
+        "counts": summary["counts"],
+        "run": run,
+    }
 
 
 def pass_at_k_names(document: dict) -> list[str]:

@@ -77,8 +77,10 @@ class TrainConfig:
         checks = [
             (self.stage in ("1", "2", "both"), f"--stage must be 1, 2 or both (got {self.stage})"),
             (self.samples >= 2, f"--samples must be at least 2 for the RLOO baseline (got {self.samples})"),
-            (self.batch_size % self.samples == 0,
-             f"--batch-size ({self.batch_size}) must be a multiple of --samples ({self.samples})"),
+            (
+                self.batch_size % self.samples == 0,
+                f"--batch-size ({self.batch_size}) must be a multiple of --samples ({self.samples})",
+            ),
             (self.micro_batch_size >= 1 and self.rollout_batch_size >= 1, "batch sizes must be at least 1"),
             (self.stage1_steps >= 0 and self.stage2_steps >= 0, "step counts must not be negative"),
             (self.lr > 0, f"--lr must be positive (got {self.lr})"),
@@ -91,8 +93,10 @@ class TrainConfig:
             (self.eval_every >= 0, "--eval-every must not be negative"),
             (self.eval_every == 0 or self.eval_data is not None, "--eval-every needs --eval-data (held-out problems)"),
             (self.data is not None, "pass --data with training problems (e.g. a MATH train.jsonl), or use --smoke"),
-            (self.rollout_backend in ("hf", "vllm"),
-             f"--rollout-backend must be hf or vllm (got {self.rollout_backend})"),
+            (
+                self.rollout_backend in ("hf", "vllm"),
+                f"--rollout-backend must be hf or vllm (got {self.rollout_backend})",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -125,14 +129,29 @@ PRESETS: dict[str, dict[str, Any]] = {
     # One 80 GB GPU, a 0.5B-1.5B model: full fine-tuning with fp32 master weights under bf16 autocast,
     # gradient checkpointing, 64 episodes a step in micro-batches of 8.
     "one-gpu": {
-        "batch_size": 64, "micro_batch_size": 8, "rollout_batch_size": 64, "max_new_tokens": 768,
-        "gradient_checkpointing": True, "stage1_steps": 300, "stage2_steps": 300, "save_every": 50,
+        "batch_size": 64,
+        "micro_batch_size": 8,
+        "rollout_batch_size": 64,
+        "max_new_tokens": 768,
+        "gradient_checkpointing": True,
+        "stage1_steps": 300,
+        "stage2_steps": 300,
+        "save_every": 50,
     },
     # A few steps of each stage on the embedded SmolLM2 model on CPU, on a tiny bundled problem set.
     "smoke": {
-        "data": str(SMOKE_DATA), "batch_size": 4, "samples": 2, "micro_batch_size": 4, "rollout_batch_size": 4,
-        "max_new_tokens": 32, "stage1_steps": 2, "stage2_steps": 2, "lr": 1e-5, "lora_r": 8,
-        "save_every": 1, "output_dir": "runs/smoke",
+        "data": str(SMOKE_DATA),
+        "batch_size": 4,
+        "samples": 2,
+        "micro_batch_size": 4,
+        "rollout_batch_size": 4,
+        "max_new_tokens": 32,
+        "stage1_steps": 2,
+        "stage2_steps": 2,
+        "lr": 1e-5,
+        "lora_r": 8,
+        "save_every": 1,
+        "output_dir": "runs/smoke",
     },
 }
 

@@ -105,8 +105,12 @@ def collate(episodes: Sequence[TokenizedEpisode], pad_id: int = 0) -> SequenceBa
 def trimmed(batch: SequenceBatch) -> SequenceBatch:
     """The batch cut to its longest sequence, so a micro-batch of short rows computes no padding."""
     width = int(batch.attention_mask.sum(dim=1).max())
-    return SequenceBatch(batch.input_ids[:, :width], batch.attention_mask[:, :width],
-                         batch.mask1[:, : width - 1], batch.mask2[:, : width - 1])
+    return SequenceBatch(
+        batch.input_ids[:, :width],
+        batch.attention_mask[:, :width],
+        batch.mask1[:, : width - 1],
+        batch.mask2[:, : width - 1],
+    )
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:

@@ -46,9 +46,26 @@ from harness.train.objective import Coefficients, advantages, attempt_kl, policy
 from harness.train.rollouts import SequenceBatch, collate, stop_token_ids, tokenize_episode, trimmed
 
 LOG_COLUMNS = (
-    "stage", "step", "reward_t1", "reward_t2", "delta", "i2c", "c2i", "kl_t1", "kl_t2", "loss", "lr",
-    "tokens_per_s", "rollout_s", "reference_s", "update_s",
-    "eval_acc_t1", "eval_acc_t2", "eval_delta", "eval_i2c", "eval_c2i",
+    "stage",
+    "step",
+    "reward_t1",
+    "reward_t2",
+    "delta",
+    "i2c",
+    "c2i",
+    "kl_t1",
+    "kl_t2",
+    "loss",
+    "lr",
+    "tokens_per_s",
+    "rollout_s",
+    "reference_s",
+    "update_s",
+    "eval_acc_t1",
+    "eval_acc_t2",
+    "eval_delta",
+    "eval_i2c",
+    "eval_c2i",
 )
 SEED_STRIDE_STAGE, SEED_STRIDE_STEP = 10_000_019, 1_009
 
@@ -111,11 +128,19 @@ def train(
         policy = load_policy(config, model, tokenizer)
     engine = HFEngine(policy.model, policy.tokenizer, policy.name, batch_size=config.rollout_batch_size)
     if not resume or not (out / "config.json").exists():
-        write_json(out / "config.json", {
-            "settings": config.as_dict(), "command": sys.argv, "started": datetime.now(timezone.utc).isoformat(),
-            "task": task.as_dict(), "data": vars(source) | {"problems_used": len(problems)},
-            "engine": engine.describe(), "versions": package_versions(), "git_commit": git_commit(),
-        })
+        write_json(
+            out / "config.json",
+            {
+                "settings": config.as_dict(),
+                "command": sys.argv,
+                "started": datetime.now(timezone.utc).isoformat(),
+                "task": task.as_dict(),
+                "data": vars(source) | {"problems_used": len(problems)},
+                "engine": engine.describe(),
+                "versions": package_versions(),
+                "git_commit": git_commit(),
+            },
+        )
     if position is not None:
         _load_state(policy, state_dir)
     if resume:
@@ -142,8 +167,21 @@ def train(
             with progress.step(f"Stage {'I' if stage == 1 else 'II'}", steps) as advance:
                 advance(done)
                 for step in range(done + 1, steps + 1):
-                    row = train_step(config, stage, step, task, grader, problems, engine, policy, optimizer,
-                                      scheduler, settings, coef, stop_ids)
+                    row = train_step(
+                        config,
+                        stage,
+                        step,
+                        task,
+                        grader,
+                        problems,
+                        engine,
+                        policy,
+                        optimizer,
+                        scheduler,
+                        settings,
+                        coef,
+                        stop_ids,
+                    )
                     if config.eval_every and (step % config.eval_every == 0 or step == steps):
                         row.update(_evaluate(config, stage, step, engine, policy, max_new_tokens))
                     _append_log(log_path, row)
@@ -164,8 +202,9 @@ def train(
     return TrainResult(out, checkpoints, log_path, plot_path)
 
 
-def train_step(config, stage, step, task, grader, problems, engine, policy, optimizer, scheduler, settings,
-                coef, stop_ids) -> dict:
+def train_step(
+    config, stage, step, task, grader, problems, engine, policy, optimizer, scheduler, settings, coef, stop_ids
+) -> dict:
     """One SCoRe step: rollouts, reference, advantages, update. Returns the log row."""
     t0 = time.perf_counter()
     rng = np.random.default_rng([config.seed, stage, step])
@@ -202,8 +241,14 @@ def train_step(config, stage, step, task, grader, problems, engine, policy, opti
         micro = trimmed(batch.rows(start, stop))
         logp = _logprobs(policy, policy.model, micro)
         device = logp.device
-        loss = policy_loss(logp, micro.mask1.to(device), micro.mask2.to(device),
-                           adv.adv1[start:stop].to(device), adv.adv2[start:stop].to(device), len(episodes))
+        loss = policy_loss(
+            logp,
+            micro.mask1.to(device),
+            micro.mask2.to(device),
+            adv.adv1[start:stop].to(device),
+            adv.adv2[start:stop].to(device),
+            len(episodes),
+        )
         loss.backward()
         loss_total += float(loss.detach())
     if config.max_grad_norm is not None:
@@ -213,12 +258,21 @@ def train_step(config, stage, step, task, grader, problems, engine, policy, opti
     scheduler.step()
     t3 = time.perf_counter()
     return {
-        "stage": stage, "step": step,
-        "reward_t1": float(r1.mean()), "reward_t2": float(r2.mean()), "delta": float((r2 - r1).mean()),
-        "i2c": float(((1 - r1) * r2).mean()), "c2i": float((r1 * (1 - r2)).mean()),
-        "kl_t1": float(adv.kl1.mean()), "kl_t2": float(adv.kl2.mean()), "loss": loss_total, "lr": lr,
+        "stage": stage,
+        "step": step,
+        "reward_t1": float(r1.mean()),
+        "reward_t2": float(r2.mean()),
+        "delta": float((r2 - r1).mean()),
+        "i2c": float(((1 - r1) * r2).mean()),
+        "c2i": float((r1 * (1 - r2)).mean()),
+        "kl_t1": float(adv.kl1.mean()),
+        "kl_t2": float(adv.kl2.mean()),
+        "loss": loss_total,
+        "lr": lr,
         "tokens_per_s": batch.tokens / (t3 - t0),
-        "rollout_s": t1 - t0, "reference_s": t2 - t1, "update_s": t3 - t2,
+        "rollout_s": t1 - t0,
+        "reference_s": t2 - t1,
+        "update_s": t3 - t2,
     }
 
 
@@ -249,16 +303,27 @@ def _evaluate(
     run_name = f"stage{stage}-step{step:05d}"
     shutil.rmtree(Path(config.output_dir) / "evals" / run_name, ignore_errors=True)  # redone after a resume
     run_config = RunConfig(
-        task=config.task, data=config.eval_data, limit=config.eval_limit, turns=2, samples=config.eval_samples,
-        max_new_tokens=max_new_tokens, temperature=config.eval_temperature, seed=config.seed,
-        batch_size=config.rollout_batch_size, output_dir=str(Path(config.output_dir) / "evals"), run_name=run_name,
+        task=config.task,
+        data=config.eval_data,
+        limit=config.eval_limit,
+        turns=2,
+        samples=config.eval_samples,
+        max_new_tokens=max_new_tokens,
+        temperature=config.eval_temperature,
+        seed=config.seed,
+        batch_size=config.rollout_batch_size,
+        output_dir=str(Path(config.output_dir) / "evals"),
+        run_name=run_name,
     )
     policy.model.eval()
     with policy.autocast():
         doc = execute_run(run_config, engine=engine).summary
     return {
-        "eval_acc_t1": doc["acc_t1"], "eval_acc_t2": doc["acc_t2"], "eval_delta": doc["delta_t1_t2"],
-        "eval_i2c": doc["delta_i2c_t1_t2"], "eval_c2i": doc["delta_c2i_t1_t2"],
+        "eval_acc_t1": doc["acc_t1"],
+        "eval_acc_t2": doc["acc_t2"],
+        "eval_delta": doc["delta_t1_t2"],
+        "eval_i2c": doc["delta_i2c_t1_t2"],
+        "eval_c2i": doc["delta_c2i_t1_t2"],
     }
 
 
@@ -288,10 +353,16 @@ def load_policy(config: TrainConfig, model, tokenizer) -> Policy:
         from peft import LoraConfig, get_peft_model
 
         targets = config.lora_target_modules
-        model = get_peft_model(model, LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
-            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-        ))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                task_type="CAUSAL_LM",
+                target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+            ),
+        )
     else:
         reference = copy.deepcopy(model).eval()
         if on_gpu:

@@ -83,14 +83,36 @@ class LLM:
         self._hf = AutoModelForCausalLM.from_pretrained(self.model).eval()
         length = self.max_model_len or self._hf.config.max_position_embeddings
         self.llm_engine = _LLMEngine(_ModelConfig(max_model_len=length))
-        CALLS.append({"init": {k: getattr(self, k) for k in (
-            "model", "tensor_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization", "max_model_len", "seed")}})
+        CALLS.append(
+            {
+                "init": {
+                    k: getattr(self, k)
+                    for k in (
+                        "model",
+                        "tensor_parallel_size",
+                        "pipeline_parallel_size",
+                        "gpu_memory_utilization",
+                        "max_model_len",
+                        "seed",
+                    )
+                }
+            }
+        )
 
     def get_tokenizer(self):
         return self._tokenizer
 
-    def chat(self, messages, sampling_params=None, use_tqdm=True, lora_request=None, chat_template=None,
-             add_generation_prompt=True, continue_final_message=False, **kwargs):
+    def chat(
+        self,
+        messages,
+        sampling_params=None,
+        use_tqdm=True,
+        lora_request=None,
+        chat_template=None,
+        add_generation_prompt=True,
+        continue_final_message=False,
+        **kwargs,
+    ):
         import torch
 
         conversations = messages if messages and isinstance(messages[0], list) else [messages]
@@ -98,8 +120,10 @@ class LLM:
         params = params if isinstance(params, list) else [params] * len(conversations)
         if len(params) != len(conversations):
             raise ValueError("The lengths of prompts and sampling_params must be the same.")
-        prompts = [self._tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=add_generation_prompt)
-                   for c in conversations]
+        prompts = [
+            self._tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=add_generation_prompt)
+            for c in conversations
+        ]
         CALLS.append({"chat": prompts, "params": params, "use_tqdm": use_tqdm})
         outputs = []
         for number, (prompt, p) in enumerate(zip(prompts, params)):
@@ -110,14 +134,28 @@ class LLM:
             for index in range(p.n):
                 if p.seed is not None:
                     torch.manual_seed(p.seed + index)
-                sample = {"do_sample": True, "temperature": p.temperature, "top_p": p.top_p, "top_k": 0} if p.temperature > 0 else {"do_sample": False}
-                out = self._hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=p.max_tokens,
-                                        pad_token_id=self._tokenizer.pad_token_id, **sample)[0, ids.shape[1]:].tolist()
+                sample = (
+                    {"do_sample": True, "temperature": p.temperature, "top_p": p.top_p, "top_k": 0}
+                    if p.temperature > 0
+                    else {"do_sample": False}
+                )
+                out = self._hf.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=p.max_tokens,
+                    pad_token_id=self._tokenizer.pad_token_id,
+                    **sample,
+                )[0, ids.shape[1] :].tolist()
                 eos = self._tokenizer.eos_token_id
                 stopped = eos in out
                 token_ids = out[: out.index(eos) + 1] if stopped else out
-                completions.append(CompletionOutput(
-                    index=index, text=self._tokenizer.decode([t for t in token_ids if t != eos], skip_special_tokens=True),
-                    token_ids=token_ids, finish_reason="stop" if stopped else "length"))
+                completions.append(
+                    CompletionOutput(
+                        index=index,
+                        text=self._tokenizer.decode([t for t in token_ids if t != eos], skip_special_tokens=True),
+                        token_ids=token_ids,
+                        finish_reason="stop" if stopped else "length",
+                    )
+                )
             outputs.append(RequestOutput(str(number), prompt, ids[0].tolist(), None, completions))
         return outputs
