@@ -585,7 +585,11 @@ def minimal_root(root: str, keep: list[str], hide: list[str]) -> None:
     os.makedirs(root + "/proc")
     _mount("proc", root + "/proc", "proc", _MS_NOSUID | _MS_NODEV)
     os.makedirs(root + "/program")
-    os.symlink("/program", root + "/tmp")
+    # /tmp points at the program's directory, unless a kept directory lies under /tmp (a checkout
+    # in /tmp): then /tmp is that read-only tree, and TMPDIR (set to the program's directory) is
+    # where temporary files go.
+    if not os.path.lexists(root + "/tmp"):
+        os.symlink("/program", root + "/tmp")
 
 
 def fresh_workdir(path: str, uid: int | None, disk_bytes: int) -> None:
