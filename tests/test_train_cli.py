@@ -106,8 +106,8 @@ def test_resume_continues_after_the_last_checkpoint_without_repeating_steps(tiny
 def test_tokens_of_each_attempt_are_exactly_its_text_and_end_of_turn(embedded_checkpoint):
     from transformers import AutoTokenizer
 
-    from harness.engines.hf import HFEngine
-    from harness.train.rollouts import ATTEMPT1, ATTEMPT2, PROMPT, stop_token_ids, tokenize_episode
+    from harness.engines.hf import HFEngine, stop_token_ids
+    from harness.train.rollouts import ATTEMPT1, ATTEMPT2, PROMPT, tokenize_episode
 
     tok = AutoTokenizer.from_pretrained(embedded_checkpoint)
     engine = HFEngine.__new__(HFEngine)

@@ -135,7 +135,7 @@ class HFEngine:
                 **sampling,
             )
         new_tokens = out[:, padded["input_ids"].shape[1] :]
-        stop_ids = self._stop_ids()
+        stop_ids = stop_token_ids(self.model, self.tokenizer)
         completions = []
         for row, prompt in zip(new_tokens.tolist(), batch):
             end = next((j for j, t in enumerate(row) if t in stop_ids), None)
@@ -150,8 +150,11 @@ class HFEngine:
             )
         return completions
 
-    def _stop_ids(self) -> set[int]:
-        eos = self.model.generation_config.eos_token_id
-        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        ids.add(self.tokenizer.eos_token_id)
-        return {i for i in ids if i is not None}
+
+def stop_token_ids(model, tokenizer) -> set[int]:
+    """The ids that end an attempt: the model's generation eos id(s) and the tokenizer's eos.
+    The trainer's token masks use this too, so both agree on where an attempt ends."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [eos])
+    ids.add(tokenizer.eos_token_id)
+    return {i for i in ids if i is not None}

@@ -111,11 +111,3 @@ def trimmed(batch: SequenceBatch) -> SequenceBatch:
         batch.mask1[:, : width - 1],
         batch.mask2[:, : width - 1],
     )
-
-
-def stop_token_ids(model, tokenizer) -> set[int]:
-    """The ids that end an attempt: the model's generation eos id(s) and the tokenizer's eos."""
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = set(eos if isinstance(eos, list) else [eos])
-    ids.add(tokenizer.eos_token_id)
-    return {i for i in ids if i is not None}

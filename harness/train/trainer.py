@@ -33,7 +33,7 @@ import torch
 from harness.config import RunConfig
 from harness.data import load_problems
 from harness.engines.base import SamplingSettings
-from harness.engines.hf import HFEngine
+from harness.engines.hf import HFEngine, stop_token_ids
 from harness.episodes import run_episodes
 from harness.errors import HarnessError
 from harness.grading import get_grader
@@ -43,7 +43,7 @@ from harness.store import write_json
 from harness.tasks import load_task
 from harness.train.config import TrainConfig
 from harness.train.objective import Coefficients, advantages, attempt_kl, policy_loss, token_logprobs
-from harness.train.rollouts import SequenceBatch, collate, stop_token_ids, tokenize_episode, trimmed
+from harness.train.rollouts import SequenceBatch, collate, tokenize_episode, trimmed
 
 LOG_COLUMNS = (
     "stage",
