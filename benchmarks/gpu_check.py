@@ -9,6 +9,10 @@ end-of-turn token, so every attempt runs to --max-new-tokens: the worst case for
 
     python benchmarks/gpu_check.py                    # defaults below
     python benchmarks/gpu_check.py --max-new-tokens 512 --batch-size 64 --micro-batch-size 8
+    python benchmarks/gpu_check.py --rollout-backend vllm   # rollouts in vLLM, weights synced each step
+    python benchmarks/gpu_check.py --device cpu --hidden-size 64 --layers 2 --intermediate-size 128 \
+        --heads 2 --kv-heads 1 --batch-size 4 --samples 2 --micro-batch-size 2 --max-new-tokens 4 --steps 2
+                                                      # CPU: checks only that the script runs (CI does this)
 Write the printed figures and the card into the README.
 """
 
@@ -16,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +44,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps of each stage (the first is warm-up)")
     parser.add_argument("--lora-r", type=int, default=0, help="0 = full fine-tuning")
     parser.add_argument("--device", default="cuda", help="cpu only checks the script's plumbing (use tiny sizes)")
+    parser.add_argument("--rollout-backend", default="hf", choices=["hf", "vllm"])
     args = parser.parse_args()
 
     import numpy as np
@@ -45,15 +52,12 @@ def main() -> None:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from harness.data import load_problems
-    from harness.engines.base import SamplingSettings
-    from harness.engines.hf import HFEngine
-    from harness.grading import get_grader
     from harness.models import resolve_model
     from harness.tasks import load_task
     from harness.train.config import SMOKE_DATA, resolve_config
     from harness.train.objective import Coefficients
-    from harness.train.rollouts import stop_token_ids
-    from harness.train.trainer import load_policy, make_optimizer, train_step
+    from harness.train.policy import load_policy, make_optimizer
+    from harness.train.trainer import make_rollouts, train_step
 
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -76,6 +80,12 @@ def main() -> None:
     torch.manual_seed(0)
     model = LlamaForCausalLM(shape)  # fp32 master weights
     n_params = sum(p.numel() for p in model.parameters())
+    model_dir = None
+    if args.rollout_backend == "vllm":  # vLLM loads its copy from disk; the policy then comes from there too
+        model_dir = tempfile.mkdtemp(prefix="score-gpu-check-")
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        model = None
     config = resolve_config(
         "one-gpu",
         None,
@@ -88,15 +98,15 @@ def main() -> None:
             "max_new_tokens": args.max_new_tokens,
             "lora_r": args.lora_r,
             "device": args.device,
+            "model": model_dir,
+            "rollout_backend": args.rollout_backend,
         },
     ).validate()
     task = load_task(config.task)
-    grader = get_grader(task.grader)
     problems, _ = load_problems(task, config.data)
     policy = load_policy(config, model, tokenizer)
-    engine = HFEngine(policy.model, tokenizer, "random-1.5b", batch_size=config.rollout_batch_size)
-    settings = SamplingSettings(max_new_tokens=config.max_new_tokens, temperature=1.0)
-    coef, stops = Coefficients(config.beta1, config.beta2, config.alpha), stop_token_ids(policy.model, tokenizer)
+    rollouts = make_rollouts(config, task, problems, policy)
+    coef = Coefficients(config.beta1, config.beta2, config.alpha)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     rows = []
@@ -105,29 +115,32 @@ def main() -> None:
         for step in range(1, args.steps + 1):
             sync()
             t0 = time.perf_counter()
-            row = train_step(
-                config, stage, step, task, grader, problems, engine, policy, optimizer, scheduler, settings, coef, stops
-            )
+            row = train_step(config, stage, step, rollouts, policy, optimizer, scheduler, coef)
             sync()
             row["wall_s"] = time.perf_counter() - t0
             rows.append(row)
             print(
                 f"stage {stage} step {step}: {row['wall_s']:.1f}s  rollout {row['rollout_s']:.1f}s  reference "
-                f"{row['reference_s']:.1f}s  update {row['update_s']:.1f}s  {row['tokens_per_s']:.0f} tok/s  "
+                f"{row['reference_s']:.1f}s  update {row['update_s']:.1f}s  sync {row['sync_s']:.1f}s  "
+                f"{row['tokens_per_s']:.0f} tok/s  "
                 f"kl_t1 {row['kl_t1']:.3g}",
                 flush=True,
             )
+    rollouts.grader.close()
+    if model_dir:
+        shutil.rmtree(model_dir, ignore_errors=True)
     timed = [r for r in rows if r["step"] > 1]  # the first step of a stage warms up kernels and allocators
     mean = {
         k: float(np.mean([r[k] for r in timed]))
-        for k in ("wall_s", "rollout_s", "reference_s", "update_s", "tokens_per_s")
+        for k in ("wall_s", "rollout_s", "reference_s", "update_s", "sync_s", "tokens_per_s")
     }
     print("\n== SCoRe GPU check ==")
     card = torch.cuda.get_device_name() if cuda else "CPU (plumbing check only)"
     print(f"card            {card}  (torch {torch.__version__})")
     print(
         f"model           random Llama-style, {n_params / 1e9:.2f}B parameters, "
-        f"{'full fine-tuning' if not args.lora_r else f'LoRA r={args.lora_r}'}, bf16 autocast, gradient checkpointing"
+        f"{'full fine-tuning' if not args.lora_r else f'LoRA r={args.lora_r}'}, bf16 autocast, gradient checkpointing, "
+        f"{args.rollout_backend} rollouts"
     )
     print(
         f"batch           {config.batch_size} episodes "
@@ -142,7 +155,8 @@ def main() -> None:
     print(
         f"step            {mean['wall_s']:.1f} s: rollout {mean['rollout_s']:.1f} s, "
         f"reference {mean['reference_s']:.1f} s, "
-        f"update {mean['update_s']:.1f} s (mean of {len(timed)} steps after warm-up)"
+        f"update {mean['update_s']:.1f} s, weight sync {mean['sync_s']:.1f} s "
+        f"(mean of {len(timed)} steps after warm-up)"
     )
     print(f"tokens/s        {mean['tokens_per_s']:.0f} (all sequence tokens of a step / its wall time)")
 

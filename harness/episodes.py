@@ -44,6 +44,9 @@ class Turn:
     extracted: str | None = None
     correct: bool | None = None  # None until graded
     detail: str | None = None
+    # The sampled ids (Completion.token_ids), kept in memory for the trainer; not saved, so a turn
+    # replayed from the journal has None.
+    token_ids: tuple[int, ...] | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         out = {
@@ -195,4 +198,11 @@ def _record_generation(episode: Episode, t: int, completion: Completion, save) -
     if completion.finish_reason == PROMPT_TOO_LONG:
         episode.skipped = _too_long(t)
     else:
-        episode.turns.append(Turn(completion.text, completion.finish_reason, completion.completion_tokens))
+        episode.turns.append(
+            Turn(
+                completion.text,
+                completion.finish_reason,
+                completion.completion_tokens,
+                token_ids=completion.token_ids,
+            )
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -104,3 +105,18 @@ def tiny_model_dir(tmp_path_factory, embedded_checkpoint) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+STAND_INS = Path(__file__).parent / "stand_ins"
+
+
+@pytest.fixture
+def stand_in_vllm(monkeypatch):
+    """`import vllm` gives tests/stand_ins/vllm (transformers behind vLLM's API) for this test."""
+    monkeypatch.syspath_prepend(str(STAND_INS))
+    sys.modules.pop("vllm", None)
+    module = importlib.import_module("vllm")
+    module.CALLS.clear()
+    module.INSTANCES.clear()
+    yield module
+    sys.modules.pop("vllm", None)

@@ -2,10 +2,8 @@
 (through tests/stand_ins/vllm, a stand-in of vLLM's API) and openai (a fake server on 127.0.0.1);
 then what is particular to each adapter."""
 
-import importlib
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +11,6 @@ from harness.engines.base import PROMPT_TOO_LONG, SamplingSettings
 from harness.errors import HarnessError
 from tests.fake_openai_server import FakeOpenAIServer
 
-STAND_INS = Path(__file__).parent / "stand_ins"
 CONVS = [
     [{"role": "user", "content": "What is 1+1?"}],
     [
@@ -23,16 +20,6 @@ CONVS = [
     ],
     [{"role": "user", "content": "What is 1+1?"}],
 ]
-
-
-@pytest.fixture
-def stand_in_vllm(monkeypatch):
-    monkeypatch.syspath_prepend(str(STAND_INS))
-    sys.modules.pop("vllm", None)
-    module = importlib.import_module("vllm")
-    module.CALLS.clear()
-    yield module
-    sys.modules.pop("vllm", None)
 
 
 @pytest.fixture(params=["hf", "vllm", "openai"])
@@ -60,6 +47,21 @@ def test_conformance_n_completions_per_conversation_in_order(engine):
         for c in completions:
             assert isinstance(c.text, str) and c.finish_reason in ("stop", "length")
             assert c.prompt_tokens > 0 and 0 <= c.completion_tokens <= 6
+
+
+def test_conformance_token_ids_are_the_sampled_ones_where_the_engine_has_them(engine):
+    """hf and vllm return the sampled ids (the trainer scores exactly these); a server returns text only."""
+    out = engine.chat(CONVS, SamplingSettings(max_new_tokens=6, temperature=1.0, seed=2))
+    for c in (c for completions in out for c in completions):
+        if engine.name == "openai":
+            assert c.token_ids is None
+            continue
+        assert len(c.token_ids) == c.completion_tokens
+        stopped = c.finish_reason == "stop"
+        text_ids = c.token_ids[:-1] if stopped else c.token_ids
+        assert engine.tokenizer.decode(list(text_ids), skip_special_tokens=True) == c.text
+        if stopped:
+            assert c.token_ids[-1] == engine.tokenizer.eos_token_id
 
 
 def test_conformance_each_conversation_reported_done_once(engine):

@@ -119,7 +119,7 @@ def test_tokens_of_each_attempt_are_exactly_its_text_and_end_of_turn(embedded_ch
         0,
         [Turn("It is $4$.", "stop", 6, "4", False), Turn("The final answer is $5$", "length", 9, "5", True)],
     )
-    out = tokenize_episode(task, episode, engine.render, tok, stop_token_ids(None, tok))
+    (out,) = tokenize_episode(task, episode, engine.render, tok, stop_token_ids(None, tok))  # one row
 
     def pick(label):
         return tok.decode([i for i, a in zip(out.input_ids, out.attempt) if a == label])
@@ -136,6 +136,104 @@ def test_tokens_of_each_attempt_are_exactly_its_text_and_end_of_turn(embedded_ch
         ]
     )
     assert tok.decode(out.input_ids) == whole + "The final answer is $5$"
+
+
+@pytest.fixture(scope="module")
+def smol_render(embedded_checkpoint):
+    """The embedded model's tokenizer and the hf engine's rendering of a conversation."""
+    from transformers import AutoTokenizer
+
+    from harness.engines.hf import HFEngine
+
+    engine = HFEngine.__new__(HFEngine)
+    engine.tokenizer = AutoTokenizer.from_pretrained(embedded_checkpoint)
+    return engine.tokenizer, engine.render
+
+
+def sampled_episode(tok, first_ids: list[int], second_ids: list[int]) -> Episode:
+    """A two-turn episode whose attempts are given as sampled token ids, both stopped."""
+    problem = Problem("p", "5", {"problem": "What is $2+3$?", "answer": "5"})
+    turns = [
+        Turn(tok.decode(ids, skip_special_tokens=True), "stop", len(ids), token_ids=tuple(ids))
+        for ids in (first_ids, second_ids)
+    ]
+    return Episode(problem, 0, turns)
+
+
+def labelled(row, label):
+    return [i for i, a in zip(row.input_ids, row.attempt) if a == label]
+
+
+def test_canonical_sampled_ids_make_one_row_with_the_end_of_turn_token_once(smol_render):
+    """The usual case: y1's sampled ids are the tokenizer's own split and the template writes the same
+    <|im_end|> after y1, so (x, y1, p, y2) is one row whose prefix is exactly the turn-2 prompt."""
+    from harness.engines.hf import stop_token_ids
+    from harness.episodes import conversation
+    from harness.train.rollouts import ATTEMPT1, ATTEMPT2, tokenize_episode
+
+    tok, render = smol_render
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    first = tok("It is $4$.", add_special_tokens=False)["input_ids"] + [im_end]
+    second = tok("The answer is $5$", add_special_tokens=False)["input_ids"] + [im_end]
+    task, episode = load_task("math"), sampled_episode(tok, first, second)
+    (row,) = tokenize_episode(task, episode, render, tok, stop_token_ids(None, tok))
+    assert labelled(row, ATTEMPT1) == first and labelled(row, ATTEMPT2) == second
+    turn2 = tok(render(conversation(task, episode.problem, ["It is $4$."])), add_special_tokens=False)["input_ids"]
+    assert row.input_ids == turn2 + second  # exactly what the model saw at turn 2, then y2
+
+
+def test_a_non_canonical_split_makes_two_exact_rows(smol_render):
+    """An engine can sample a split of a string other than the tokenizer's own. The loss must score
+    the sampled ids after the turn-1 prompt, and y2 after the turn-2 prompt the model saw (where y1
+    was re-tokenised from text): no single row holds both, so the episode becomes two."""
+    from harness.engines.hf import stop_token_ids
+    from harness.episodes import conversation
+    from harness.train.rollouts import ATTEMPT1, ATTEMPT2, PROMPT, tokenize_episode
+
+    tok, render = smol_render
+
+    def encode(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    first = [i for p in ["It", " i", "s", " $", "4", "$."] for i in encode(p)] + [im_end]
+    second = encode("The answer is $5$") + [im_end]
+    assert first[:-1] != encode("It is $4$.")  # a different split of the same text
+    task, episode = load_task("math"), sampled_episode(tok, first, second)
+    row1, row2 = tokenize_episode(task, episode, render, tok, stop_token_ids(None, tok))
+    turn1 = encode(render(conversation(task, episode.problem, [])))
+    turn2 = encode(render(conversation(task, episode.problem, ["It is $4$."])))
+    assert (row1.input_ids, labelled(row1, ATTEMPT1), labelled(row1, ATTEMPT2)) == (turn1 + first, first, [])
+    assert (row2.input_ids, labelled(row2, ATTEMPT2), labelled(row2, ATTEMPT1)) == (turn2 + second, second, [])
+    assert labelled(row2, PROMPT) == turn2
+
+
+def test_a_stop_token_the_template_does_not_write_is_trained_in_its_own_row(smol_render):
+    """y1 stopped on <|endoftext|> but turn 2 saw the template's <|im_end|>: y1 with the stop token it
+    sampled is one row, y2 after the turn-2 prompt another."""
+    from harness.engines.hf import stop_token_ids
+    from harness.train.rollouts import ATTEMPT1, ATTEMPT2, tokenize_episode
+
+    tok, render = smol_render
+    endoftext = tok.convert_tokens_to_ids("<|endoftext|>")
+    first = tok("It is $4$.", add_special_tokens=False)["input_ids"] + [endoftext]
+    episode = sampled_episode(tok, first, [endoftext])
+    rows = tokenize_episode(load_task("math"), episode, render, tok, stop_token_ids(None, tok) | {endoftext})
+    assert [labelled(r, ATTEMPT1) for r in rows] == [first, []]
+    assert [labelled(r, ATTEMPT2) for r in rows] == [[], [endoftext]]
+    assert endoftext not in rows[1].input_ids[:-1]  # the turn-2 prompt holds the template's <|im_end|> only
+
+
+def test_rows_of_one_episode_add_up_to_its_kl_and_share_its_advantage():
+    """Collated rows remember their episode, so per-episode KL sums and advantages line up."""
+    from harness.train.rollouts import ATTEMPT1, ATTEMPT2, PROMPT, Row, collate
+
+    one = [Row([5, 6, 7, 8], [PROMPT, ATTEMPT1, PROMPT, ATTEMPT2])]
+    two = [Row([5, 6], [PROMPT, ATTEMPT1]), Row([5, 9, 8], [PROMPT, PROMPT, ATTEMPT2])]
+    batch = collate([one, two])
+    assert batch.episode.tolist() == [0, 1, 1] and len(batch) == 3
+    assert batch.mask1.tolist() == [[1, 0, 0], [1, 0, 0], [0, 0, 0]]
+    assert batch.mask2.tolist() == [[0, 0, 1], [0, 0, 0], [0, 1, 0]]
 
 
 def test_settings_resolve_defaults_then_preset_then_file_then_command_line(tmp_path):

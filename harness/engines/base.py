@@ -7,7 +7,7 @@ these types, so it never knows which engine produced a completion.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
@@ -44,6 +44,10 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (end of turn), "length" (hit max_new_tokens) or PROMPT_TOO_LONG
+    # The sampled token ids, the end-of-turn token included when the model stopped; None where the
+    # engine cannot say (OpenAI-compatible servers return text). The trainer scores exactly these ids
+    # rather than a re-tokenisation of `text`, which can split the same string differently.
+    token_ids: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
 
 
 class Engine(Protocol):

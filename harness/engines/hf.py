@@ -140,12 +140,14 @@ class HFEngine:
         for row, prompt in zip(new_tokens.tolist(), batch):
             end = next((j for j, t in enumerate(row) if t in stop_ids), None)
             kept = row if end is None else row[:end]
+            sampled = row if end is None else row[: end + 1]
             completions.append(
                 Completion(
                     text=self.tokenizer.decode(kept, skip_special_tokens=True),
                     prompt_tokens=len(prompt),
-                    completion_tokens=len(kept) + (0 if end is None else 1),
+                    completion_tokens=len(sampled),
                     finish_reason="length" if end is None else "stop",
+                    token_ids=tuple(sampled),
                 )
             )
         return completions

@@ -8,7 +8,8 @@ optional extra (`pip install score-eval[vllm]`) imported only when this backend 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from harness.engines.base import PROMPT_TOO_LONG, Completion, Conversation, DoneCallback, SamplingSettings
 from harness.errors import HarnessError
@@ -32,7 +33,14 @@ class VLLMEngine:
         gpu_memory_utilization: float = 0.9,
         max_model_len: int | None = None,
         seed: int = 0,
+        in_process: bool = False,
     ) -> VLLMEngine:
+        """`in_process` keeps vLLM's engine core in this process (the trainer's case), so `load_weights`
+        hands tensors to the model directly instead of pickling them to a worker process."""
+        if in_process:
+            import os
+
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read when the engine is built
         try:
             import vllm
         except ImportError as exc:
@@ -52,6 +60,14 @@ class VLLMEngine:
         }
         llm = vllm.LLM(model=location, **{k: v for k, v in options.items() if v is not None})
         return cls(llm, display, options | {"model_path": location})
+
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """Load (Hugging Face parameter name, tensor) pairs into the running model, as the trainer does
+        after every optimizer step, then drop the prefix cache: its KV entries were computed with the
+        old weights. vLLM's model classes map checkpoint names onto their fused layers (qkv, gate-up)
+        in `load_weights`; `LLM.apply_model` runs it inside the worker."""
+        self.llm.apply_model(lambda model: model.load_weights(weights))
+        self.llm.reset_prefix_cache()
 
     def describe(self) -> dict:
         return {"backend": self.name, "model": self.model_name, **self.options}
@@ -96,6 +112,7 @@ class VLLMEngine:
                     prompt_tokens=len(output.prompt_token_ids or []),
                     completion_tokens=len(o.token_ids),
                     finish_reason=o.finish_reason or "stop",
+                    token_ids=tuple(o.token_ids),
                 )
                 for o in output.outputs
             ]

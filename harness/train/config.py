@@ -45,7 +45,13 @@ class TrainConfig:
     samples: int = _f(4, "episodes per prompt; the RLOO baseline of one is the mean return of the others")
     micro_batch_size: int = _f(8, "sequences per forward/backward; gradient accumulation covers the rest")
     rollout_batch_size: int = _f(64, "conversations per generation batch in the engine")
-    rollout_backend: str = _f("hf", "engine for rollouts: hf (vllm: not implemented yet)")
+    rollout_backend: str = _f(
+        "hf", "engine for rollouts: hf (the policy model itself) or vllm (a vLLM copy, weights loaded after each step)"
+    )
+    vllm_gpu_memory_utilization: float = _f(
+        0.3, "share of GPU memory the vllm rollout engine may take (the rest is the trainer's)"
+    )
+    vllm_max_model_len: int | None = _f(None, "context length of the vllm rollout engine; default: the model's")
     temperature: float = _f(1.0, "sampling temperature of rollouts")
     top_p: float = _f(1.0, "nucleus mass of rollouts")
     max_new_tokens: int | None = _f(None, "per attempt; default: the task's")
@@ -97,15 +103,14 @@ class TrainConfig:
                 self.rollout_backend in ("hf", "vllm"),
                 f"--rollout-backend must be hf or vllm (got {self.rollout_backend})",
             ),
+            (
+                0 < self.vllm_gpu_memory_utilization < 1,
+                f"--vllm-gpu-memory-utilization must be in (0, 1) (got {self.vllm_gpu_memory_utilization})",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise HarnessError(message)
-        if self.rollout_backend == "vllm":
-            raise HarnessError(
-                "vllm rollouts (with the updated weights loaded into vLLM after each step) are not implemented yet; "
-                "use --rollout-backend hf"
-            )
         return self
 
     @property

@@ -1,16 +1,23 @@
 """From graded two-turn episodes to token tensors with one mask per attempt.
 
 Rollouts are the harness's own episodes (`harness.episodes.run_episodes`, sampled through the engine
-interface and graded by the task's grader). The engine returns text, not token ids, so the trainer
-rebuilds each episode's token sequence from the same chat-template rendering the engine used
-(`HFEngine.render`): the turn-2 prompt is split into the turn-1 prompt, attempt y1 and the template
-text after it, and each piece is tokenised on its own so the tokens of y1 and y2 are exactly the
-spans the masks mark. The end-of-turn token the model sampled to stop an attempt is part of the
-attempt (the model chose it); template text and the correction instruction never are.
+interface and graded by the task's grader). The trainer must score each attempt exactly as it was
+sampled: y1's tokens after the turn-1 prompt the engine fed the model, y2's tokens after the turn-2
+prompt it fed. The engine tokenised each rendered prompt whole, and at turn 2 it rendered y1 as
+text, so the turn-2 prompt holds a re-tokenisation of y1.
 
-A limit of working from text: re-tokenising a decoded completion can, rarely, give ids other than
-the sampled ones (the same string, a different split); the log-probabilities are then those of the
-re-tokenised string. An engine that returned completion token ids would remove this.
+An attempt's tokens are the ids the engine sampled (`Turn.token_ids`: hf and vLLM return them),
+the end-of-turn token included when the model stopped (the model chose it). Where an engine returns
+only text (an OpenAI-compatible server) the attempt is re-tokenised, which can, rarely, split the
+same string differently.
+
+Each episode is then one row (x, y1, p, y2) when that row's prefix before y2 is token for token the
+turn-2 prompt the model saw: the common case, where the sampled y1 re-tokenises to itself and the
+template writes, after y1, the same end-of-turn token the model sampled (kept once, as y1's). When
+it is not (the model sampled a non-canonical split, a special token the decoder drops, another stop
+token, or the chat template rewrites earlier turns), the episode becomes two rows, (x, y1) and
+(turn-2 prompt, y2), each exact, at the cost of scoring the prompt twice. Template text and the
+correction instruction are never trained.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.episodes import Episode, conversation
+from harness.episodes import Episode, Turn, conversation
 from harness.errors import HarnessError
 from harness.tasks import Task
 
@@ -28,22 +35,29 @@ PROMPT, ATTEMPT1, ATTEMPT2 = 0, 1, 2
 
 
 @dataclass(frozen=True)
-class TokenizedEpisode:
+class Row:
+    """One token sequence to score and which attempt each token belongs to."""
+
     input_ids: list[int]
     attempt: list[int]  # per token: PROMPT, ATTEMPT1 or ATTEMPT2
 
 
 @dataclass(frozen=True)
 class SequenceBatch:
-    """Right-padded sequences; masks are aligned with the predicted tokens input_ids[:, 1:]."""
+    """Right-padded rows; masks are aligned with the predicted tokens input_ids[:, 1:]."""
 
-    input_ids: torch.Tensor  # [B, T]
-    attention_mask: torch.Tensor  # [B, T]
-    mask1: torch.Tensor  # [B, T-1] float, 1 on attempt-1 tokens
-    mask2: torch.Tensor  # [B, T-1] float, 1 on attempt-2 tokens
+    input_ids: torch.Tensor  # [R, T]
+    attention_mask: torch.Tensor  # [R, T]
+    mask1: torch.Tensor  # [R, T-1] float, 1 on attempt-1 tokens
+    mask2: torch.Tensor  # [R, T-1] float, 1 on attempt-2 tokens
+    episode: torch.Tensor  # [R] long: the episode each row belongs to (one or two rows per episode)
 
     def rows(self, start: int, stop: int) -> SequenceBatch:
-        return SequenceBatch(*(t[start:stop] for t in (self.input_ids, self.attention_mask, self.mask1, self.mask2)))
+        fields = (self.input_ids, self.attention_mask, self.mask1, self.mask2, self.episode)
+        return SequenceBatch(*(t[start:stop] for t in fields))
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
 
     @property
     def tokens(self) -> int:
@@ -52,54 +66,56 @@ class SequenceBatch:
 
 def tokenize_episode(
     task: Task, episode: Episode, render: Callable[[list], str], tokenizer, stop_ids: set[int]
-) -> TokenizedEpisode:
-    """Token ids of (x, y1, p, y2) and which attempt each token belongs to."""
+) -> list[Row]:
+    """The rows of one two-turn episode: [(x, y1, p, y2)], or [(x, y1), (turn-2 prompt, y2)]."""
     if len(episode.turns) != 2:
         raise HarnessError(f"SCoRe trains two-turn episodes; episode {episode.problem.id} has {len(episode.turns)}")
     y1, y2 = episode.turns[0], episode.turns[1]
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def attempt_ids(turn: Turn) -> list[int]:
+        if turn.token_ids is not None:
+            return list(turn.token_ids)
+        stopped = turn.finish_reason == "stop" and tokenizer.eos_token_id is not None
+        return encode(turn.response) + ([tokenizer.eos_token_id] if stopped else [])
+
     prompt1 = render(conversation(task, episode.problem, []))
     prompt2 = render(conversation(task, episode.problem, [y1.response]))
+    first, second = attempt_ids(y1), attempt_ids(y2)
+    seen1, seen2 = encode(prompt1), encode(prompt2)  # what the engine fed the model at turns 1 and 2
+
     start = prompt2.find(y1.response, len(prompt1)) if prompt2.startswith(prompt1) else -1
-    if start < 0:
-        raise HarnessError(
-            "the chat template does not render turn 2 as turn 1 followed by the first attempt, so attempt "
-            "tokens cannot be located; SCoRe training needs an append-only chat template"
-        )
-    ids: list[int] = []
-    attempt: list[int] = []
-
-    def add(text: str, label: int) -> None:
-        if text:
-            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
-            ids.extend(piece)
-            attempt.extend([label] * len(piece))
-
-    add(prompt1, PROMPT)
-    add(prompt2[len(prompt1) : start], PROMPT)
-    add(y1.response, ATTEMPT1)
-    after_y1 = len(ids)
-    add(prompt2[start + len(y1.response) :], PROMPT)
-    if y1.finish_reason == "stop" and after_y1 < len(ids) and ids[after_y1] in stop_ids:
-        attempt[after_y1] = ATTEMPT1  # the end-of-turn token the model sampled
-    add(y2.response, ATTEMPT2)
-    if y2.finish_reason == "stop" and tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-        attempt.append(ATTEMPT2)
-    return TokenizedEpisode(ids, attempt)
+    if start >= 0:
+        between = encode(prompt2[start + len(y1.response) :])
+        if first and first[-1] in stop_ids and between[:1] == first[-1:]:
+            between = between[1:]  # the template's end-of-turn token is the one y1 sampled: hold it once
+        before = seen1 + encode(prompt2[len(prompt1) : start])
+        if before + first + between == seen2:
+            labels = [PROMPT] * len(before) + [ATTEMPT1] * len(first) + [PROMPT] * len(between)
+            return [Row(seen2 + second, labels + [ATTEMPT2] * len(second))]
+    return [
+        Row(seen1 + first, [PROMPT] * len(seen1) + [ATTEMPT1] * len(first)),
+        Row(seen2 + second, [PROMPT] * len(seen2) + [ATTEMPT2] * len(second)),
+    ]
 
 
-def collate(episodes: Sequence[TokenizedEpisode], pad_id: int = 0) -> SequenceBatch:
-    width = max(len(e.input_ids) for e in episodes)
-    input_ids = torch.full((len(episodes), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(episodes), width), dtype=torch.long)
-    labels = torch.full((len(episodes), width), PROMPT, dtype=torch.long)
-    for row, e in enumerate(episodes):
-        n = len(e.input_ids)
-        input_ids[row, :n] = torch.tensor(e.input_ids)
-        attention[row, :n] = 1
-        labels[row, :n] = torch.tensor(e.attempt)
+def collate(episodes: Sequence[list[Row]], pad_id: int = 0) -> SequenceBatch:
+    """All rows of the episodes, in episode order, right-padded into one batch."""
+    rows = [(index, row) for index, episode_rows in enumerate(episodes) for row in episode_rows]
+    width = max(len(row.input_ids) for _, row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), PROMPT, dtype=torch.long)
+    for r, (_, row) in enumerate(rows):
+        n = len(row.input_ids)
+        input_ids[r, :n] = torch.tensor(row.input_ids)
+        attention[r, :n] = 1
+        labels[r, :n] = torch.tensor(row.attempt)
     targets = labels[:, 1:]
-    return SequenceBatch(input_ids, attention, (targets == ATTEMPT1).float(), (targets == ATTEMPT2).float())
+    episode = torch.tensor([index for index, _ in rows], dtype=torch.long)
+    return SequenceBatch(input_ids, attention, (targets == ATTEMPT1).float(), (targets == ATTEMPT2).float(), episode)
 
 
 def trimmed(batch: SequenceBatch) -> SequenceBatch:
@@ -110,4 +126,5 @@ def trimmed(batch: SequenceBatch) -> SequenceBatch:
         batch.attention_mask[:, :width],
         batch.mask1[:, : width - 1],
         batch.mask2[:, : width - 1],
+        batch.episode,
     )

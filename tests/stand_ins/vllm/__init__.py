@@ -1,10 +1,13 @@
 """A stand-in for the parts of vLLM that harness/engines/vllm.py uses, for CPU-only CI.
 
 It mirrors vLLM's documented surface (vllm.LLM, LLM.chat, LLM.get_tokenizer,
-LLM.llm_engine.model_config.max_model_len, vllm.SamplingParams, RequestOutput, CompletionOutput):
-the same names, argument names, defaults and field names. Behind it, transformers runs the model,
-rendering each conversation with the tokenizer's chat template as vLLM does. It records every call
-so tests can check what the adapter sent. It is not vLLM: no paged attention, no scheduling.
+LLM.llm_engine.model_config.max_model_len, LLM.apply_model, LLM.reset_prefix_cache,
+vllm.SamplingParams, RequestOutput, CompletionOutput, and a model's `load_weights`): the same names,
+argument names, defaults and field names. `load_weights` takes Hugging Face checkpoint names, as
+vLLM's model classes do, and rejects a name the model does not have, as vLLM does. Behind it,
+transformers runs the model, rendering each conversation with the tokenizer's chat template as
+vLLM does. It records every call so tests can check what the adapter sent. It is not vLLM: no
+paged attention, no scheduling.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 CALLS: list[dict] = []
+INSTANCES: list[LLM] = []
 
 
 @dataclass
@@ -99,8 +103,18 @@ class LLM:
             }
         )
 
+        INSTANCES.append(self)
+
     def get_tokenizer(self):
         return self._tokenizer
+
+    def apply_model(self, func):
+        """Run `func` on the model inside each worker (one here) and return its results."""
+        return [func(_Model(self._hf))]
+
+    def reset_prefix_cache(self, device=None) -> bool:
+        CALLS.append({"reset_prefix_cache": True})
+        return True
 
     def chat(
         self,
@@ -159,3 +173,24 @@ class LLM:
                 )
             outputs.append(RequestOutput(str(number), prompt, ids[0].tolist(), None, completions))
         return outputs
+
+
+class _Model:
+    """The worker's model as `apply_model` hands it over: here only `load_weights`."""
+
+    def __init__(self, hf):
+        self._hf = hf
+
+    def load_weights(self, weights) -> set[str]:
+        import torch
+
+        params = self._hf.state_dict()
+        loaded = set()
+        with torch.no_grad():
+            for name, tensor in weights:
+                if name not in params:
+                    raise ValueError(f"There is no module or parameter named '{name}' in {type(self._hf).__name__}")
+                params[name].copy_(tensor)
+                loaded.add(name)
+        CALLS.append({"load_weights": sorted(loaded)})
+        return loaded

@@ -1,0 +1,97 @@
+"""`--rollout-backend vllm`: rollouts come from a vLLM copy of the model that gets the policy's weights
+(LoRA merged, under the plain model's parameter names) at the start and after every optimizer step,
+with the prefix cache dropped each time. vLLM itself needs CUDA, so these run through
+tests/stand_ins/vllm, whose `load_weights` rejects any name the model does not have, as vLLM's does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.grading import Verdict, register
+from harness.train.config import SMOKE_DATA, TrainConfig
+from harness.train.policy import load_policy
+
+TASK_YAML = """\
+name: parity
+grader: test-parity
+data: {id_field: unique_id, answer_field: answer, required_fields: [problem, answer]}
+prompts: {first_turn: "{{ problem }}", correction: "Try again."}
+generation: {max_new_tokens: 6}
+"""
+
+
+@register("test-parity")
+class ParityGrader:
+    """Correct when the response has an even number of characters: rewards that vary between
+    samples, so the RLOO advantages and hence the updates are not zero on a random model."""
+
+    def grade(self, items):
+        return [Verdict(extracted=r, correct=len(r) % 2 == 0) for r, _ in items]
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("lora_r", [0, 4])
+def test_merged_weights_are_the_plain_models_weights(tiny_model_dir, lora_r):
+    """What is loaded into vLLM equals what the stage checkpoint holds (peft's merge_and_unload)."""
+    import copy
+
+    policy = load_policy(TrainConfig(model=str(tiny_model_dir), data="x", lora_r=lora_r, device="cpu"))
+    with torch.no_grad():
+        for name, param in policy.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # LoRA starts with B = 0; make the adapter count
+    merged = dict(policy.merged_weights())
+    reference = copy.deepcopy(policy.model).merge_and_unload() if lora_r else policy.model
+    expected = reference.state_dict()
+    assert set(merged) == set(expected)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(merged[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    if lora_r:  # the adapter is in what was merged, not only the base weights
+        base = {n.replace(".base_layer.", "."): p for n, p in policy.model.get_base_model().state_dict().items()}
+        assert any(not torch.equal(merged[n], base[n]) for n in merged)
+
+
+def test_vllm_rollouts_sample_from_the_weights_of_the_last_step(stand_in_vllm, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from harness.train.trainer import train
+
+    (tmp_path / "parity.yaml").write_text(TASK_YAML)
+    config = TrainConfig(
+        model=str(tiny_model_dir),
+        task=str(tmp_path / "parity.yaml"),
+        data=str(SMOKE_DATA),
+        output_dir=str(tmp_path / "run"),
+        rollout_backend="vllm",
+        stage1_steps=2,
+        stage2_steps=1,
+        batch_size=8,
+        samples=4,
+        micro_batch_size=4,
+        rollout_batch_size=8,
+        temperature=1.0,
+        lora_r=4,
+        lr=5e-2,
+        device="cpu",
+    )
+    result = train(config)
+
+    calls = [next(iter(c)) for c in stand_in_vllm.CALLS]
+    # built, loaded with the starting weights, then per step: two turns of rollouts, then the new weights
+    assert (
+        calls
+        == ["init", "load_weights", "reset_prefix_cache"] + ["chat", "chat", "load_weights", "reset_prefix_cache"] * 3
+    )
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    loaded = [c["load_weights"] for c in stand_in_vllm.CALLS if "load_weights" in c]
+    assert all(names == sorted(start) for names in loaded)  # every weight, under its plain name
+
+    (llm,) = stand_in_vllm.INSTANCES
+    final = AutoModelForCausalLM.from_pretrained(result.checkpoints[2]).state_dict()
+    served = llm._hf.state_dict()
+    for name, tensor in final.items():
+        torch.testing.assert_close(served[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    assert any(not torch.allclose(served[n], start[n]) for n in start)  # the steps did change the weights
