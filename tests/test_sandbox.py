@@ -77,18 +77,32 @@ def test_values_cross_as_their_builtin_types(sandbox):
     assert outcome.passed, outcome.result
 
 
-def test_where_unshare_is_refused_the_sandbox_falls_back_and_still_judges(monkeypatch):
+def test_where_unshare_is_refused_the_sandbox_falls_back_says_so_and_still_judges(monkeypatch, caplog):
     from harness.grading import sandbox as module
 
     monkeypatch.setattr(module, "UNSHARE_FLAGS", ["--no-such-namespace"])
     monkeypatch.setattr(os, "geteuid", lambda: 0)  # the probe takes the root path, as on this machine
     module.probe_isolation.cache_clear()
     try:
-        isolation = module.probe_isolation()
+        with caplog.at_level("WARNING", logger="score_eval"):
+            isolation = module.probe_isolation()
         assert not isolation.namespaces
+        assert "cannot use namespaces" in caplog.text and "fallback mode" in caplog.text
         box = Sandbox(Limits(wall_s=10), workers=1, isolation=isolation)
         (outcome,) = box.run([Job("def f(x):\n    return x\n", "assert f(3) == 3\n", "f")])
         box.close()
         assert outcome.passed
     finally:
         module.probe_isolation.cache_clear()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SCORE_EVAL_REQUIRE_SANDBOX_NAMESPACES"),
+    reason="set SCORE_EVAL_REQUIRE_SANDBOX_NAMESPACES=1 where the full sandbox must be in force (.ci/run does)",
+)
+def test_the_full_sandbox_is_in_force_where_it_is_required():
+    """On CI's machine (root, unshare permitted) a regression in the namespace set-up must fail the
+    suite, not turn the namespace-mode tests into skips."""
+    from harness.grading.sandbox import probe_isolation
+
+    assert probe_isolation().namespaces

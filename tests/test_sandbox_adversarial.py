@@ -27,6 +27,8 @@ def sandbox(request):
     full = probe_isolation()
     if request.param == "namespaces":
         if not full.namespaces:
+            if os.environ.get("SCORE_EVAL_REQUIRE_SANDBOX_NAMESPACES"):
+                pytest.fail("the full sandbox is required here, but its namespace set-up failed")
             pytest.skip("this machine does not permit unshare; the fallback mode is tested instead")
         isolation = full
     else:

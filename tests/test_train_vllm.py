@@ -33,6 +33,23 @@ class ParityGrader:
         pass
 
 
+def parity_config(tmp_path, model_dir, **settings) -> TrainConfig:
+    """vllm rollouts of the parity task on the tiny model, on CPU, with a large step so weights move."""
+    (tmp_path / "parity.yaml").write_text(TASK_YAML)
+    base = {
+        "model": str(model_dir),
+        "task": str(tmp_path / "parity.yaml"),
+        "data": str(SMOKE_DATA),
+        "output_dir": str(tmp_path / "run"),
+        "rollout_backend": "vllm",
+        "batch_size": 8,
+        "samples": 4,
+        "lr": 5e-2,
+        "device": "cpu",
+    }
+    return TrainConfig(**(base | settings))
+
+
 @pytest.mark.parametrize("lora_r", [0, 4])
 def test_merged_weights_are_the_plain_models_weights(tiny_model_dir, lora_r):
     """What is loaded into vLLM equals what the stage checkpoint holds (peft's merge_and_unload)."""
@@ -59,23 +76,8 @@ def test_vllm_rollouts_sample_from_the_weights_of_the_last_step(stand_in_vllm, t
 
     from harness.train.trainer import train
 
-    (tmp_path / "parity.yaml").write_text(TASK_YAML)
-    config = TrainConfig(
-        model=str(tiny_model_dir),
-        task=str(tmp_path / "parity.yaml"),
-        data=str(SMOKE_DATA),
-        output_dir=str(tmp_path / "run"),
-        rollout_backend="vllm",
-        stage1_steps=2,
-        stage2_steps=1,
-        batch_size=8,
-        samples=4,
-        micro_batch_size=4,
-        rollout_batch_size=8,
-        temperature=1.0,
-        lora_r=4,
-        lr=5e-2,
-        device="cpu",
+    config = parity_config(
+        tmp_path, tiny_model_dir, stage1_steps=2, stage2_steps=1, micro_batch_size=4, rollout_batch_size=8, lora_r=4
     )
     result = train(config)
 
@@ -95,3 +97,23 @@ def test_vllm_rollouts_sample_from_the_weights_of_the_last_step(stand_in_vllm, t
     for name, tensor in final.items():
         torch.testing.assert_close(served[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     assert any(not torch.allclose(served[n], start[n]) for n in start)  # the steps did change the weights
+
+
+def test_a_resumed_run_loads_its_restored_weights_into_the_new_vllm_engine(stand_in_vllm, tiny_model_dir, tmp_path):
+    """After a crash the new vLLM copy starts from the checkpoint's weights, not the starting model's."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.train.trainer import train
+
+    config = parity_config(tmp_path, tiny_model_dir, stage="1", stage1_steps=2, micro_batch_size=8)
+    first = train(config)
+    stand_in_vllm.CALLS.clear()
+    train(config, resume=True)  # nothing left to do: it only rebuilds the engine and the checkpoint
+
+    assert [next(iter(c)) for c in stand_in_vllm.CALLS] == ["init", "load_weights", "reset_prefix_cache"]
+    resumed = stand_in_vllm.INSTANCES[-1]._hf.state_dict()
+    saved = AutoModelForCausalLM.from_pretrained(first.checkpoints[1]).state_dict()
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    for name, tensor in saved.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    assert any(not torch.allclose(saved[n], start[n]) for n in start)

@@ -13,6 +13,7 @@ vfork + exec of a small interpreter (`python -I -S`), never as forks of the larg
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import random
 import shutil
@@ -123,18 +124,25 @@ class Isolation:
 
 @lru_cache(maxsize=1)
 def probe_isolation() -> Isolation:
-    """Judge one trivial program with namespaces, once per process; fall back quietly where containers
-    or kernels forbid them (SCORE_EVAL_SANDBOX_NO_NAMESPACES=1 forces the fallback)."""
+    """Judge one trivial program with namespaces, once per process; fall back, with a warning, where
+    containers or kernels forbid them (SCORE_EVAL_SANDBOX_NO_NAMESPACES=1 forces the fallback)."""
     separate_uid = os.geteuid() == 0
     flags = UNSHARE_FLAGS if separate_uid else ["--user", "--map-root-user", *UNSHARE_FLAGS]
     if not os.environ.get("SCORE_EVAL_SANDBOX_NO_NAMESPACES") and shutil.which("unshare"):
         candidate = Isolation(True, separate_uid, ("unshare", *flags, "--"))
         judge = _Judge(candidate)
         try:
-            if judge.run(Job("def f():\n    return 1\n", "assert f() == 1\n", "f"), Limits(wall_s=20)).passed:
-                return candidate
+            outcome = judge.run(Job("def f():\n    return 1\n", "assert f() == 1\n", "f"), Limits(wall_s=20))
         finally:
             judge.close()
+        if outcome.passed:
+            return candidate
+        reason = (outcome.output.strip() or outcome.result or "no verdict").splitlines()[-1][:200]
+        logging.getLogger("score_eval").warning(
+            "the code sandbox cannot use namespaces here (%s); it runs in its fallback mode "
+            "(see the README's isolation table)",
+            reason,
+        )
     return Isolation(False, separate_uid)
 
 
