@@ -34,6 +34,7 @@ class VLLMEngine:
         max_model_len: int | None = None,
         seed: int = 0,
         in_process: bool = False,
+        dtype: str | None = None,
     ) -> VLLMEngine:
         """`in_process` keeps vLLM's engine core in this process (the trainer's case), so `load_weights`
         hands tensors to the model directly instead of pickling them to a worker process."""
@@ -57,6 +58,7 @@ class VLLMEngine:
             "gpu_memory_utilization": gpu_memory_utilization,
             "max_model_len": max_model_len,
             "seed": seed,
+            "dtype": dtype,  # None: vLLM's "auto" (which runs a float32 checkpoint in float16)
         }
         llm = vllm.LLM(model=location, **{k: v for k, v in options.items() if v is not None})
         return cls(llm, display, options | {"model_path": location})

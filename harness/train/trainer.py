@@ -181,6 +181,7 @@ def make_rollouts(config: TrainConfig, task: Task, problems: list[Problem], poli
         max_model_len=config.vllm_max_model_len,
         seed=config.seed,
         in_process=True,
+        dtype="bfloat16",  # as the policy computes under autocast; a float32 checkpoint would otherwise be float16
     )
     engine.model_name = policy.name
 
