@@ -1,2 +1,3 @@
-"""The SCoRe trainer: config (TrainConfig, presets), rollouts (episodes to masked tokens), objective
-(Stage I / II losses), trainer (the loop), plots. Only the CLI imports this package."""
+"""The SCoRe trainer: config (TrainConfig, presets), policy (the model, its reference, weights export,
+checkpoints), rollouts (episodes to masked token rows), objective (Stage I / II losses), state (resume
+and the step log), trainer (the loop and the rollout engine), plots. Only the CLI imports this package."""
