@@ -109,7 +109,11 @@ def load_policy(config: TrainConfig, model=None, tokenizer=None) -> Policy:
             reference.to(torch.bfloat16)
         reference.requires_grad_(False)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return Policy(model, tokenizer, name, reference, config.lora_r > 0, device, autocast, location)
 
 
