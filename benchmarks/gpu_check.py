@@ -107,6 +107,7 @@ def main() -> None:
     policy = load_policy(config, model, tokenizer)
     rollouts = make_rollouts(config, task, problems, policy)
     coef = Coefficients(config.beta1, config.beta2, config.alpha)
+    held = torch.cuda.memory_allocated() / 2**30 if cuda else 0.0
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     rows = []
@@ -148,9 +149,11 @@ def main() -> None:
         f"micro-batch {config.micro_batch_size}, {config.max_new_tokens} new tokens per attempt"
     )
     if cuda:
+        vllm_part = ", and vLLM's weights and pre-allocated KV cache" if args.rollout_backend == "vllm" else ""
         print(
             f"peak memory     {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB allocated, "
-            f"{torch.cuda.max_memory_reserved() / 2**30:.1f} GiB reserved"
+            f"{torch.cuda.max_memory_reserved() / 2**30:.1f} GiB reserved; {held:.1f} GiB of it was held "
+            f"before the first step (model, reference{vllm_part})"
         )
     print(
         f"step            {mean['wall_s']:.1f} s: rollout {mean['rollout_s']:.1f} s, "

@@ -175,7 +175,7 @@ def _show_step(row: dict, console) -> None:
         f"stage {row['stage']} step {row['step']}: reward t1 {row['reward_t1']:.3f} t2 {row['reward_t2']:.3f}  "
         f"KL t1 {row['kl_t1']:.4f} t2 {row['kl_t2']:.4f}  loss {row['loss']:.4f}  "
         f"{row['tokens_per_s']:.0f} tok/s (rollout {row['rollout_s']:.1f}s, reference {row['reference_s']:.1f}s, "
-        f"update {row['update_s']:.1f}s){evaluation}"
+        f"update {row['update_s']:.1f}s, sync {row['sync_s']:.1f}s){evaluation}"
     )
 
 

@@ -44,9 +44,10 @@ class Turn:
     extracted: str | None = None
     correct: bool | None = None  # None until graded
     detail: str | None = None
-    # The sampled ids (Completion.token_ids), kept in memory for the trainer; not saved, so a turn
-    # replayed from the journal has None.
+    # The ids the model was given and sampled (Completion.prompt_token_ids, .token_ids), kept in
+    # memory only when run_episodes is asked to (the trainer); never saved.
     token_ids: tuple[int, ...] | None = field(default=None, repr=False)
+    prompt_token_ids: tuple[int, ...] | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         out = {
@@ -129,8 +130,12 @@ def run_episodes(
     settings: SamplingSettings,
     progress: Progress | None = None,
     journal: Journal | None = None,
+    keep_token_ids: bool = False,
 ) -> list[Episode]:
-    """Drive every problem through `turns` turns, `samples` independent episodes each."""
+    """Drive every problem through `turns` turns, `samples` independent episodes each.
+
+    `keep_token_ids` keeps each turn's prompt and completion token ids on its Turn (the trainer
+    scores them); an evaluation run does not keep them, as it never needs them."""
     progress = progress or SilentProgress()
     episodes = [Episode(p, s) for p in problems for s in range(samples)]
     if journal is not None:
@@ -171,7 +176,7 @@ def run_episodes(
                 with progress.step(f"turn {t + 1}/{turns}: generating", len(todo)) as advance:
 
                     def done(i: int, completions: list[Completion], t=t, todo=todo, advance=advance) -> None:
-                        _record_generation(todo[i], t, completions[0], save)
+                        _record_generation(todo[i], t, completions[0], save, keep_token_ids)
                         advance(1)
 
                     seeds = [episode_seed(settings.seed, e.problem.id, e.sample, t) for e in todo]
@@ -182,7 +187,7 @@ def run_episodes(
     return episodes
 
 
-def _record_generation(episode: Episode, t: int, completion: Completion, save) -> None:
+def _record_generation(episode: Episode, t: int, completion: Completion, save, keep_token_ids: bool) -> None:
     save(
         [
             {
@@ -203,6 +208,7 @@ def _record_generation(episode: Episode, t: int, completion: Completion, save) -
                 completion.text,
                 completion.finish_reason,
                 completion.completion_tokens,
-                token_ids=completion.token_ids,
+                token_ids=completion.token_ids if keep_token_ids else None,
+                prompt_token_ids=completion.prompt_token_ids if keep_token_ids else None,
             )
         )

@@ -50,12 +50,14 @@ def test_conformance_n_completions_per_conversation_in_order(engine):
 
 
 def test_conformance_token_ids_are_the_sampled_ones_where_the_engine_has_them(engine):
-    """hf and vllm return the sampled ids (the trainer scores exactly these); a server returns text only."""
+    """hf and vllm return the prompt and sampled ids (the trainer scores exactly these); a server returns text."""
     out = engine.chat(CONVS, SamplingSettings(max_new_tokens=6, temperature=1.0, seed=2))
-    for c in (c for completions in out for c in completions):
+    for conv, c in ((conv, c) for conv, completions in zip(CONVS, out) for c in completions):
         if engine.name == "openai":
-            assert c.token_ids is None
+            assert c.token_ids is None and c.prompt_token_ids is None
             continue
+        rendered = engine.tokenizer(engine.render(conv), add_special_tokens=False)["input_ids"]
+        assert list(c.prompt_token_ids) == rendered and len(rendered) == c.prompt_tokens
         assert len(c.token_ids) == c.completion_tokens
         stopped = c.finish_reason == "stop"
         text_ids = c.token_ids[:-1] if stopped else c.token_ids

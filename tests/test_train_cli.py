@@ -7,6 +7,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from harness.data import Problem
 from harness.episodes import Episode, Turn
@@ -224,8 +225,8 @@ def test_a_stop_token_the_template_does_not_write_is_trained_in_its_own_row(smol
     assert endoftext not in rows[1].input_ids[:-1]  # the turn-2 prompt holds the template's <|im_end|> only
 
 
-def test_rows_of_one_episode_add_up_to_its_kl_and_share_its_advantage():
-    """Collated rows remember their episode, so per-episode KL sums and advantages line up."""
+def test_collated_rows_remember_their_episode_and_keep_their_masks():
+    """Collated rows remember their episode (the trainer sums KL and takes advantages by it)."""
     from harness.train.rollouts import ATTEMPT1, ATTEMPT2, PROMPT, Row, collate
 
     one = [Row([5, 6, 7, 8], [PROMPT, ATTEMPT1, PROMPT, ATTEMPT2])]
@@ -234,6 +235,65 @@ def test_rows_of_one_episode_add_up_to_its_kl_and_share_its_advantage():
     assert batch.episode.tolist() == [0, 1, 1] and len(batch) == 3
     assert batch.mask1.tolist() == [[1, 0, 0], [1, 0, 0], [0, 0, 0]]
     assert batch.mask2.tolist() == [[0, 0, 1], [0, 0, 0], [0, 1, 0]]
+
+
+def test_a_step_is_the_same_whether_episodes_are_one_row_or_two(tiny_model_dir, monkeypatch):
+    """Splitting an episode into (x, y1) and (turn-2 prompt, y2) rows, spread over micro-batches, must
+    give the same KL, advantages, loss and gradient as the single row: per-episode KL is summed over
+    its rows and each row takes its episode's advantages. Forcing every episode into two rows here
+    exercises that path on every step (with real rollouts it is rare)."""
+    import copy
+
+    from harness.data import load_problems
+    from harness.train import rollouts as R
+    from harness.train import trainer as T
+    from harness.train.objective import Coefficients
+    from harness.train.policy import load_policy, make_optimizer
+
+    config = TrainConfig(
+        model=str(tiny_model_dir), data=str(SMOKE_DATA), batch_size=8, samples=4, micro_batch_size=3,
+        max_new_tokens=8, lr=1e-9, device="cpu",
+    )  # fmt: skip
+    task = load_task(config.task)
+    problems, _ = load_problems(task, config.data)
+    one_row = R.tokenize_episode
+
+    split_by_themselves = []
+
+    def two_rows(*args):
+        rows = one_row(*args)
+        if len(rows) == 2:  # a random model's samples often re-tokenise differently: already two rows
+            split_by_themselves.append(rows)
+            return rows
+        (row,) = rows
+        last1 = max(i for i, a in enumerate(row.attempt) if a == R.ATTEMPT1)
+        first = R.Row(
+            row.input_ids[: last1 + 1], [a if a != R.ATTEMPT2 else R.PROMPT for a in row.attempt[: last1 + 1]]
+        )
+        second = R.Row(row.input_ids, [a if a == R.ATTEMPT2 else R.PROMPT for a in row.attempt])
+        return [first, second]
+
+    torch.manual_seed(0)
+    start = load_policy(config)
+    with torch.no_grad():  # away from the reference, so the KL terms are not zero
+        for p in start.model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    results = {}
+    for name, split in (("one", one_row), ("two", two_rows)):
+        monkeypatch.setattr(T, "tokenize_episode", split)
+        policy = copy.deepcopy(start)
+        optimizer, scheduler = make_optimizer(config, policy.model)
+        rollouts = T.make_rollouts(config, task, problems, policy)
+        row = T.train_step(config, 2, 1, rollouts, policy, optimizer, scheduler, Coefficients(0.5, 0.5, 10.0))
+        rollouts.grader.close()
+        grads = torch.cat([p.grad.flatten() for p in policy.model.parameters() if p.grad is not None])
+        results[name] = (row, grads)
+    (one, grad_one), (two, grad_two) = results["one"], results["two"]
+    assert len(split_by_themselves) < 8  # some episodes were split here, not all by themselves
+    assert abs(one["kl_t1"]) > 1e-3 and abs(one["kl_t2"]) > 1e-3 and grad_one.abs().max() > 0
+    for key in ("reward_t1", "reward_t2", "kl_t1", "kl_t2", "loss"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
+    torch.testing.assert_close(grad_two, grad_one, rtol=1e-4, atol=1e-6)
 
 
 def test_settings_resolve_defaults_then_preset_then_file_then_command_line(tmp_path):

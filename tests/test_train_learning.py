@@ -21,7 +21,8 @@ from harness.config import RunConfig
 from harness.grading import Verdict, register
 from harness.run import execute_run
 from harness.train.config import TrainConfig
-from harness.train.trainer import read_log, train
+from harness.train.state import read_log
+from harness.train.trainer import train
 
 QUESTIONS, ANSWERS = 8, 4
 GOLD = [2, 0, 3, 1, 1, 2, 0, 3]  # the correct answer index of each question

@@ -5,6 +5,8 @@ tests/stand_ins/vllm, whose `load_weights` rejects any name the model does not h
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -81,6 +83,9 @@ def test_vllm_rollouts_sample_from_the_weights_of_the_last_step(stand_in_vllm, t
     )
     result = train(config)
 
+    init = stand_in_vllm.CALLS[0]["init"]
+    assert (init["dtype"], init["VLLM_ENABLE_V1_MULTIPROCESSING"]) == ("bfloat16", "0")  # in-process, bf16
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ  # set only while vLLM was being built
     calls = [next(iter(c)) for c in stand_in_vllm.CALLS]
     # built, loaded with the starting weights, then per step: two turns of rollouts, then the new weights
     assert (

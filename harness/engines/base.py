@@ -44,10 +44,12 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (end of turn), "length" (hit max_new_tokens) or PROMPT_TOO_LONG
-    # The sampled token ids, the end-of-turn token included when the model stopped; None where the
-    # engine cannot say (OpenAI-compatible servers return text). The trainer scores exactly these ids
-    # rather than a re-tokenisation of `text`, which can split the same string differently.
+    # The sampled token ids, the end-of-turn token included when the model stopped, and the prompt ids
+    # the model was given; None where the engine cannot say (OpenAI-compatible servers return text).
+    # The trainer scores exactly these ids rather than a re-tokenisation of the text, which can split
+    # the same string differently.
     token_ids: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
+    prompt_token_ids: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
 
 
 class Engine(Protocol):

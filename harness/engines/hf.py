@@ -148,6 +148,7 @@ class HFEngine:
                     completion_tokens=len(sampled),
                     finish_reason="length" if end is None else "stop",
                     token_ids=tuple(sampled),
+                    prompt_token_ids=tuple(prompt),
                 )
             )
         return completions

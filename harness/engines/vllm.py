@@ -8,7 +8,9 @@ optional extra (`pip install score-eval[vllm]`) imported only when this backend 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from harness.engines.base import PROMPT_TOO_LONG, Completion, Conversation, DoneCallback, SamplingSettings
@@ -38,10 +40,6 @@ class VLLMEngine:
     ) -> VLLMEngine:
         """`in_process` keeps vLLM's engine core in this process (the trainer's case), so `load_weights`
         hands tensors to the model directly instead of pickling them to a worker process."""
-        if in_process:
-            import os
-
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read when the engine is built
         try:
             import vllm
         except ImportError as exc:
@@ -60,14 +58,20 @@ class VLLMEngine:
             "seed": seed,
             "dtype": dtype,  # None: vLLM's "auto" (which runs a float32 checkpoint in float16)
         }
-        llm = vllm.LLM(model=location, **{k: v for k, v in options.items() if v is not None})
-        return cls(llm, display, options | {"model_path": location})
+        with _environment({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if in_process else {}):  # read while building
+            llm = vllm.LLM(model=location, **{k: v for k, v in options.items() if v is not None})
+        return cls(llm, display, options | {"model_path": location, "in_process": in_process})
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
         """Load (Hugging Face parameter name, tensor) pairs into the running model, as the trainer does
         after every optimizer step, then drop the prefix cache: its KV entries were computed with the
         old weights. vLLM's model classes map checkpoint names onto their fused layers (qkv, gate-up)
         in `load_weights`; `LLM.apply_model` runs it inside the worker."""
+        if not hasattr(self.llm, "apply_model"):
+            raise HarnessError(
+                "this vLLM has no LLM.apply_model, which loading trained weights needs; upgrade vllm "
+                "or use --rollout-backend hf"
+            )
         self.llm.apply_model(lambda model: model.load_weights(weights))
         self.llm.reset_prefix_cache()
 
@@ -115,6 +119,7 @@ class VLLMEngine:
                     completion_tokens=len(o.token_ids),
                     finish_reason=o.finish_reason or "stop",
                     token_ids=tuple(o.token_ids),
+                    prompt_token_ids=tuple(output.prompt_token_ids or ()),
                 )
                 for o in output.outputs
             ]
@@ -122,3 +127,18 @@ class VLLMEngine:
             for i, completions in enumerate(results):
                 on_done(i, completions)
         return results
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore what was there."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -132,8 +132,12 @@ def save_checkpoint(policy: Policy, path: Path, stage: int, config: TrainConfig)
     """A plain Hugging Face checkpoint (LoRA merged into the weights), written then renamed into place."""
     partial = path.with_name(path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    model = copy.deepcopy(policy.model).merge_and_unload() if policy.lora else policy.model
-    model.save_pretrained(partial)
+    if policy.lora:
+        # The merged weights under the plain model's names (what vLLM rollouts get), saved with the base
+        # model's config, without a merged copy of the whole model.
+        policy.model.get_base_model().save_pretrained(partial, state_dict=dict(policy.merged_weights()))
+    else:
+        policy.model.save_pretrained(partial)
     policy.tokenizer.save_pretrained(partial)
     info = {"stage": stage, "steps": config.steps(stage), "settings": config.as_dict()}
     write_json(partial / "score_train.json", info)

@@ -3,13 +3,14 @@
 Rollouts are the harness's own episodes (`harness.episodes.run_episodes`, sampled through the engine
 interface and graded by the task's grader). The trainer must score each attempt exactly as it was
 sampled: y1's tokens after the turn-1 prompt the engine fed the model, y2's tokens after the turn-2
-prompt it fed. The engine tokenised each rendered prompt whole, and at turn 2 it rendered y1 as
-text, so the turn-2 prompt holds a re-tokenisation of y1.
+prompt it fed. At turn 2 the engine rendered y1 as text, so the turn-2 prompt holds a
+re-tokenisation of y1.
 
-An attempt's tokens are the ids the engine sampled (`Turn.token_ids`: hf and vLLM return them),
-the end-of-turn token included when the model stopped (the model chose it). Where an engine returns
-only text (an OpenAI-compatible server) the attempt is re-tokenised, which can, rarely, split the
-same string differently.
+An attempt's tokens are the ids the engine sampled (`Turn.token_ids`), the end-of-turn token
+included when the model stopped (the model chose it), and each prompt is the ids the engine fed
+(`Turn.prompt_token_ids`); hf and vLLM return both. Where an engine returns only text, the prompts
+are rendered and tokenised here and the attempts re-tokenised, which can, rarely, split the same
+string differently.
 
 Each episode is then one row (x, y1, p, y2) when that row's prefix before y2 is token for token the
 turn-2 prompt the model saw: the common case, where the sampled y1 re-tokenises to itself and the
@@ -84,7 +85,9 @@ def tokenize_episode(
     prompt1 = render(conversation(task, episode.problem, []))
     prompt2 = render(conversation(task, episode.problem, [y1.response]))
     first, second = attempt_ids(y1), attempt_ids(y2)
-    seen1, seen2 = encode(prompt1), encode(prompt2)  # what the engine fed the model at turns 1 and 2
+    # What the engine fed the model at turns 1 and 2: its own prompt ids where it returned them.
+    seen1 = list(y1.prompt_token_ids or encode(prompt1))
+    seen2 = list(y2.prompt_token_ids or encode(prompt2))
 
     start = prompt2.find(y1.response, len(prompt1)) if prompt2.startswith(prompt1) else -1
     if start >= 0:

@@ -43,11 +43,9 @@ from harness.train.config import TrainConfig
 from harness.train.objective import Coefficients, advantages, attempt_kl, policy_loss, token_logprobs
 from harness.train.policy import Policy, load_policy, make_optimizer, save_checkpoint
 from harness.train.rollouts import SequenceBatch, collate, tokenize_episode, trimmed
-from harness.train.state import append_log, load_state, read_log, read_position, save_state, truncate_log
+from harness.train.state import append_log, load_state, read_position, save_state, truncate_log
 
 SEED_STRIDE_STAGE, SEED_STRIDE_STEP = 10_000_019, 1_009
-
-__all__ = ["Rollouts", "TrainResult", "make_rollouts", "read_log", "train", "train_step"]
 
 
 @dataclass
@@ -61,8 +59,9 @@ class TrainResult:
 @dataclass
 class Rollouts:
     """What a step samples and grades with: the task, its problems and grader, the engine and settings.
-    `sync` loads the policy's current weights into the engine; None when the engine runs the policy
-    model itself (hf)."""
+    `sync` loads the policy's current weights into the engine, None when the engine runs the policy
+    model itself (hf); `context` wraps generation (the policy's autocast for hf; none for vLLM, which
+    runs in this thread with its own dtype handling)."""
 
     task: Task
     problems: list[Problem]
@@ -70,6 +69,7 @@ class Rollouts:
     engine: Engine
     settings: SamplingSettings
     stop_ids: set[int]
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     sync: Callable[[], None] | None = None
 
 
@@ -170,7 +170,7 @@ def make_rollouts(config: TrainConfig, task: Task, problems: list[Problem], poli
     stop_ids = stop_token_ids(policy.model, policy.tokenizer)
     if config.rollout_backend == "hf":
         engine = HFEngine(policy.model, policy.tokenizer, policy.name, batch_size=config.rollout_batch_size)
-        return Rollouts(task, problems, get_grader(task.grader), engine, settings, stop_ids)
+        return Rollouts(task, problems, get_grader(task.grader), engine, settings, stop_ids, policy.autocast)
     from harness.engines.vllm import VLLMEngine
 
     if policy.location is None:
@@ -181,7 +181,9 @@ def make_rollouts(config: TrainConfig, task: Task, problems: list[Problem], poli
         max_model_len=config.vllm_max_model_len,
         seed=config.seed,
         in_process=True,
-        dtype="bfloat16",  # as the policy computes under autocast; a float32 checkpoint would otherwise be float16
+        # The policy's compute dtype (bf16 autocast unless --dtype fp32); vLLM's "auto" would run a
+        # float32 checkpoint in float16.
+        dtype="float32" if config.dtype == "fp32" else "bfloat16",
     )
     engine.model_name = policy.name
 
@@ -189,7 +191,7 @@ def make_rollouts(config: TrainConfig, task: Task, problems: list[Problem], poli
         engine.load_weights(policy.merged_weights())
 
     sync()
-    return Rollouts(task, problems, get_grader(task.grader), engine, settings, stop_ids, sync)
+    return Rollouts(task, problems, get_grader(task.grader), engine, settings, stop_ids, sync=sync)
 
 
 def train_step(
@@ -210,9 +212,16 @@ def train_step(
     chosen = [problems[i] for i in rng.choice(len(problems), n_prompts, replace=len(problems) < n_prompts)]
     sampling = replace(rollouts.settings, seed=config.seed + stage * SEED_STRIDE_STAGE + step * SEED_STRIDE_STEP)
     policy.model.eval()
-    with policy.autocast():
+    with rollouts.context():
         episodes = run_episodes(
-            rollouts.task, chosen, rollouts.engine, rollouts.grader, turns=2, samples=config.samples, settings=sampling
+            rollouts.task,
+            chosen,
+            rollouts.engine,
+            rollouts.grader,
+            turns=2,
+            samples=config.samples,
+            settings=sampling,
+            keep_token_ids=True,
         )
     episodes = _complete_groups(episodes, config.samples)
     render = rollouts.engine.render
@@ -319,7 +328,7 @@ def _evaluate(config: TrainConfig, stage: int, step: int, rollouts: Rollouts, po
         run_name=run_name,
     )
     policy.model.eval()
-    with policy.autocast():
+    with rollouts.context():
         doc = execute_run(run_config, engine=rollouts.engine).summary
     return {
         "eval_acc_t1": doc["acc_t1"],

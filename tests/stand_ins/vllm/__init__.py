@@ -12,6 +12,7 @@ paged attention, no scheduling.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 CALLS: list[dict] = []
@@ -87,22 +88,12 @@ class LLM:
         self._hf = AutoModelForCausalLM.from_pretrained(self.model).eval()
         length = self.max_model_len or self._hf.config.max_position_embeddings
         self.llm_engine = _LLMEngine(_ModelConfig(max_model_len=length))
-        CALLS.append(
-            {
-                "init": {
-                    k: getattr(self, k)
-                    for k in (
-                        "model",
-                        "tensor_parallel_size",
-                        "pipeline_parallel_size",
-                        "gpu_memory_utilization",
-                        "max_model_len",
-                        "seed",
-                    )
-                }
-            }
-        )
-
+        names = ("model", "tensor_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization")
+        names += ("max_model_len", "seed", "dtype")
+        init = {k: getattr(self, k) for k in names}
+        # vLLM reads this while it builds its engine: "0" keeps the engine core in this process.
+        init["VLLM_ENABLE_V1_MULTIPROCESSING"] = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+        CALLS.append({"init": init})
         INSTANCES.append(self)
 
     def get_tokenizer(self):
