@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from harness.config import RunConfig
+from harness.config import DTYPES, RunConfig
 from harness.errors import HarnessError
 from harness.stats import TRANSITIONS
 from harness.train.config import PRESETS, click_options
@@ -67,6 +67,7 @@ class BatchSize(click.ParamType):
     "--gpu-memory-utilization", type=float, default=0.9, show_default=True, help=_help("gpu_memory_utilization")
 )
 @click.option("--max-model-len", type=int, default=None, help=_help("max_model_len"))
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True, help=_help("dtype"))
 def run(**options) -> None:
     """Run k turns of intrinsic self-correction and write results/<run>/.
 

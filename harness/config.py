@@ -9,6 +9,8 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
 
 @dataclass
 class RunConfig:
@@ -47,6 +49,14 @@ class RunConfig:
     pipeline_parallel_size: int = field(default=1, metadata={"help": "vllm: pipeline stages"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: share of GPU memory to use"})
     max_model_len: int | None = field(default=None, metadata={"help": "vllm: context length (default: the model's)"})
+    # Engine options: hf and vllm
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "hf, vllm: weight and compute dtype; auto = hf: bfloat16 on CUDA, float32 on CPU; vllm: its own "
+            "rule, which runs a float32 checkpoint (e.g. one `score-eval train` wrote) in float16"
+        },
+    )
 
     def validate(self) -> RunConfig:
         checks = [
@@ -58,6 +68,7 @@ class RunConfig:
             ),
             (self.limit is None or self.limit > 0, f"--limit must be positive (got {self.limit})"),
             (self.temperature >= 0, f"--temperature must be 0 (greedy) or positive (got {self.temperature})"),
+            (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype})"),
             (0 < self.top_p <= 1, f"--top-p must be in (0, 1] (got {self.top_p})"),
             (
                 self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size >= 1),
@@ -99,6 +110,7 @@ class RunConfig:
             "gpu_memory_utilization",
             "max_model_len",
             "seed",
+            "dtype",
         )
         return {k: getattr(self, k) for k in keys}
 

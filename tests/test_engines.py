@@ -266,3 +266,22 @@ def test_hf_auto_batch_size_halves_on_out_of_memory(tiny_model_dir, monkeypatch)
     out = engine.chat(CONVS * 4, SamplingSettings(max_new_tokens=3))
     assert len(out) == 12 and engine.batch_size == 4
     assert sizes[:3] == [12, 8, 4]
+
+
+def test_dtype_reaches_both_local_engines_and_auto_keeps_each_engines_rule(tiny_model_dir, stand_in_vllm):
+    """--dtype: hf loads in it (auto: float32 on CPU); vllm gets it (auto: vLLM's own rule, not passed)."""
+    import torch
+
+    from harness.config import RunConfig
+    from harness.engines import make_engine
+
+    def options(dtype):
+        return RunConfig(dtype=dtype, batch_size=2).validate().engine_options()
+
+    assert make_engine("hf", str(tiny_model_dir), options("bfloat16")).model.dtype == torch.bfloat16
+    assert make_engine("hf", str(tiny_model_dir), options("auto")).model.dtype == torch.float32
+    make_engine("vllm", str(tiny_model_dir), options("float16"))
+    make_engine("vllm", str(tiny_model_dir), options("auto"))
+    assert [c["init"]["dtype"] for c in stand_in_vllm.CALLS if "init" in c] == ["float16", "auto"]
+    with pytest.raises(HarnessError, match="--dtype must be one of"):
+        RunConfig(dtype="fp8").validate()

@@ -15,7 +15,7 @@ def make_engine(backend: str, model: str | None, options: dict[str, Any]) -> Eng
     if backend == "hf":
         from harness.engines.hf import HFEngine
 
-        return HFEngine.from_model(model, batch_size=options["batch_size"])
+        return HFEngine.from_model(model, batch_size=options["batch_size"], dtype=options["dtype"])
     if backend == "vllm":
         from harness.engines.vllm import VLLMEngine
 
@@ -26,6 +26,7 @@ def make_engine(backend: str, model: str | None, options: dict[str, Any]) -> Eng
             gpu_memory_utilization=options["gpu_memory_utilization"],
             max_model_len=options["max_model_len"],
             seed=options["seed"],
+            dtype=None if options["dtype"] == "auto" else options["dtype"],
         )
     if backend == "openai":
         from harness.engines.openai import OpenAIEngine

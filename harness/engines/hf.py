@@ -38,7 +38,10 @@ class HFEngine:
             tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
 
     @classmethod
-    def from_model(cls, model: str | None, batch_size: int | str = 16, device: str | None = None) -> HFEngine:
+    def from_model(
+        cls, model: str | None, batch_size: int | str = 16, device: str | None = None, dtype: str = "auto"
+    ) -> HFEngine:
+        """Load a checkpoint; dtype "auto" is bfloat16 on CUDA and float32 on CPU."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -46,7 +49,9 @@ class HFEngine:
 
         display, location = resolve_model(model)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        dtype = getattr(torch, dtype)
         tokenizer = AutoTokenizer.from_pretrained(location)
         loaded = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(device).eval()
         return cls(loaded, tokenizer, display, batch_size=batch_size)

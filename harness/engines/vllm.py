@@ -60,7 +60,7 @@ class VLLMEngine:
         }
         with _environment({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if in_process else {}):  # read while building
             llm = vllm.LLM(model=location, **{k: v for k, v in options.items() if v is not None})
-        return cls(llm, display, options | {"model_path": location, "in_process": in_process})
+        return cls(llm, display, options | {"model_path": location})
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
         """Load (Hugging Face parameter name, tensor) pairs into the running model, as the trainer does
