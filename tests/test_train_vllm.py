@@ -122,3 +122,16 @@ def test_a_resumed_run_loads_its_restored_weights_into_the_new_vllm_engine(stand
     for name, tensor in saved.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     assert any(not torch.allclose(saved[n], start[n]) for n in start)
+
+
+def test_without_vllm_training_stops_before_loading_anything_and_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):
+    import sys
+
+    from harness.errors import HarnessError
+    from harness.train import trainer
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` fail
+    monkeypatch.setattr(trainer, "load_policy", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(HarnessError, match=r"--rollout-backend hf"):
+        trainer.train(parity_config(tmp_path, tiny_model_dir))
+    assert not (tmp_path / "run").exists()

@@ -17,6 +17,18 @@ from harness.engines.base import PROMPT_TOO_LONG, Completion, Conversation, Done
 from harness.errors import HarnessError
 
 
+def import_vllm():
+    """The vllm module, or one clear error saying how to get it (callers check before slow work)."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise HarnessError(
+            "the vllm backend needs vLLM, which is not installed; run `pip install 'score-eval[vllm]'` on a "
+            "CUDA machine, or use the hf backend (run: --backend hf; train: --rollout-backend hf)"
+        ) from exc
+    return vllm
+
+
 class VLLMEngine:
     name = "vllm"
 
@@ -40,13 +52,7 @@ class VLLMEngine:
     ) -> VLLMEngine:
         """`in_process` keeps vLLM's engine core in this process (the trainer's case), so `load_weights`
         hands tensors to the model directly instead of pickling them to a worker process."""
-        try:
-            import vllm
-        except ImportError as exc:
-            raise HarnessError(
-                "the vllm backend needs vLLM, which is not installed; run `pip install 'score-eval[vllm]'` "
-                "on a CUDA machine, or use --backend hf"
-            ) from exc
+        vllm = import_vllm()
         from harness.models import resolve_model
 
         display, location = resolve_model(model)

@@ -89,6 +89,10 @@ def train(
     problems, source = load_problems(task, config.data, config.limit)
     if config.eval_every:
         load_problems(task, config.eval_data, config.eval_limit)  # fail now, not at the first evaluation
+    if config.rollout_backend == "vllm":
+        from harness.engines.vllm import import_vllm
+
+        import_vllm()  # fail before loading the model
     out = Path(config.output_dir)
     state_dir, log_path = out / "state", out / "train_log.csv"
     position = read_position(state_dir) if resume else None
