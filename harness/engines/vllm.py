@@ -8,10 +8,10 @@ optional extra (`pip install score-eval[vllm]`) imported only when this backend 
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
+from unittest import mock
 
 from harness.engines.base import PROMPT_TOO_LONG, Completion, Conversation, DoneCallback, SamplingSettings
 from harness.errors import HarnessError
@@ -64,7 +64,8 @@ class VLLMEngine:
             "seed": seed,
             "dtype": dtype,  # None: vLLM's "auto" (which runs a float32 checkpoint in float16)
         }
-        with _environment({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if in_process else {}):  # read while building
+        # vLLM reads this while it builds its engine; patch.dict restores the environment afterwards.
+        with mock.patch.dict(os.environ, {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if in_process else {}):
             llm = vllm.LLM(model=location, **{k: v for k, v in options.items() if v is not None})
         return cls(llm, display, options | {"model_path": location})
 
@@ -133,18 +134,3 @@ class VLLMEngine:
             for i, completions in enumerate(results):
                 on_done(i, completions)
         return results
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of the block, then restore what was there."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
