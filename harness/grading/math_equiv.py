@@ -111,10 +111,9 @@ def _items(s: str) -> tuple[Shape, ...]:
     """Comma-separated parts, each `a \\pm b` read as the two answers a + b and a - b."""
     out: list[Shape] = []
     for part in split_top(s, ","):
-        part = strip_prefix(part)
         pm = split_top(part, "\\pm")
         if len(pm) == 2:
-            head = pm[0] or ""
+            head = strip_prefix(pm[0]) or ""
             out += [Shape("scalar", text=f"{head}+({pm[1]})"), Shape("scalar", text=f"{head}-({pm[1]})")]
         elif part:
             sub = shape(part) if part[0] in "([\\" and part != s else Shape("scalar", text=part)
@@ -198,16 +197,29 @@ def as_rational(s: str) -> Fraction | None:
 _BASE = re.compile(r"(\w+)_\{?(\d+)\}?")
 _WORDS = re.compile(r"[A-Za-z]{3,}")
 _RELATION = re.compile(r"\\leq|\\geq|\\lt|\\gt|\\ne|<|>|=")
+_CLOCK = re.compile(r"\d{1,2}:\d{2}")  # a time of day, not a ratio or a division: compared as text
 
 
 def scalars_equal(a: str, b: str) -> bool:
-    """Two single answers (no top-level commas) are equal."""
+    """Two single answers (no top-level commas) are equal.
+
+    An equation meets an equation as a relation (`y = 2x + 3` is `2x - y = -3`); otherwise a
+    leading `x =` only names the unknown and is dropped (`k = 3` is 3).
+    """
     if a == b:
         return True
     if not a or not b:
         return False
+    rel_a, rel_b = _RELATION.findall(a), _RELATION.findall(b)
+    if rel_a and rel_b and _relations_equal(a, b, rel_a, rel_b):
+        return True
+    a, b = strip_prefix(a), strip_prefix(b)
+    if a == b:
+        return True
     if _WORDS.fullmatch(a) or _WORDS.fullmatch(b):  # names, days, "even": words compare as text
         return a.lower() == b.lower()
+    if _CLOCK.fullmatch(a) or _CLOCK.fullmatch(b):
+        return False  # 12:00 is not 1:00, though both would read as a division by zero
     ra, rb = as_rational(a), as_rational(b)
     if ra is not None and rb is not None:
         return ra == rb
@@ -218,24 +230,42 @@ def scalars_equal(a: str, b: str) -> bool:
         return da == db and (ba is None or bb is None or ba == bb)
     rel_a, rel_b = _RELATION.findall(a), _RELATION.findall(b)
     if rel_a or rel_b:
-        return _relations_equal(a, b, rel_a, rel_b)
+        return bool(rel_a and rel_b) and _relations_equal(a, b, rel_a, rel_b)
     return expressions_equal(a, b)
 
 
+# Each relation as (sign, canonical): `l > r` is `r - l < 0`, so a relation becomes d REL 0 with
+# REL one of =, \ne, <, \leq, and d = l - r taken with the sign.
+_CANONICAL = {
+    "=": (1, "="),
+    "\\ne": (1, "\\ne"),
+    "<": (1, "<"),
+    "\\lt": (1, "<"),
+    "\\leq": (1, "\\leq"),
+    ">": (-1, "<"),
+    "\\gt": (-1, "<"),
+    "\\geq": (-1, "\\leq"),
+}
+
+
 def _relations_equal(a: str, b: str, rel_a: list[str], rel_b: list[str]) -> bool:
-    """`y = 2x + 3` and `2x - y = -3` are one line; `x > 3` and `3 < x` one inequality."""
+    """One relation each, the same set of points: `y = 2x + 3` is `2x - y = -3`, `x < 1` is `-x > -1`.
+
+    Both become d REL 0 (see _CANONICAL); they are equal when REL is the same and d_a / d_b is one
+    constant, non-zero for = and \\ne, positive for < and \\leq (a negative factor flips the sign).
+    Chains (`1 < x < 3`) are not read; they compare as text.
+    """
     if len(rel_a) != 1 or len(rel_b) != 1:
+        return False
+    (sign_a, op_a), (sign_b, op_b) = _CANONICAL[rel_a[0]], _CANONICAL[rel_b[0]]
+    if op_a != op_b:
         return False
     la, ra = _RELATION.split(a, maxsplit=1)
     lb, rb = _RELATION.split(b, maxsplit=1)
-    flip = {"<": ">", ">": "<", "\\lt": "\\gt", "\\gt": "\\lt", "\\leq": "\\geq", "\\geq": "\\leq"}
-    if rel_a[0] == rel_b[0] and rel_a[0] in ("=", "\\ne"):
-        return proportional(f"({la})-({ra})", f"({lb})-({rb})")
-    if rel_a[0] == rel_b[0]:
-        return expressions_equal(la, lb) and expressions_equal(ra, rb)
-    if flip.get(rel_a[0]) == rel_b[0]:
-        return expressions_equal(la, rb) and expressions_equal(ra, lb)
-    return False
+    ratio = constant_ratio(f"{sign_a}*(({la})-({ra}))", f"{sign_b}*(({lb})-({rb}))")
+    if ratio is None:
+        return False
+    return bool(ratio > 0) if op_a in ("<", "\\leq") else True
 
 
 # ---- sympy ------------------------------------------------------------------------------------------
@@ -325,9 +355,16 @@ def _values_at_points(x: Any, y: Any) -> list[tuple[Any, Any]] | None:
     return pairs or None
 
 
+def _finite(expr: Any) -> bool:
+    """Whether an expression has a value: x/0 is complex infinity, and any x/0 equals any y/0 in sympy."""
+    import sympy
+
+    return not expr.has(sympy.zoo, sympy.nan)
+
+
 def expressions_equal(a: str, b: str) -> bool:
     x, y = to_sympy(a), to_sympy(b)
-    if x is None or y is None:
+    if x is None or y is None or not _finite(x) or not _finite(y):
         return False
     if x == y:
         return True
@@ -342,18 +379,21 @@ def expressions_equal(a: str, b: str) -> bool:
     return pairs is not None and all(_close(vx, vy) for vx, vy in pairs)
 
 
-def proportional(a: str, b: str) -> bool:
-    """a = 0 and b = 0 are the same equation: a / b is one non-zero constant at every point."""
+def constant_ratio(a: str, b: str) -> Any | None:
+    """The constant c with a = c * b at every point (a real number, not 0), or None if there is none.
+
+    a = 0 and b = 0 are the same equation exactly when such a c exists.
+    """
     x, y = to_sympy(a), to_sympy(b)
-    if x is None or y is None or x.free_symbols != y.free_symbols:
-        return False
+    if x is None or y is None or x.free_symbols != y.free_symbols or not _finite(x) or not _finite(y):
+        return None
     pairs = _values_at_points(x, y)
-    if not pairs:
-        return False
-    if any(vy == 0 for _, vy in pairs):
-        return all(vx == 0 and vy == 0 for vx, vy in pairs)
+    if not pairs or any(vy == 0 or vx == 0 for vx, vy in pairs):
+        return None
     ratios = [vx / vy for vx, vy in pairs]
-    return ratios[0] != 0 and all(_close(r, ratios[0]) for r in ratios)
+    if not ratios[0].is_real or not all(_close(r, ratios[0]) for r in ratios):
+        return None
+    return ratios[0]
 
 
 # ---- the decision ---------------------------------------------------------------------------------
@@ -373,6 +413,9 @@ def quick_decision(extracted: str | None, gold: str) -> bool | None:
     a, b = normalize(extracted), normalize(str(gold))
     if not a or not b:
         return False
+    if a == b:
+        return True
+    a, b = strip_prefix(a), strip_prefix(b)
     if a == b:
         return True
     ra, rb = as_rational(a), as_rational(b)

@@ -1,21 +1,42 @@
 """Find the final answer a MATH response states, or decide that it states none.
 
 A response may state an answer several ways and revise it; the answer that counts is the one
-stated last, in any of the recognised forms: `\\boxed{..}` / `\\fbox{..}` (also `\\boxed 5`),
-"The final answer is $X$" (the SCoRe prompt's format), "the answer is X", "Answer: X", and a
-bold `**X**` that looks like mathematics rather than a heading. A response with none of these is
-wrong (`None`); we never grade a number picked from the middle of a solution unless the caller
-asks for the documented `last_number` fallback.
+stated last, in any of the recognised forms: `\\boxed{..}` / `\\fbox{..}` (also `\\boxed 5`; boxes
+side by side, `$\\boxed{-2}$ and $\\boxed{1}$`, are one answer listing both), "The final answer is $X$"
+(the SCoRe prompt's format), "the answer is X", "Answer: X" (also "Answer $X$", and a sentence after
+the label: "Answer: The largest $n$ is 34" states 34), a restated answer ("the answer remains 5",
+"my previous answer $5$ stands"), and a bold `**X**` that looks like mathematics rather than a heading.
+
+Only when none of these is there, two readings a careful human grader also makes: a response that is
+nothing but mathematics (`$x \\geq 5$`) is its own answer, and the last mathematics of a concluding
+final sentence ("Therefore $x \\geq 5$ is the solution.") is the answer. Both need a response that
+ended: a final sentence must end with its full stop, so a response cut off mid-way states nothing.
+Otherwise the response is wrong (`None`); a number from the middle of a solution is never graded
+unless the caller asks for the documented `last_number` fallback. Reasoning models' thinking
+(`<think> .. </think>`) is skipped: only what follows it is read (see reasoning.py).
 """
 
 from __future__ import annotations
 
 import re
 
+from harness.grading.reasoning import answer_part
+
 _BOX = re.compile(r"\\(?:boxed|fbox)\b")
 _BOX_TOKEN = re.compile(r"[^\s$,;]{1,100}?(?=[.]?(?:\s|$|[$,;]))")
-# "final answer is", "the answer is", and "Answer:" as a label (at a line's start or after "Final").
-_STATED = re.compile(r"(?:final\s+answer\s+is|answer\s+is|(?:^|\n|final\s|[*#]\s?)answer\s*:)\s*:?\s*", re.IGNORECASE)
+# "final answer is", "the answer is (still)", "Answer:" as a label (at a line's start or after "Final"),
+# "Answer" as a label right before its math, and an answer restated in a later attempt ("remains").
+_STATED = re.compile(
+    r"(?:final\s+answer\s+is|answer\s+is(?:\s+still)?|(?:^|\n|final\s|[*#]\s?)answer\s*:"
+    r"|(?:^|\n)[ \t*#]*(?:final\s+)?answer\**[ \t]+(?=\$|\\[(\[])"
+    r"|(?:answer|result)\s+(?:remains|stays|still\s+stands(?:\s+at)?|stands\s+at|is\s+unchanged\s*:?))"
+    r"\s*:?\s*",
+    re.IGNORECASE,
+)
+# "my previous answer $5$ stands": the math between "answer" and a word that keeps it.
+_KEPT = re.compile(r"answer\s+(?:of\s+)?(?=\$|\\\(|-?\d)", re.IGNORECASE)
+_PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
+_KEEPS = re.compile(r"\s*(?:still\s+)?(?:stands|remains|holds|is\s+(?:still\s+)?(?:correct|right|valid))\b", re.I)
 # Where a plain-text statement ends: a sentence's end, or the reason that follows the answer.
 _STATEMENT_END = re.compile(
     r"[.!?;](?:\s|$)|\n|\s+I hope|,\s*(?:so|because|since|which|as|and)\b|\s+(?:because|since)\b|$"
@@ -23,7 +44,7 @@ _STATEMENT_END = re.compile(
 _BOLD = re.compile(r"\*\*([^*\n]{1,80}?)\*\*")
 # Words that start a sentence about the answer rather than the answer itself ("the answer is not 5").
 _NOT_AN_ANSWER = re.compile(
-    r"(?:not|an?|the|that|this|to|in|of|which|because|correct|wrong|incorrect|indeed|also|still|then|"
+    r"(?:not|an?|the|that|this|to|in|of|which|because|correct|wrong|incorrect|indeed|also|then|"
     r"given|as|equal|different|found|obtained|likely|probably|clearly)\b",
     re.IGNORECASE,
 )
@@ -31,6 +52,19 @@ _HEADING = re.compile(
     r"(?:step|case|part|solution|answer|note|final|problem|method|approach|check|conclusion)\b", re.IGNORECASE
 )
 _MATHY = re.compile(r"[\d\\$=^]|^\(?[A-E]\)?$")
+# In "The largest $n$ is 34" (a sentence after an "Answer:" label) the answer follows the last "is".
+_TAIL = re.compile(r"(?:\bis|\bare|\bequals|=)\s+(?!not\b)(?=\S)", re.IGNORECASE)
+# A concluding sentence: the words that say the sentence states the result.
+_CONCLUDES = re.compile(
+    r"\b(?:therefore|thus|hence|so|finally|in conclusion|in summary|overall|answer|solution|result)\b", re.I
+)
+# Text between two boxes that makes them one answer listing both: connectives, math delimiters, `x =`.
+_BOX_GAP = re.compile(
+    r"(?:\s|\$|\\[()\[\]]|[,;]|\band\b|\bor\b|\\(?:text|mathrm)\{\s*(?:and|or|,)?\s*\}"
+    r"|[a-zA-Z](?:_\{?\w+\}?)?\s*=)*"
+)
+_MAX_BOX_GAP = 40
+_SPANS = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _MAX_STATED = 200  # longer "answers" are sentences, not answers
 _MAX_SPAN = 2000  # a $...$ that has not closed by then is not an answer (and is not searched to the end)
@@ -102,25 +136,50 @@ def _math_span(text: str, i: int) -> tuple[str, int] | None:
     return None
 
 
+def _statement(text: str, i: int) -> tuple[str, bool] | None:
+    """The answer stated at text[i:] (after "the answer is"): (content, is_math), or None.
+
+    A math span is the answer; an unclosed `$` runs to the end of the statement. Plain text runs
+    to the end of the sentence; a sentence about the answer ("not 5", "the largest $n$ is 34")
+    states the value after its last "is", if any.
+    """
+    span = _math_span(text, i)
+    if span is not None:
+        return span[0], True
+    rest = text[i : i + _MAX_STATED + 1]
+    end = _STATEMENT_END.search(rest)
+    content = rest[: end.start()]
+    if rest[end.start() : end.start() + 1] == "?":
+        return None  # a question
+    if content.startswith("$"):
+        return content.strip("$ "), True
+    if _NOT_AN_ANSWER.match(content):
+        tails = list(_TAIL.finditer(content))
+        if not tails:
+            return None
+        return _statement(content, tails[-1].end())
+    return content, bool(_MATHY.search(content))
+
+
 def _stated_answers(text: str) -> list[tuple[int, str, bool]]:
-    """(position, content, is_math) of each "the answer is ..." statement."""
+    """(position, content, is_math) of each "the answer is ..." statement and each kept answer."""
     found = []
     for m in _STATED.finditer(text):
-        i = m.end()
-        span = _math_span(text, i)
-        if span is not None:
-            content, is_math = span[0], True
-        else:
-            rest = text[i : i + _MAX_STATED + 1]
-            end = _STATEMENT_END.search(rest)
-            content = rest[: end.start()]
-            if rest[end.start() : end.start() + 1] == "?" or _NOT_AN_ANSWER.match(content):
-                continue  # a question, or a sentence about the answer
-            is_math = bool(_MATHY.search(content))
+        stated = _statement(text, m.end())
+        if stated is not None:
+            found.append((m.end(), *stated))
+    for m in _KEPT.finditer(text):
+        span = _math_span(text, m.end())
+        number = None if span else _PLAIN_NUMBER.match(text, m.end())
+        end = span[1] if span else number.end() if number else None
+        if end is not None and _KEEPS.match(text, end):
+            found.append((m.end(), span[0] if span else number.group(0), True))
+    out = []
+    for i, content, is_math in found:
         content = content.strip().rstrip(".").strip()
         if content and len(content) <= _MAX_STATED:
-            found.append((i, content, is_math))
-    return found
+            out.append((i, content, is_math))
+    return out
 
 
 def _bold_answers(text: str) -> list[tuple[int, str]]:
@@ -134,6 +193,61 @@ def _bold_answers(text: str) -> list[tuple[int, str]]:
     return found
 
 
+def _box_groups(text: str) -> list[tuple[int, str]]:
+    """(position, content) per answer boxed: boxes side by side with only connectives between them
+    ("$x = \\boxed{1}$ or $x = \\boxed{-2}$") are one answer that lists each box once, in order."""
+    groups: list[tuple[int, list[str]]] = []
+    last_end = None
+    for start, end, content in boxed_answers(text):
+        gap = text[last_end:start] if last_end is not None else None
+        if gap is not None and len(gap) <= _MAX_BOX_GAP and _BOX_GAP.fullmatch(gap):
+            if content not in groups[-1][1]:
+                groups[-1][1].append(content)
+            groups[-1] = (start, groups[-1][1])
+        else:
+            groups.append((start, [content]))
+        last_end = end
+    return [(start, ", ".join(unbox(c) for c in contents)) for start, contents in groups]
+
+
+def _whole_math(text: str) -> str | None:
+    """The response when it is nothing but mathematics: one math span, or a short formula with no words."""
+    s = text.strip()
+    span = _math_span(s, 0)
+    if span is not None and span[1] == len(s):
+        return span[0]
+    if _BOX.search(s):
+        return None  # a box that boxed_answers did not read is unclosed: the response broke off
+    plain = re.sub(r"\\[a-zA-Z]+", "", s)
+    if s and len(s) <= _MAX_STATED and "\n" not in s and "$" not in s and not re.search(r"[A-Za-z]{3,}", plain):
+        return s if _MATHY.search(s) else None
+    return None
+
+
+def _concluding_math(text: str) -> str | None:
+    """The last math span of the response when it stands in a concluding final sentence.
+
+    The sentence must end the response with its full stop (or "!"), so a response cut off by the
+    token limit concludes nothing, and must say that it concludes ("Therefore", "Thus", "So",
+    "... is the solution"); the math in the middle of a solution is never read.
+    """
+    s = text.rstrip()
+    if not s.endswith((".", "!", ".$", "!$")):
+        return None
+    spans = list(_SPANS.finditer(s))
+    if not spans:
+        return None
+    last = spans[-1]
+    after = s[last.end() :]
+    if re.search(r"[.!?](?:\s|$)", after.rstrip(".!$ ")) or "\n" in after:
+        return None  # another sentence follows the math
+    before = s[: last.start()]
+    sentence_start = max(before.rfind(". "), before.rfind("! "), before.rfind("\n")) + 1
+    if not _CONCLUDES.search(before[sentence_start:] + after):
+        return None
+    return next(g for g in last.groups() if g is not None)
+
+
 def extract_answer(response: str, fallback: str | None = None) -> str | None:
     """The last stated final answer, or None when the response states none.
 
@@ -141,17 +255,23 @@ def extract_answer(response: str, fallback: str | None = None) -> str | None:
     answer is stated; it is how lenient public graders score unformatted output, and it is
     switched on explicitly because it grades numbers that the model never offered as an answer.
     """
-    boxes = [(start, content) for start, _, content in boxed_answers(response)]
-    stated = _stated_answers(response)
+    if fallback not in (None, "last_number"):
+        raise ValueError(f"unknown extraction fallback {fallback!r}; the only one is 'last_number'")
+    text = answer_part(response)
+    if text is None:
+        return None  # cut off while thinking
+    boxes = _box_groups(text)
+    stated = _stated_answers(text)
     # Words ("the answer is positive, because ...") revise nothing a box already says; they
     # count only in a response that boxes nothing.
-    candidates = boxes + [(i, c) for i, c, is_math in stated if is_math or not boxes] + _bold_answers(response)
+    candidates = boxes + [(i, c) for i, c, is_math in stated if is_math or not boxes] + _bold_answers(text)
     if candidates:
         answer = unbox(max(candidates, key=lambda c: c[0])[1])
         return answer or None
+    answer = _whole_math(text) or _concluding_math(text)
+    if answer:
+        return answer.strip()
     if fallback == "last_number":
-        numbers = _NUMBER.findall(response)
+        numbers = _NUMBER.findall(text)
         return numbers[-1] if numbers else None
-    if fallback is not None:
-        raise ValueError(f"unknown extraction fallback {fallback!r}; the only one is 'last_number'")
     return None

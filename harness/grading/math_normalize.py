@@ -2,7 +2,8 @@
 
 Only notation that never changes the value is removed or rewritten: spacing, `\\left`/`\\right`,
 `\\dfrac`/`\\tfrac`, units and `\\text{}` wrappers, degree signs, `\\%` and `\\$`, thousands
-separators, a leading `x =`, trailing decimal zeros, and the brace-less `\\frac12` / `\\sqrt2`.
+separators, trailing decimal zeros, and the brace-less `\\frac12` / `\\sqrt2`. A leading `x =` is
+kept here and removed by `strip_prefix` where the comparison decides (an equation meets an equation).
 The percent sign is dropped, never read as x/100: "50\\%" is 50, so a response that says 0.5 for
 a gold "50\\%" is wrong (the MATH convention is that a percent answer is the number before %).
 """
@@ -24,11 +25,14 @@ UNITS = r"""
 _UNIT = "(?:" + "|".join(UNITS) + r")(?:\^\{?[23]\}?)?"
 _ONE_UNIT = re.compile(_UNIT)
 _WORDS = re.compile(r"[A-Za-z][A-Za-z ]*")  # not "p.m.": 4:51 a.m. and 4:51 p.m. differ
+# Commands that set words upright; a unit may come in any of them (`5\textbf{ meters}`). The math
+# alphabets (\mathbf ...) are only unwrapped, never dropped as units: `2\mathbf{v}` is a vector.
+_TEXT_COMMANDS = "text|textnormal|textrm|textbf|textit|textup|mbox|mathrm"
 # Checked word by word in `_drop_unit`: one regex with `(?:unit\s*)+` backtracks exponentially
 # on "minmin...", since "min" is also "m" + "in".
-_TEXT_UNIT = re.compile(r"(?<=[\w})])\s*\\(?:text|mbox|mathrm|textrm)\{([^{}]*)\}(\^\{?[23]\}?)?")
+_TEXT_UNIT = re.compile(r"(?<=[\w})])\s*\\(?:" + _TEXT_COMMANDS + r")\s*\{([^{}]*)\}(\^\{?[23]\}?)?")
 _PLAIN_UNIT = re.compile(r"(?<=[\d}])\s+(?:" + _UNIT + r")(?:\s+(?:" + _UNIT + r"))*\s*$")
-_WRAPPERS = re.compile(r"\\(?:text|textbf|textrm|textit|mbox|mathrm|mathbf|mathit|operatorname|rm|bf)\s*\{([^{}]*)\}")
+_WRAPPERS = re.compile(r"\\(?:" + _TEXT_COMMANDS + r"|textsf|texttt|mathbf|mathit|mathsf|operatorname|rm|bf)\s*\{([^{}]*)\}")
 _REMOVE = (
     "\\left",
     "\\right",
@@ -52,7 +56,8 @@ _REMOVE = (
 )
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _BRACED_THOUSANDS = re.compile(r"\{" + _THOUSANDS.pattern + r"\}")  # \frac{1}{20,000}
-_PREFIX = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*(?:=|\\equiv|\\in(?![a-zA-Z]))(?!.*=)")
+# `x =`, `a_1 =`, `f(-2) =`, `k \equiv`, `x \in`: a name for the unknown, when no other `=` follows.
+_PREFIX = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?(?:\([^()=]*\))?\s*(?:=|\\equiv|\\in(?![a-zA-Z]))(?!.*=)")
 _DECIMAL = re.compile(r"(?<!\d)(\d+)\.(\d+)")  # starts only at a run's first digit: linear
 _ROW, _KEPT_SPACE = "\x01", "\x02"
 _CONNECTIVES = re.compile(r"\\text\{\s*(?:and|or|,)\s*\}|\s+(?:and|or)\s+")
@@ -99,7 +104,7 @@ def normalize(answer: str) -> str:
     if s.startswith("\\[") and s.endswith("\\]") or s.startswith("\\(") and s.endswith("\\)"):
         s = s[2:-2]
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
-    s = s.replace("\\le ", "\\leq ").replace("\\ge ", "\\geq ").replace("\\neq", "\\ne")
+    s = re.sub(r"\\(le|ge)(?![a-zA-Z])", r"\\\1q", s).replace("\\neq", "\\ne")
     s = s.replace("\\\\", _ROW)  # a matrix row break must survive the removal of "\ "
     s = s.replace("\\ ", " ").replace("~", " ")
     s = re.sub(r"^\\approx\s*", "", s)  # a gold answer given as "\\approx 8.24" is the number
@@ -111,12 +116,13 @@ def normalize(answer: str) -> str:
     s = _PLAIN_UNIT.sub("", s)
     for _ in range(3):  # \text{\textbf{x}} and similar nest
         s = _WRAPPERS.sub(r"\1", s)
-    s = _remove_spaces(s)
-    s = s.rstrip(".").rstrip("\\")
-    s = strip_prefix(s)
-    if _THOUSANDS.fullmatch(s):
+    # Thousands separators are read before spaces go: "32,349" is one number, "32, 349" two answers.
+    s = s.strip()
+    if _THOUSANDS.fullmatch(s.rstrip(".")):
         s = s.replace(",", "")
     s = _BRACED_THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), s)
+    s = _remove_spaces(s)
+    s = s.rstrip(".").rstrip("\\")
     s = _DECIMAL.sub(_drop_trailing_zeros, s)
     s = _brace_shorthand(s)
     if re.fullmatch(r"\(([A-Ea-e])\)", s):  # multiple choice "(C)" is C
