@@ -20,6 +20,7 @@ from typing import Any
 from harness.data import Problem
 from harness.engines.base import PROMPT_TOO_LONG, Completion, Conversation, Engine, SamplingSettings
 from harness.grading import Grader
+from harness.grading.reasoning import THINK_CLOSE, THINK_OPEN, without_thinking
 from harness.progress import Progress, SilentProgress
 from harness.store import Journal
 from harness.tasks import Task
@@ -90,9 +91,18 @@ def conversation(task: Task, problem: Problem, previous: Sequence[str]) -> Conve
         messages.append({"role": "system", "content": task.prompts.system})
     messages.append({"role": "user", "content": task.first_prompt(problem.fields)})
     for attempt in previous:
-        messages.append({"role": "assistant", "content": attempt})
+        messages.append({"role": "assistant", "content": shown_attempt(attempt, task.prompts.previous_thinking)})
         messages.append({"role": "user", "content": task.correction_prompt(problem.fields)})
     return messages
+
+
+def shown_attempt(response: str, previous_thinking: str) -> str:
+    """An earlier attempt as the next turn's conversation holds it (Prompts.previous_thinking)."""
+    if previous_thinking == "drop":
+        return without_thinking(response)
+    if previous_thinking == "keep":
+        return response.replace(THINK_OPEN, "").replace(THINK_CLOSE, "")
+    return response
 
 
 def _restore(episodes: list[Episode], events: list[dict]) -> None:

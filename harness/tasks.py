@@ -25,11 +25,19 @@ _JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newl
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 
 
+# How a reasoning model's earlier attempt is shown at turn 2+ (see harness/grading/reasoning.py):
+# "template" passes it whole and lets the model's chat template decide (Qwen3's drops the thinking of
+# earlier turns, R1 distills' too); "drop" removes the thinking; "keep" keeps it as plain text, without
+# the tags, so that no template can drop it.
+PREVIOUS_THINKING = ("template", "drop", "keep")
+
+
 @dataclass(frozen=True)
 class Prompts:
     first_turn: str
     correction: str
     system: str | None = None
+    previous_thinking: str = "template"
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,7 @@ class Task:
                 "system": self.prompts.system,
                 "first_turn": self.prompts.first_turn,
                 "correction": self.prompts.correction,
+                "previous_thinking": self.prompts.previous_thinking,
             },
             "generation": dict(self.generation),
         }
@@ -123,8 +132,13 @@ def _parse(raw: dict[str, Any], source: str) -> Task:
             first_turn=str(prompts["first_turn"]),
             correction=str(prompts["correction"]),
             system=prompts.get("system"),
+            previous_thinking=str(prompts.get("previous_thinking", "template")),
         ),
     )
+    if task.prompts.previous_thinking not in PREVIOUS_THINKING:
+        raise ValueError(
+            f"prompts.previous_thinking is {task.prompts.previous_thinking!r}; use one of {', '.join(PREVIOUS_THINKING)}"
+        )
     for template in (task.prompts.first_turn, task.prompts.correction):
         used = jinja2.meta.find_undeclared_variables(_JINJA.parse(template))
         unknown = used - set(task.data.required_fields) - set(task.data.optional_fields)

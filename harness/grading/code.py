@@ -2,7 +2,7 @@
 
 Extraction follows what chat models write: a fenced block (the one that defines the entry point,
 else the last complete one), MBPP's `[BEGIN] ... [DONE]`, bare code, or a continuation of the
-prompt's function body. A whole program that redefines the function is run after the prompt, so
+prompt's function body; for reasoning models, only after the thinking. A whole program that redefines the function is run after the prompt, so
 the prompt's imports and helpers stay available and the program's definitions win.
 
 The tests are built from the dataset record and run in the sandbox's judge; see sandbox.py.
@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from harness.grading import Verdict, register
+from harness.grading.reasoning import answer_part
 from harness.grading.sandbox import Job, Limits, Sandbox
 
 _FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)```", re.DOTALL)
@@ -52,8 +53,11 @@ def defines(code: str, name: str) -> bool:
 
 
 def extract_code(response: str, entry_point: str) -> str:
-    """The code in a chat response (see the module docstring for the order of preference)."""
-    text = response
+    """The code in a chat response (see the module docstring for the order of preference).
+
+    A reasoning model's thinking is skipped (reasoning.answer_part); cut off inside it, there is no code.
+    """
+    text = answer_part(response) or ""
     if "[BEGIN]" in text:
         text = text.rsplit("[BEGIN]", 1)[1]
     text = text.split("[DONE]", 1)[0]
