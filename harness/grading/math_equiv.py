@@ -24,7 +24,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
-from harness.grading.math_normalize import normalize, strip_prefix
+from harness.grading.math_normalize import encloses, normalize, strip_prefix
 
 MAX_ANSWER_CHARS = 2000  # longer "answers" are prose; they are compared as raw text only
 MAX_SYMBOLIC_CHARS = 600  # longer answers are not handed to the LaTeX parser
@@ -67,24 +67,13 @@ def split_top(s: str, sep: str) -> list[str]:
     return parts
 
 
-def _encloses(s: str) -> bool:
-    """Whether s[0]'s bracket closes at s[-1] (so "(x+1)(x-1)" is not one bracketed group)."""
-    depth = 0
-    for i, c in enumerate(s):
-        if c in _OPEN:
-            depth += 1
-        elif c in _CLOSE:
-            depth -= 1
-            if depth == 0:
-                return i == len(s) - 1
-    return False
-
-
 _MATRIX = re.compile(r"\\begin\{([pbBvV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", re.DOTALL)
 
 
 def shape(s: str) -> Shape:
     """The shape of a normalised answer."""
+    if len(s) > 2 and s[0] in "([" and s[-1] in ")]" and _MATRIX.fullmatch(s[1:-1]):
+        s = s[1:-1]  # \left[\begin{array}..\end{array}\right]: the brackets are the matrix's own
     m = _MATRIX.fullmatch(s)
     if m:
         rows = [r for r in re.split(r"\\\\", m.group(2)) if r.strip()]
@@ -95,9 +84,9 @@ def shape(s: str) -> Shape:
     union = split_top(s, "\\cup")
     if len(union) > 1:
         return Shape("union", tuple(shape(p) for p in union))
-    if s.startswith("\\{") and s.endswith("\\}") and _encloses(s[1:]):
+    if s.startswith("\\{") and s.endswith("\\}") and encloses(s[1:]):
         return Shape("set", _items(s[2:-2]))
-    if len(s) > 1 and s[0] in "([" and s[-1] in ")]" and _encloses(s):
+    if len(s) > 1 and s[0] in "([" and s[-1] in ")]" and encloses(s):
         items = _items(s[1:-1])
         if len(items) > 1:
             return Shape("bracketed", items, brackets=s[0] + s[-1])
@@ -133,10 +122,42 @@ def shapes_equal(a: Shape, b: Shape, ordered: bool) -> bool:
         return _as_multiset(a.parts, b.parts, ordered)
     if kinds <= {"set", "list"}:
         return (_in_order if ordered else _as_multiset)(a.parts, b.parts, ordered)
+    if kinds in ({"scalar", "bracketed"}, {"scalar", "union"}):  # -2 \\leq x \\leq 7 is [-2, 7]
+        scalar, other = (a, b) if a.kind == "scalar" else (b, a)
+        interval = interval_of(scalar.text)
+        return interval is not None and shapes_equal(interval, other, ordered)
     if kinds == {"list", "bracketed"}:  # "1, 2" for the ordered pair "(1, 2)"
         bracketed = a if a.kind == "bracketed" else b
         return bracketed.brackets == "()" and _in_order(a.parts, b.parts, ordered)
     return False
+
+
+_BOUND = re.compile(r"(\\leq|<)")
+
+
+def interval_of(s: str) -> Shape | None:
+    """The interval an inequality in one unknown states: `a < x \\leq b` is (a, b], `x \\geq 5` is [5, \\infty)."""
+    s = s.replace("\\lt", "<").replace("\\gt", ">")
+    if ">" in s or "\\geq" in s:  # read right to left: b > x > a is a < x < b
+        parts = re.split(r"(\\geq|>)", s)
+        if len(parts) not in (3, 5) or "<" in s or "\\leq" in s:
+            return None
+        parts = [p.replace("\\geq", "\\leq").replace(">", "<") for p in reversed(parts)]
+    else:
+        parts = _BOUND.split(s)
+    if len(parts) == 3:  # x < b, or a < x: the unknown is the side with letters only
+        low_open, high_open = "(", ")"
+        if re.fullmatch(r"[a-zA-Z](?:_\{?\w+\}?)?|\|[a-zA-Z]\|", parts[0]) and not re.fullmatch(r"[a-zA-Z]", parts[2]):
+            parts = ["-\\infty", "<", *parts]
+        elif re.fullmatch(r"[a-zA-Z](?:_\{?\w+\}?)?", parts[2]):
+            parts = [*parts, "<", "\\infty"]
+        else:
+            return None
+    if len(parts) != 5 or not parts[0] or not parts[4]:
+        return None
+    low = "[" if parts[1] == "\\leq" else "("
+    high = "]" if parts[3] == "\\leq" else ")"
+    return Shape("bracketed", (Shape("scalar", text=parts[0]), Shape("scalar", text=parts[4])), brackets=low + high)
 
 
 def _in_order(xs: Sequence[Shape], ys: Sequence[Shape], ordered: bool) -> bool:
@@ -208,8 +229,9 @@ def scalars_equal(a: str, b: str) -> bool:
     """
     if a == b:
         return True
-    if not a or not b:
-        return False
+    if not a or not b or a.count("'") != b.count("'"):
+        return False  # f' is not f (the parser drops primes)
+    a, b = _chain_value(a), _chain_value(b)
     rel_a, rel_b = _RELATION.findall(a), _RELATION.findall(b)
     if rel_a and rel_b and _relations_equal(a, b, rel_a, rel_b):
         return True
@@ -232,6 +254,14 @@ def scalars_equal(a: str, b: str) -> bool:
     if rel_a or rel_b:
         return bool(rel_a and rel_b) and _relations_equal(a, b, rel_a, rel_b)
     return expressions_equal(a, b)
+
+
+def _chain_value(s: str) -> str:
+    """`x = 5+5+1 = 11` states 11: a chain of equalities ends in its value."""
+    parts = split_top(s, "=")
+    if len(parts) > 2 and not any(_RELATION.search(p) for p in parts):
+        return parts[-1]
+    return s
 
 
 # Each relation as (sign, canonical): `l > r` is `r - l < 0`, so a relation becomes d REL 0 with
@@ -430,4 +460,6 @@ def grade_math_answer(extracted: str | None, gold: str, problem: str | None = No
     if quick is not None:
         return quick
     a, b = normalize(extracted or ""), normalize(str(gold))
+    if bool(_RELATION.search(a)) != bool(_RELATION.search(b)):  # `(p,q)=(3,2)` names the pair (3,2)
+        a, b = strip_prefix(a), strip_prefix(b)
     return shapes_equal(shape(a), shape(b), asks_for_order(problem))

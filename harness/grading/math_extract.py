@@ -60,10 +60,25 @@ _CONCLUDES = re.compile(
 )
 # Text between two boxes that makes them one answer listing both: connectives, math delimiters, `x =`.
 _BOX_GAP = re.compile(
-    r"(?:\s|\$|\\[()\[\]]|[,;]|\band\b|\bor\b|\\(?:text|mathrm)\{\s*(?:and|or|,)?\s*\}"
+    r"(?:\s|\$|\\[()\[\],;]|\\q?quad|[,;]|\band\b|\bor\b"
+    r"|\\(?:text|mathrm)\{[^{}.;!?]{0,30}?\b(?:and|or)\s*\}|\\(?:text|mathrm)\{\s*,?\s*\}"
     r"|[a-zA-Z](?:_\{?\w+\}?)?\s*=)*"
 )
 _MAX_BOX_GAP = 40
+# What may follow the final math of a sentence or response: punctuation, a unit, a percent sign.
+_TRAILER = re.compile(r"[\s.!$]*(?:\\?%|percent|pct|percentage|[a-zA-Z]{1,6}(?:\^\{?[23]\}?)?|\u20ac|\u00b2)?[\s.!$]*")
+_PERCENT_WORDS = re.compile(r"(?<=[\d$}])\s*(?:percent(?:age)?|pct)\b", re.IGNORECASE)
+_COMMANDS = re.compile(
+    r"\\(?:text|mathrm|textbf|mbox|textnormal|operatorname)\s*\{[^{}]*\}|\\(?:begin|end)\{\w+\*?\}|\\[a-zA-Z]+"
+)
+_WORD = re.compile(r"[A-Za-z]{3,}")
+_TEMPLATE_TOKENS = re.compile(r"<\|[a-z_]+\|>\w*|</s>|<eos>")
+_HOPE = re.compile(r"\s*I hope it is correct\.?\s*$", re.IGNORECASE)
+_NEGATION = re.compile(r"\b(?:not|never|no longer|isn't|aren't|cannot|can't|wrong|incorrect)\b", re.IGNORECASE)
+# A sentence that states a value: "... the probability is 2/3.", "We find that $x < 3$."
+_STATES = re.compile(r"\b(?:is|are|equals|be|find|get|obtain)\b", re.IGNORECASE)
+_CONCLUDED_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?%?")
+
 _SPANS = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _MAX_STATED = 200  # longer "answers" are sentences, not answers
@@ -130,6 +145,8 @@ def _math_span(text: str, i: int) -> tuple[str, int] | None:
     for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if text.startswith(open_, i):
             end = text.find(close, i + len(open_), i + _MAX_SPAN)
+            while close == "$" and end > 0 and text[end - 1] == "\\":  # `\$` is a dollar sign, not the end
+                end = text.find(close, end + 1, i + _MAX_SPAN)
             if end < 0:
                 return None
             return text[i + len(open_) : end], end + len(close)
@@ -211,41 +228,74 @@ def _box_groups(text: str) -> list[tuple[int, str]]:
 
 
 def _whole_math(text: str) -> str | None:
-    """The response when it is nothing but mathematics: one math span, or a short formula with no words."""
-    s = text.strip()
+    """The response when it is nothing but mathematics: one math span, or a short formula with no words.
+
+    A lone `$` is a currency sign there (`$1,000.99`, `\\$10`), and a percent word a percent sign.
+    """
+    s = _PERCENT_WORDS.sub("\\%", text.strip())
     span = _math_span(s, 0)
-    if span is not None and span[1] == len(s):
-        return span[0]
+    if span is not None and _TRAILER.fullmatch(s, span[1]):
+        return span[0] + s[span[1] :].strip(" .$")
     if _BOX.search(s):
         return None  # a box that boxed_answers did not read is unclosed: the response broke off
-    plain = re.sub(r"\\[a-zA-Z]+", "", s)
-    if s and len(s) <= _MAX_STATED and "\n" not in s and "$" not in s and not re.search(r"[A-Za-z]{3,}", plain):
-        return s if _MATHY.search(s) else None
+    s = s.replace("\\$", "")
+    if s.count("$") == 1:
+        s = s.replace("$", "")
+    if re.fullmatch(r"[A-Za-z]{1,20}", s):
+        return s  # one word ("odd", "Monday"): the whole response
+    if s and len(s) <= _MAX_STATED and "\n" not in s and "$" not in s and not _WORD.search(_COMMANDS.sub("", s)):
+        return s
     return None
 
 
-def _concluding_math(text: str) -> str | None:
-    """The last math span of the response when it stands in a concluding final sentence.
+def _sentences(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each sentence: ends at ". ", "! ", "? " or a line break, outside math spans."""
+    bounds, start, i = [], 0, 0
+    while i < len(text):
+        span = _math_span(text, i) if text[i] in "$\\" else None
+        if span is not None:
+            i = span[1]
+            continue
+        if text[i] == "\n" or (text[i] in ".!?" and (i + 1 == len(text) or text[i + 1].isspace())):
+            bounds.append((start, i + 1))
+            start = i + 1
+        i += 1
+    if text[start:].strip():
+        bounds.append((start, len(text)))
+    return [(a, b) for a, b in bounds if text[a:b].strip(" \t\n.")]
 
-    The sentence must end the response with its full stop (or "!"), so a response cut off by the
-    token limit concludes nothing, and must say that it concludes ("Therefore", "Thus", "So",
-    "... is the solution"); the math in the middle of a solution is never read.
+
+def _concluding_answer(text: str) -> str | None:
+    """The answer of a concluding final sentence, read as a careful grader reads the end of a solution.
+
+    The final sentence (after "I hope it is correct." and chat-template tokens are set aside) must end
+    with its full stop, or with its math: a response cut off by the token limit concludes nothing.
+    Its answer is the math (or number) that ends it ("... is $(7, 6)$.", "... is 2/3."), or, in a
+    sentence that says it concludes ("Therefore", "Thus", "So", "... is the solution"), its only
+    math or number ("Therefore, there are 12 sequences."). Math in the middle of the work is never read.
     """
-    s = text.rstrip()
-    if not s.endswith((".", "!", ".$", "!$")):
+    s = _HOPE.sub("", _TEMPLATE_TOKENS.sub("", text)).rstrip()
+    sentences = _sentences(s)
+    if not sentences:
         return None
-    spans = list(_SPANS.finditer(s))
-    if not spans:
+    start, end = sentences[-1]
+    sentence = s[start:end].strip()
+    spans = list(_SPANS.finditer(sentence))
+    ends_with_math = bool(spans) and _TRAILER.fullmatch(sentence, spans[-1].end()) is not None
+    if not (sentence.endswith((".", "!")) or ends_with_math) or _NEGATION.search(sentence):
         return None
-    last = spans[-1]
-    after = s[last.end() :]
-    if re.search(r"[.!?](?:\s|$)", after.rstrip(".!$ ")) or "\n" in after:
-        return None  # another sentence follows the math
-    before = s[: last.start()]
-    sentence_start = max(before.rfind(". "), before.rfind("! "), before.rfind("\n")) + 1
-    if not _CONCLUDES.search(before[sentence_start:] + after):
-        return None
-    return next(g for g in last.groups() if g is not None)
+    plain = _SPANS.sub(" ", sentence)
+    states = _CONCLUDES.search(sentence) or _STATES.search(plain)
+    if ends_with_math and states:
+        return next(g for g in spans[-1].groups() if g is not None)
+    numbers = list(_CONCLUDED_NUMBER.finditer(plain))
+    if numbers and states and re.fullmatch(r"[\s.!]*", plain[numbers[-1].end() :]):
+        return numbers[-1].group(0)
+    if _CONCLUDES.search(sentence):
+        found = [next(g for g in m.groups() if g is not None) for m in spans] + [m.group(0) for m in numbers]
+        if len(found) == 1:
+            return found[0]
+    return None
 
 
 def extract_answer(response: str, fallback: str | None = None) -> str | None:
@@ -268,7 +318,7 @@ def extract_answer(response: str, fallback: str | None = None) -> str | None:
     if candidates:
         answer = unbox(max(candidates, key=lambda c: c[0])[1])
         return answer or None
-    answer = _whole_math(text) or _concluding_math(text)
+    answer = _whole_math(text) or _concluding_answer(text)
     if answer:
         return answer.strip()
     if fallback == "last_number":
