@@ -175,6 +175,9 @@ def _statement(text: str, i: int) -> tuple[str, bool] | None:
         if not tails:
             return None
         return _statement(content, tails[-1].end())
+    numbers = _CONCLUDED_NUMBER.findall(content)
+    if _WORD.search(_COMMANDS.sub("", content)) and len(numbers) == 1 and not _NEGATION.search(content):
+        return numbers[0], True  # "Final Answer: Jane started growing Sphere 3 hours ago." states 3
     return content, bool(_MATHY.search(content))
 
 
@@ -282,16 +285,19 @@ def _concluding_answer(text: str) -> str | None:
     sentence = s[start:end].strip()
     spans = list(_SPANS.finditer(sentence))
     ends_with_math = bool(spans) and _TRAILER.fullmatch(sentence, spans[-1].end()) is not None
-    if not (sentence.endswith((".", "!")) or ends_with_math) or _NEGATION.search(sentence):
+    whole = start == 0 and len(s) <= _MAX_STATED  # a one-sentence reply: too short to have been cut off
+    if not (sentence.endswith((".", "!")) or ends_with_math or whole):
         return None
     plain = _SPANS.sub(" ", sentence)
     states = _CONCLUDES.search(sentence) or _STATES.search(plain)
-    if ends_with_math and states:
-        return next(g for g in spans[-1].groups() if g is not None)
+    if ends_with_math and (states or sentence[: spans[-1].start()].rstrip().endswith(":")):
+        if not _NEGATION.search(sentence[max(0, spans[-1].start() - 20) : spans[-1].start()]):
+            return next(g for g in spans[-1].groups() if g is not None)
     numbers = list(_CONCLUDED_NUMBER.finditer(plain))
-    if numbers and states and re.fullmatch(r"[\s.!]*", plain[numbers[-1].end() :]):
-        return numbers[-1].group(0)
-    if _CONCLUDES.search(sentence):
+    if numbers and states and _TRAILER.fullmatch(plain, numbers[-1].end()):
+        if not _NEGATION.search(plain[max(0, numbers[-1].start() - 20) : numbers[-1].start()]):
+            return numbers[-1].group(0)
+    if _CONCLUDES.search(sentence) and not _NEGATION.search(sentence):
         found = [next(g for g in m.groups() if g is not None) for m in spans] + [m.group(0) for m in numbers]
         if len(found) == 1:
             return found[0]

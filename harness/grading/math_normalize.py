@@ -56,7 +56,8 @@ _REMOVE = (
 )
 _ASCII_RELATIONS = ((">=", "\\geq "), ("<=", "\\leq "), ("!=", "\\ne "), ("\u2265", "\\geq "), ("\u2264", "\\leq "), ("\u2260", "\\ne "), ("\\lt", "<"), ("\\gt", ">"))
 # `\\frac` written with its backslash doubled (an escaped string pasted as LaTeX) is `\frac`.
-_DOUBLED_COMMAND = re.compile(r"\\\\(?=(?:left|right|frac|dfrac|tfrac|sqrt|pi|cdot|times|text|infty|begin|end)(?![a-zA-Z]))")
+_DOUBLED_COMMAND = re.compile(r"(?<!\\)\\\\(?=(?:left|right|frac|dfrac|tfrac|sqrt|pi|cdot|times|text|infty|begin|end|leq?|geq?|neq?|in|cup)(?![a-zA-Z]))")
+_SEMICOLON_TUPLE = re.compile(r"\([^(),;]*(?:;[^(),;]*)+\)")  # (0;-2;6): coordinates written with ";"
 _THIN_GROUPS = re.compile(r"(?<=\d),\\!\s*(?=\d)")
 _MIXED = re.compile(r"(?<![\d.])(\d+)\s+(\d+)/(\d+)(?![\d/])")  # 3128 1/2 is 3128 + 1/2
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
@@ -160,6 +161,7 @@ def normalize(answer: str) -> str:
     s = _brace_shorthand(s)
     if re.fullmatch(r"\(([A-Ea-e])\)", s):  # multiple choice "(C)" is C
         s = s[1]
+    s = _SEMICOLON_TUPLE.sub(lambda m: m.group(0).replace(";", ","), s)
     if s.startswith("{") and s.endswith("}") and encloses(s):
         s = s[1:-1]  # bare braces only group in LaTeX: ${1,3}$ shows 1,3 (a set is \{1,3\})
     return s.replace(_ROW, "\\\\")
