@@ -212,16 +212,13 @@ KNOWN_MISSES = {
     "hendrycks_math/math_equivalence_test:68",
     "hendrycks_math/math_equivalence_test:73",
     "hendrycks_math/math_equivalence_test:83",
-    # wrong equivalence: an answer is extracted but compared wrongly with the gold (27)
+    # wrong equivalence: an answer is extracted but compared wrongly with the gold (24)
     "math_verify/test_all:173",
     "math_verify/test_all:175",
     "math_verify/test_all:211",
     "math_verify/test_all:217",
     "math_verify/test_all:319",
-    "math_verify/test_all:681",
-    "math_verify/test_all:687",
     "math_verify/test_all:734",
-    "math_verify/test_all:754",
     "math_verify/test_all:879",
     "math_verify/test_numina_cases:9",
     "math_verify/test_numina_cases:19",
