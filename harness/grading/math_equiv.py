@@ -244,7 +244,7 @@ def scalars_equal(a: str, b: str) -> bool:
         return False  # 12:00 is not 1:00, though both would read as a division by zero
     ra, rb = as_rational(a), as_rational(b)
     if ra is not None and rb is not None:
-        return ra == rb
+        return rationals_equal(a, ra, b, rb)
     base_a, base_b = _BASE.fullmatch(a), _BASE.fullmatch(b)
     if base_a or base_b:  # 1011_2: digits in a base; the base may be left off, never changed
         da, ba = (base_a.group(1), base_a.group(2)) if base_a else (a, None)
@@ -254,6 +254,24 @@ def scalars_equal(a: str, b: str) -> bool:
     if rel_a or rel_b:
         return bool(rel_a and rel_b) and _relations_equal(a, b, rel_a, rel_b)
     return expressions_equal(a, b)
+
+
+_LONG_DECIMAL = re.compile(r"-?0*\.?0*(\d{12,})")  # 12+ significant digits after any leading zeros
+
+
+def rationals_equal(a: str, ra: Fraction, b: str, rb: Fraction) -> bool:
+    """Two plain numbers, given as text and exact value, are equal (see _machine_decimal_equal)."""
+    return ra == rb or _machine_decimal_equal(a, ra, rb) or _machine_decimal_equal(b, rb, ra)
+
+
+def _machine_decimal_equal(text: str, value: Fraction, other: Fraction) -> bool:
+    """A decimal of 12+ significant digits (a machine's printout of a float, 0.0833333333333333) equals the
+    exact value it rounds; shorter decimals are exact values of their own (0.142857 is not 1/7)."""
+    m = _LONG_DECIMAL.fullmatch(text.replace(".", "", 1).lstrip("-")) if "." in text else None
+    if m is None:
+        return False
+    places = len(text.split(".", 1)[1])
+    return abs(value - other) <= Fraction(1, 10**places)
 
 
 def _chain_value(s: str) -> str:
@@ -450,7 +468,7 @@ def quick_decision(extracted: str | None, gold: str) -> bool | None:
         return True
     ra, rb = as_rational(a), as_rational(b)
     if ra is not None and rb is not None:
-        return ra == rb
+        return rationals_equal(a, ra, b, rb)
     return None
 
 

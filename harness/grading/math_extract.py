@@ -66,7 +66,10 @@ _BOX_GAP = re.compile(
 )
 _MAX_BOX_GAP = 40
 # What may follow the final math of a sentence or response: punctuation, a unit, a percent sign.
-_TRAILER = re.compile(r"[\s.!$]*(?:\\?%|percent|pct|percentage|[a-zA-Z]{1,6}(?:\^\{?[23]\}?)?|\u20ac|\u00b2)?[\s.!$]*")
+_TRAILER = re.compile(
+    r"[\s.!$]*(?:\\?%|percent|pct|percentage|(?:cm|mm|km|m|kg|mg|g|ml|s|h|ft|in|lb|oz|mph)(?![a-zA-Z])"
+    r"|\^\{?[23]\}?|\u20ac|\u00b2)*[\s.!$]*"
+)
 _PERCENT_WORDS = re.compile(r"(?<=[\d$}])\s*(?:percent(?:age)?|pct)\b", re.IGNORECASE)
 _COMMANDS = re.compile(
     r"\\(?:text|mathrm|textbf|mbox|textnormal|operatorname)\s*\{[^{}]*\}|\\(?:begin|end)\{\w+\*?\}|\\[a-zA-Z]+"
@@ -76,6 +79,7 @@ _TEMPLATE_TOKENS = re.compile(r"<\|[a-z_]+\|>\w*|</s>|<eos>")
 _HOPE = re.compile(r"\s*I hope it is correct\.?\s*$", re.IGNORECASE)
 _NEGATION = re.compile(r"\b(?:not|never|no longer|isn't|aren't|cannot|can't|wrong|incorrect)\b", re.IGNORECASE)
 # A sentence that states a value: "... the probability is 2/3.", "We find that $x < 3$."
+_NEGATION_WINDOW = 12  # characters before a value that may deny it: "the answer is not 5"
 _STATES = re.compile(r"\b(?:is|are|equals|be|find|get|obtain)\b", re.IGNORECASE)
 _CONCLUDED_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?%?")
 
@@ -291,11 +295,11 @@ def _concluding_answer(text: str) -> str | None:
     plain = _SPANS.sub(" ", sentence)
     states = _CONCLUDES.search(sentence) or _STATES.search(plain)
     if ends_with_math and (states or sentence[: spans[-1].start()].rstrip().endswith(":")):
-        if not _NEGATION.search(sentence[max(0, spans[-1].start() - 20) : spans[-1].start()]):
+        if not _NEGATION.search(sentence[max(0, spans[-1].start() - _NEGATION_WINDOW) : spans[-1].start()]):
             return next(g for g in spans[-1].groups() if g is not None)
     numbers = list(_CONCLUDED_NUMBER.finditer(plain))
     if numbers and states and _TRAILER.fullmatch(plain, numbers[-1].end()):
-        if not _NEGATION.search(plain[max(0, numbers[-1].start() - 20) : numbers[-1].start()]):
+        if not _NEGATION.search(plain[max(0, numbers[-1].start() - _NEGATION_WINDOW) : numbers[-1].start()]):
             return numbers[-1].group(0)
     if _CONCLUDES.search(sentence) and not _NEGATION.search(sentence):
         found = [next(g for g in m.groups() if g is not None) for m in spans] + [m.group(0) for m in numbers]
