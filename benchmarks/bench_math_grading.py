@@ -9,7 +9,10 @@
    cases per second; then a total over distinct cases and one over the labels sound for MATH.
    `--list-disagreements` prints every distinct case where score-eval disagrees with the label.
 3. The 12,500 MATH train+test reference solutions graded against their own `answer`.
-4. Throughput on `--n` responses of typical length: MATH test solutions (../shared/data/math/test.jsonl)
+4. Cut-off responses: 2,000 MATH test solutions cut at a random word before their final box. A
+   response cut off before it concludes states nothing, so "graded right" there is a false positive
+   of leniency (or an earlier box of an alternative solution, which both graders see alike).
+5. Throughput on `--n` responses of typical length: MATH test solutions (../shared/data/math/test.jsonl)
    with, for every other one, the final box replaced by the answer of a different problem of the
    same subject, so about half are wrong and need a real comparison rather than a text match.
    Ours runs on `--processes` worker processes; math-verify runs as it ships (one process, on the
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import random
 import sys
 import time
 from pathlib import Path
@@ -218,6 +222,34 @@ def reference_section(processes: int) -> None:
     print(f"  math-verify: {sum(mv)}/{n} correct in {mv_s:.1f} s (pool of {processes} processes)")
 
 
+def cutoff_cases(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """(response, gold): the first `n` MATH test solutions cut at a random word before their last box.
+
+    A response cut off by the token limit before it concludes states nothing, so every verdict
+    "correct" here is a grader reading an intermediate value as the answer (or an earlier box of an
+    alternative solution, which some reference solutions have: those count for both graders alike).
+    """
+    rng = random.Random(seed)
+    cases = []
+    for line in TEST.read_text().splitlines()[:n]:
+        record = json.loads(line)
+        boxes = boxed_answers(record["solution"])
+        words = record["solution"][: boxes[-1][0]].split(" ") if boxes else []
+        if len(words) >= 4:
+            cases.append((" ".join(words[: rng.randrange(1, len(words))]), record["answer"]))
+    return cases
+
+
+def cutoff_section(n: int, processes: int) -> None:
+    cases = cutoff_cases(n)
+    verdicts, _ = ours_verdicts([(r, g, None) for r, g in cases], processes)
+    mv, _ = run_math_verify(cases, processes)
+    read = sum(v.extracted is not None for v in verdicts)
+    print(f"\ncut-off responses: {len(cases)} MATH test solutions cut at a random word before their final box")
+    print(f"  score-eval:  graded right {sum(v.correct for v in verdicts)} (an answer read in {read})")
+    print(f"  math-verify: graded right {sum(mv)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5000, help="responses for the throughput run")
@@ -256,8 +288,9 @@ def main() -> None:
     reference_section(args.processes)
 
     if not TEST.exists():
-        print(f"throughput: skipped, {TEST} is absent")
+        print(f"cut-off responses and throughput: skipped, {TEST} is absent")
         return
+    cutoff_section(2000, args.processes)
     pairs = throughput_cases(args.n)
     ours_out, ours_s, timeouts = ours([(r, g, None) for r, g in pairs], args.processes)
     mv1_out, mv1_s = run_math_verify(pairs, 1)

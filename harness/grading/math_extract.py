@@ -75,6 +75,7 @@ _COMMANDS = re.compile(
     r"\\(?:text|mathrm|textbf|mbox|textnormal|operatorname)\s*\{[^{}]*\}|\\(?:begin|end)\{\w+\*?\}|\\[a-zA-Z]+"
 )
 _WORD = re.compile(r"[A-Za-z]{3,}")
+_CURRENCY = re.compile(r"^\$(?=-?\d[\d,.]*$)|(?<=\d)\$$")
 _TEMPLATE_TOKENS = re.compile(r"<\|[a-z_]+\|>\w*|</s>|<eos>")
 _HOPE = re.compile(r"\s*I hope it is correct\.?\s*$", re.IGNORECASE)
 _NEGATION = re.compile(r"\b(?:not|never|no longer|isn't|aren't|cannot|can't|wrong|incorrect)\b", re.IGNORECASE)
@@ -245,9 +246,7 @@ def _whole_math(text: str) -> str | None:
         return span[0] + s[span[1] :].strip(" .$")
     if _BOX.search(s):
         return None  # a box that boxed_answers did not read is unclosed: the response broke off
-    s = s.replace("\\$", "")
-    if s.count("$") == 1:
-        s = s.replace("$", "")
+    s = _CURRENCY.sub("", s.replace("\\$", ""))  # a lone $ by a number; `$(4a^2)^3` is math left open
     if re.fullmatch(r"[A-Za-z]{1,20}", s):
         return s  # one word ("odd", "Monday"): the whole response
     if s and len(s) <= _MAX_STATED and "\n" not in s and "$" not in s and not _WORD.search(_COMMANDS.sub("", s)):
