@@ -15,10 +15,10 @@ from typing import Any
 
 from harness.grading import Verdict, register
 from harness.grading.math_equiv import grade_math_answer, quick_decision
-from harness.grading.math_extract import extract_answer, last_boxed
+from harness.grading.math_extract import extract_answer, extract_answers, last_boxed
 from harness.grading.workers import WorkerPool
 
-__all__ = ["MathGrader", "extract_answer", "grade_math_answer", "last_boxed"]
+__all__ = ["MathGrader", "extract_answer", "extract_answers", "grade_math_answer", "last_boxed"]
 
 DEFAULT_TIMEOUT = 5.0  # seconds for one comparison: the slowest honest answer in MATH takes well under 1 s
 MEMORY_LIMIT = 4 << 30  # per worker; a runaway integer dies of MemoryError instead of swapping the machine
@@ -44,22 +44,32 @@ class MathGrader:
         self._lock = threading.Lock()
 
     def grade(self, items: Sequence[tuple[str, Any]]) -> list[Verdict]:
-        extracted = [extract_answer(response, self.fallback) for response, _ in items]
+        """Each response is right when any of its readings (extract_answers) equals the gold answer."""
+        readings = [extract_answers(response, self.fallback) or [None] for response, _ in items]
         golds = [str(problem.answer) for _, problem in items]
-        verdicts: list[Verdict | None] = [None] * len(items)
+        outcomes: dict[tuple[int, int], tuple[bool, str | None]] = {}
         pending = []
-        for i, (answer, gold) in enumerate(zip(extracted, golds)):
-            quick = quick_decision(answer, gold)
-            if quick is None:
-                pending.append(i)
-            else:
-                verdicts[i] = Verdict(answer, quick)
+        for i, answers in enumerate(readings):
+            for k, answer in enumerate(answers):
+                quick = quick_decision(answer, golds[i])
+                if quick is None:
+                    pending.append((i, k))
+                else:
+                    outcomes[i, k] = (quick, None)
         if pending:
-            jobs = [(extracted[i], golds[i], _problem_text(items[i][1])) for i in pending]
-            for i, outcome in zip(pending, self.pool().map(jobs)):
+            jobs = [(readings[i][k], golds[i], _problem_text(items[i][1])) for i, k in pending]
+            for key, outcome in zip(pending, self.pool().map(jobs)):
                 detail = None if outcome.ok else "timeout" if outcome.status == "timeout" else f"error: {outcome.error}"
-                verdicts[i] = Verdict(extracted[i], bool(outcome.value) if outcome.ok else False, detail)
-        return [v for v in verdicts if v is not None]
+                outcomes[key] = (bool(outcome.value) if outcome.ok else False, detail)
+        verdicts = []
+        for i, answers in enumerate(readings):
+            results = [outcomes[i, k] for k in range(len(answers))]
+            hit = next((k for k, (correct, _) in enumerate(results) if correct), None)
+            if hit is not None:
+                verdicts.append(Verdict(answers[hit], True))
+            else:
+                verdicts.append(Verdict(answers[0], False, next((d for _, d in results if d), None)))
+        return verdicts
 
     def pool(self) -> WorkerPool:
         with self._lock:

@@ -218,21 +218,21 @@ def _bold_answers(text: str) -> list[tuple[int, str]]:
     return found
 
 
-def _box_groups(text: str) -> list[tuple[int, str]]:
-    """(position, content) per answer boxed: boxes side by side with only connectives between them
+def _box_groups(text: str) -> list[tuple[int, list[str]]]:
+    """(position, contents) per answer boxed: boxes side by side with only connectives between them
     ("$x = \\boxed{1}$ or $x = \\boxed{-2}$") are one answer that lists each box once, in order."""
     groups: list[tuple[int, list[str]]] = []
     last_end = None
     for start, end, content in boxed_answers(text):
         gap = text[last_end:start] if last_end is not None else None
         if gap is not None and len(gap) <= _MAX_BOX_GAP and _BOX_GAP.fullmatch(gap):
-            if content not in groups[-1][1]:
-                groups[-1][1].append(content)
+            if unbox(content) not in groups[-1][1]:
+                groups[-1][1].append(unbox(content))
             groups[-1] = (start, groups[-1][1])
         else:
-            groups.append((start, [content]))
+            groups.append((start, [unbox(content)]))
         last_end = end
-    return [(start, ", ".join(unbox(c) for c in contents)) for start, contents in groups]
+    return groups
 
 
 def _whole_math(text: str) -> str | None:
@@ -307,9 +307,12 @@ def _concluding_answer(text: str) -> str | None:
     return None
 
 
-def extract_answer(response: str, fallback: str | None = None) -> str | None:
-    """The last stated final answer, or None when the response states none.
+def extract_answers(response: str, fallback: str | None = None) -> list[str]:
+    """The last stated final answer, then the readings it may also have; [] when the response states none.
 
+    Boxes side by side give two readings: the list of all of them (`\\boxed{-2}` and `\\boxed{1}` answer
+    "1, -2"), then the last box alone, MATH's own convention (its reference solutions box equivalent
+    forms side by side, "$\\boxed{x+11}$ or $\\boxed{11+x}$", with the last box as the gold answer).
     `fallback="last_number"` (off by default) takes the last number in the response when no
     answer is stated; it is how lenient public graders score unformatted output, and it is
     switched on explicitly because it grades numbers that the model never offered as an answer.
@@ -318,19 +321,27 @@ def extract_answer(response: str, fallback: str | None = None) -> str | None:
         raise ValueError(f"unknown extraction fallback {fallback!r}; the only one is 'last_number'")
     text = answer_part(response)
     if text is None:
-        return None  # cut off while thinking
+        return []  # cut off while thinking
     boxes = _box_groups(text)
     stated = _stated_answers(text)
     # Words ("the answer is positive, because ...") revise nothing a box already says; they
     # count only in a response that boxes nothing.
-    candidates = boxes + [(i, c) for i, c, is_math in stated if is_math or not boxes] + _bold_answers(text)
+    candidates = [(i, [c]) for i, c, is_math in stated if is_math or not boxes] + [(i, [c]) for i, c in _bold_answers(text)]
+    candidates += boxes
     if candidates:
-        answer = unbox(max(candidates, key=lambda c: c[0])[1])
-        return answer or None
+        parts = [unbox(c) for c in max(candidates, key=lambda c: c[0])[1]]
+        readings = [", ".join(parts), parts[-1]] if len(parts) > 1 else parts
+        return [r for r in readings if r]
     answer = _whole_math(text) or _concluding_answer(text)
-    if answer:
-        return answer.strip()
+    if answer and answer.strip():
+        return [answer.strip()]
     if fallback == "last_number":
         numbers = _NUMBER.findall(text)
-        return numbers[-1] if numbers else None
-    return None
+        return numbers[-1:]
+    return []
+
+
+def extract_answer(response: str, fallback: str | None = None) -> str | None:
+    """The first reading of extract_answers: the answer as stated, or None when there is none."""
+    answers = extract_answers(response, fallback)
+    return answers[0] if answers else None
