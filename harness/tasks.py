@@ -136,9 +136,8 @@ def _parse(raw: dict[str, Any], source: str) -> Task:
         ),
     )
     if task.prompts.previous_thinking not in PREVIOUS_THINKING:
-        raise ValueError(
-            f"prompts.previous_thinking is {task.prompts.previous_thinking!r}; use one of {', '.join(PREVIOUS_THINKING)}"
-        )
+        known = ", ".join(PREVIOUS_THINKING)
+        raise ValueError(f"prompts.previous_thinking is {task.prompts.previous_thinking!r}; use one of {known}")
     for template in (task.prompts.first_turn, task.prompts.correction):
         used = jinja2.meta.find_undeclared_variables(_JINJA.parse(template))
         unknown = used - set(task.data.required_fields) - set(task.data.optional_fields)

@@ -2,8 +2,9 @@
 
 Extraction follows what chat models write: a fenced block (the one that defines the entry point,
 else the last complete one), MBPP's `[BEGIN] ... [DONE]`, bare code, or a continuation of the
-prompt's function body; for reasoning models, only after the thinking. A whole program that redefines the function is run after the prompt, so
-the prompt's imports and helpers stay available and the program's definitions win.
+prompt's function body; for reasoning models, only what follows the thinking. A whole program that
+redefines the function is run after the prompt, so the prompt's imports and helpers stay available
+and the program's definitions win.
 
 The tests are built from the dataset record and run in the sandbox's judge; see sandbox.py.
 """

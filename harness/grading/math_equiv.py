@@ -133,6 +133,7 @@ def shapes_equal(a: Shape, b: Shape, ordered: bool) -> bool:
 
 
 _BOUND = re.compile(r"(\\leq|<)")
+_UNKNOWN = re.compile(r"[a-zA-Z](?:_\{?\w+\}?)?(?:\([^()]*\))?")  # x, a_1, f(x)
 
 
 def interval_of(s: str) -> Shape | None:
@@ -145,15 +146,15 @@ def interval_of(s: str) -> Shape | None:
         parts = [p.replace("\\geq", "\\leq").replace(">", "<") for p in reversed(parts)]
     else:
         parts = _BOUND.split(s)
-    if len(parts) == 3:  # x < b, or a < x: the unknown is the side with letters only
-        low_open, high_open = "(", ")"
-        if re.fullmatch(r"[a-zA-Z](?:_\{?\w+\}?)?|\|[a-zA-Z]\|", parts[0]) and not re.fullmatch(r"[a-zA-Z]", parts[2]):
+    parts = [p.strip() for p in parts]
+    if len(parts) == 3:  # x < b, or a < x: the unknown is the side that is a name
+        if _UNKNOWN.fullmatch(parts[0]) and not _UNKNOWN.fullmatch(parts[2]):
             parts = ["-\\infty", "<", *parts]
-        elif re.fullmatch(r"[a-zA-Z](?:_\{?\w+\}?)?", parts[2]):
+        elif _UNKNOWN.fullmatch(parts[2]):
             parts = [*parts, "<", "\\infty"]
         else:
             return None
-    if len(parts) != 5 or not parts[0] or not parts[4]:
+    if len(parts) != 5 or not parts[0] or not parts[4] or not _UNKNOWN.fullmatch(parts[2]):
         return None
     low = "[" if parts[1] == "\\leq" else "("
     high = "]" if parts[3] == "\\leq" else ")"

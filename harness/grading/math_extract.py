@@ -326,7 +326,9 @@ def extract_answers(response: str, fallback: str | None = None) -> list[str]:
     stated = _stated_answers(text)
     # Words ("the answer is positive, because ...") revise nothing a box already says; they
     # count only in a response that boxes nothing.
-    candidates = [(i, [c]) for i, c, is_math in stated if is_math or not boxes] + [(i, [c]) for i, c in _bold_answers(text)]
+    candidates = [(i, [c]) for i, c, is_math in stated if is_math or not boxes] + [
+        (i, [c]) for i, c in _bold_answers(text)
+    ]
     candidates += boxes
     if candidates:
         parts = [unbox(c) for c in max(candidates, key=lambda c: c[0])[1]]

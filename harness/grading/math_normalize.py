@@ -32,7 +32,11 @@ _TEXT_COMMANDS = "text|textnormal|textrm|textbf|textit|textup|mbox|mathrm"
 # on "minmin...", since "min" is also "m" + "in".
 _TEXT_UNIT = re.compile(r"(?<=[\w})])\s*\\(?:" + _TEXT_COMMANDS + r")\s*\{([^{}]*)\}(\^\{?[23]\}?)?")
 _PLAIN_UNIT = re.compile(r"(?<=[\d}])\s+(?:" + _UNIT + r")(?:\s+(?:" + _UNIT + r"))*\s*$")
-_WRAPPERS = re.compile(r"\\(?:" + _TEXT_COMMANDS + r"|textsf|texttt|mathbf|mathit|mathsf|mathcal|mathscr|mathfrak|boldsymbol|operatorname|rm|bf)\s*\{([^{}]*)\}")
+_WRAPPERS = re.compile(
+    r"\\(?:"
+    + _TEXT_COMMANDS
+    + r"|textsf|texttt|mathbf|mathit|mathsf|mathcal|mathscr|mathfrak|boldsymbol|operatorname|rm|bf)\s*\{([^{}]*)\}"
+)
 _REMOVE = (
     "\\left",
     "\\right",
@@ -54,9 +58,20 @@ _REMOVE = (
     "\\degree",
     "{,}",
 )
-_ASCII_RELATIONS = ((">=", "\\geq "), ("<=", "\\leq "), ("!=", "\\ne "), ("\u2265", "\\geq "), ("\u2264", "\\leq "), ("\u2260", "\\ne "), ("\\lt", "<"), ("\\gt", ">"))
+_ASCII_RELATIONS = (
+    (">=", "\\geq "),
+    ("<=", "\\leq "),
+    ("!=", "\\ne "),
+    ("\u2265", "\\geq "),
+    ("\u2264", "\\leq "),
+    ("\u2260", "\\ne "),
+    ("\\lt", "<"),
+    ("\\gt", ">"),
+)
 # `\\frac` written with its backslash doubled (an escaped string pasted as LaTeX) is `\frac`.
-_DOUBLED_COMMAND = re.compile(r"(?<!\\)\\\\(?=(?:left|right|frac|dfrac|tfrac|sqrt|pi|cdot|times|text|infty|begin|end|leq?|geq?|neq?|in|cup)(?![a-zA-Z]))")
+_DOUBLED_COMMAND = re.compile(
+    r"(?<!\\)\\\\(?=(?:left|right|frac|dfrac|tfrac|sqrt|pi|cdot|times|text|infty|begin|end|leq?|geq?|neq?|in|cup)(?![a-zA-Z]))"
+)
 _SEMICOLON_TUPLE = re.compile(r"\([^(),;]*(?:;[^(),;]*)+\)")  # (0;-2;6): coordinates written with ";"
 _THIN_GROUPS = re.compile(r"(?<=\d),\\!\s*(?=\d)")
 _MIXED = re.compile(r"(?<![\d.])(\d+)\s+(\d+)/(\d+)(?![\d/])")  # 3128 1/2 is 3128 + 1/2
@@ -126,6 +141,8 @@ def strip_prefix(s: str) -> str:
         return s
     name = _NAME_PARTS.sub("", m.group("lhs"))
     return s[m.end() :] if _NAME.fullmatch(name) and re.search("[a-zA-Z]", name) else s
+
+
 def normalize(answer: str) -> str:
     """The canonical text of an answer (see the module docstring for what is rewritten)."""
     s = unbox(str(answer)).strip()
