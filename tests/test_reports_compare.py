@@ -13,17 +13,8 @@ import io
 import pytest
 
 from harness.errors import HarnessError
-from harness.reports.compare import (
-    Row,
-    breakdown,
-    breakdown_fields,
-    build_report,
-    csv_text,
-    markdown_text,
-    published_rows,
-    table_metrics,
-    write_report,
-)
+from harness.reports.compare import build_report, csv_text, markdown_text, published_rows, write_report
+from harness.reports.rows import Row, breakdown, breakdown_fields, table_metrics
 from harness.reports.runs import RunData, load_run
 from tests.conftest import run_cli
 from tests.reports_helpers import make_run

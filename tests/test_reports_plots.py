@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.reports.compare import Row, published_rows
+from harness.reports.compare import published_rows
 from harness.reports.plots import accuracy_figure, png_bytes, save_png, transitions_figure
+from harness.reports.rows import Row
 
 # 6 episodes: Acc@t1 3/6, Acc@t2 2/6, Δi→c 1/6, Δc→i 2/6 -> right→right 1/6, wrong→wrong 2/6.
 MEASURED = Row(

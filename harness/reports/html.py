@@ -17,8 +17,8 @@ from typing import Any
 
 import jinja2
 
-from harness.reports.compare import BREAKDOWN_TITLES, breakdown, breakdown_fields, run_row, table_cells
 from harness.reports.plots import accuracy_figure, png_bytes, transitions_figure
+from harness.reports.rows import BREAKDOWN_TITLES, breakdown, breakdown_fields, run_row, table_cells
 from harness.reports.runs import RunData, load_run, problem_statements
 from harness.reports.show import episode_transition
 from harness.reports.textdiff import answer_span, word_diff

@@ -9,15 +9,12 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from harness.reports.rows import Row
 from harness.stats import TRANSITION_LABELS, TRANSITIONS, transition_shares
-
-if TYPE_CHECKING:
-    from harness.reports.compare import Row
 
 TRANSITION_COLORS = {"c2c": "#4c9a5b", "i2c": "#9fd39a", "c2i": "#e8847a", "i2i": "#b9b9b9"}
 
