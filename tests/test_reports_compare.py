@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 
 import pytest
 
 from harness.errors import HarnessError
 from harness.reports.compare import build_report, csv_text, markdown_text, published_rows, write_report
+from harness.reports.plots import transitions_figure
 from harness.reports.rows import Row, breakdown, breakdown_fields, table_metrics
-from harness.reports.runs import RunData, load_run
+from harness.reports.runs import RunData, load_run, load_runs, run_labels
 from tests.conftest import run_cli
 from tests.reports_helpers import make_run
 
@@ -193,3 +195,35 @@ def test_a_run_directory_that_cannot_take_report_html_is_a_one_line_error(runs, 
     with pytest.raises(HarnessError, match="pass --no-html"):
         write_report([runs[0].path], output=tmp_path / "r.md")
     assert (tmp_path / "r.md").exists()
+
+
+def test_runs_are_labelled_by_their_directory_not_the_name_recorded_inside(runs, tmp_path):
+    copy = tmp_path / "base-retry"
+    shutil.copytree(runs[0].path, copy)
+    report = build_report(load_runs([runs[0].path, copy]))
+    assert [r.run for r in report.rows] == ["base", "base-retry"]
+    [diff] = report.differences
+    assert (diff.run, diff.baseline) == ("base-retry", "base")
+    assert "| base-retry | base | 6 |" in markdown_text(report)
+    # Each run has a bar of its own in the transitions plot.
+    ax = transitions_figure(report.rows).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["base", "base-retry"]
+    assert len({round(p.get_x(), 3) for p in ax.patches}) == 2
+
+
+def test_directories_of_the_same_name_get_their_parent_folder_in_the_label(tmp_path):
+    a, b = tmp_path / "x" / "a" / "run", tmp_path / "x" / "b" / "run"
+    assert run_labels([a, b, tmp_path / "other"]) == ["a/run", "b/run", "other"]
+    assert run_labels([a, a]) == ["run", "run #2"]
+
+
+def test_report_of_a_copied_run_never_differences_a_run_with_itself(runs, tmp_path):
+    for parent in ("first", "second"):
+        shutil.copytree(runs[0].path, tmp_path / parent / "base")
+    out = tmp_path / "r.md"
+    result = run_cli(["report", str(tmp_path / "first" / "base"), str(tmp_path / "second" / "base"),
+                      "--output", str(out), "--no-html"])  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert "| second/base | first/base | 6 |" in text
+    assert "| base | base |" not in text

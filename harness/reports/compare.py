@@ -29,7 +29,7 @@ from harness.reports.rows import (
     table_cells,
     table_metrics,
 )
-from harness.reports.runs import RunData, load_run
+from harness.reports.runs import RunData, load_runs
 from harness.reports.summary import metric_label
 from harness.stats import paired_difference
 from harness.store import atomic_write_text
@@ -234,7 +234,7 @@ def write_report(
     html: bool = True,
 ) -> ReportFiles:
     """Read the runs, then write the Markdown report, its plots beside it, the CSV and each run's report.html."""
-    runs = [load_run(d) for d in run_dirs]
+    runs = load_runs(run_dirs)
     report = build_report(runs, with_paper=with_paper)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,7 @@ def html_text(run: RunData) -> str:
         "greedy" if info.get("temperature", 0) == 0 else f"temperature {info['temperature']}, top-p {info['top_p']}"
     )
     return _ENV.get_template(TEMPLATE).render(
+        name=run.name,
         run=info,
         started=run.started or "unknown",
         skipped=run.skipped,

@@ -72,12 +72,13 @@ def transitions_figure(rows: Sequence[Row]) -> Figure:
     ax = fig.add_subplot()
     if not rows:
         ax.text(0.5, 0.5, "no run has two turns", ha="center", va="center", transform=ax.transAxes)
-    labels = [r.label.replace(" (published)", "\n(published)") for r in rows]
+    # Bars stand at positions, not at their labels, so rows that share a label never stack on one another.
+    positions = list(range(len(rows)))
     shares = [row_transitions(r) for r in rows]
     bottom = [0.0] * len(rows)
     for name in TRANSITIONS:
         heights = [100 * s[name] for s in shares]
-        bars = ax.bar(labels, heights, bottom=bottom, color=TRANSITION_COLORS[name], label=TRANSITION_LABELS[name])
+        bars = ax.bar(positions, heights, bottom=bottom, color=TRANSITION_COLORS[name], label=TRANSITION_LABELS[name])
         for bar, h, row in zip(bars, heights, rows):
             if row.published:
                 bar.set_hatch("//")
@@ -86,6 +87,7 @@ def transitions_figure(rows: Sequence[Row]) -> Figure:
                 ax.text(bar.get_x() + bar.get_width() / 2, bar.get_y() + h / 2, f"{h:.1f}", ha="center", va="center",
                         fontsize="x-small")  # fmt: skip
         bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_xticks(positions, [r.label.replace(" (published", "\n(published") for r in rows])
     ax.set_ylim(0, 100)
     ax.set_ylabel("% of episodes")
     ax.set_title("Turn 1 → last turn")

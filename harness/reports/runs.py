@@ -7,6 +7,8 @@ samples.jsonl is read only for what the summary does not hold (breakdowns, pairi
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -19,13 +21,18 @@ from harness.store import read_jsonl
 
 @dataclass
 class RunData:
-    """A finished run directory: summary.json, samples.jsonl and (when present) config.json."""
+    """A finished run directory: summary.json, samples.jsonl and (when present) config.json.
+
+    A run is known by its directory, not by the name summary.json recorded: a copied run keeps
+    the old name inside, and two runs must never share a label in a report.
+    """
 
     path: Path
     summary: dict[str, Any]
     samples: list[dict[str, Any]]  # the scored episodes; skipped ones are counted, not kept
     config: dict[str, Any] | None = None
     skipped: int = 0
+    label: str | None = None  # set by load_runs where several runs are shown together
 
     @property
     def info(self) -> dict[str, Any]:
@@ -33,7 +40,8 @@ class RunData:
 
     @property
     def name(self) -> str:
-        return self.info["name"]
+        """The label a report gives this run: its directory's name unless load_runs chose a longer one."""
+        return self.label or self.path.resolve().name
 
     @property
     def task(self) -> str:
@@ -95,12 +103,47 @@ def load_run(path: str | Path) -> RunData:
     return RunData(path=path, summary=summary, samples=scored, config=config, skipped=len(samples) - len(scored))
 
 
+def run_labels(paths: Sequence[str | Path]) -> list[str]:
+    """A distinct label per run directory: its name, with as many parent folders as it takes to
+    tell apart directories of the same name; the same directory given again gets " #2", " #3"."""
+    resolved = [Path(p).resolve() for p in paths]
+
+    def label(path: Path) -> str:
+        depth = 1
+        while depth < len(path.parts) and any(
+            other != path and other.parts[-depth:] == path.parts[-depth:] for other in resolved
+        ):
+            depth += 1
+        return str(Path(*path.parts[-depth:]))
+
+    seen: Counter[str] = Counter()
+    labels = []
+    for path in resolved:
+        text = label(path)
+        seen[text] += 1
+        labels.append(text if seen[text] == 1 else f"{text} #{seen[text]}")
+    return labels
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[RunData]:
+    """Read several run directories, each labelled distinctly (see run_labels)."""
+    runs = [load_run(p) for p in paths]
+    for run, label in zip(runs, run_labels(paths)):
+        run.label = label
+    return runs
+
+
 @dataclass(frozen=True)
 class RunListing:
-    """One line of `score-eval runs`; metrics are None for a run that has no summary yet."""
+    """One line of `score-eval runs`; metrics are None for a run that has no summary yet.
+
+    `name` is the directory's; `recorded_name` is what the run called itself, which differs for a
+    copied or renamed run directory.
+    """
 
     path: Path
     name: str
+    recorded_name: str
     task: str | None
     model: str | None
     turns: int | None
@@ -133,7 +176,8 @@ def _listing(path: Path) -> RunListing | None:
         turns = int(run["turns"])
         return RunListing(
             path=path,
-            name=run["name"],
+            name=path.name,
+            recorded_name=run["name"],
             task=run["task"],
             model=run["model"],
             turns=turns,
@@ -147,7 +191,8 @@ def _listing(path: Path) -> RunListing | None:
     settings = config["settings"]
     return RunListing(
         path=path,
-        name=config.get("run_name", path.name),
+        name=path.name,
+        recorded_name=config.get("run_name", path.name),
         task=settings.get("task"),
         model=(config.get("engine") or {}).get("model"),
         turns=settings.get("turns"),
@@ -164,14 +209,15 @@ def runs_table(listings: list[RunListing], root: str | Path):
 
     table = Table(title=f"runs under {root}")
     for column, justify in [
-        ("name", "left"), ("task", "left"), ("model", "left"), ("turns", "right"), ("n", "right"),
+        ("run directory", "left"), ("task", "left"), ("model", "left"), ("turns", "right"), ("n", "right"),
         ("date (UTC)", "left"), ("acc_t1", "right"), ("acc_tK", "right"),
     ]:  # fmt: skip
         table.add_column(column, justify=justify)
     for r in listings:
         date = r.date[:16].replace("T", " ") if r.date else "—"
+        renamed = f" (recorded as {r.recorded_name})" if r.recorded_name != r.name else ""
         table.add_row(
-            r.name,
+            f"{r.path}{renamed}",
             r.task or "—",
             r.model or "—",
             str(r.turns) if r.turns is not None else "—",
