@@ -61,8 +61,11 @@ def write_problems(path: Path) -> Path:
     return path
 
 
-def make_run(tmp_path: Path, plan_name: str, run_name: str | None = None, turns: int = 2) -> Path:
-    """Run the MATH task on PROBLEMS with PLANS[plan_name] (first `turns` turns); returns the run directory."""
+def make_run(tmp_path: Path, plan_name: str, run_name: str | None = None, turns: int = 2, **settings) -> Path:
+    """Run the MATH task on PROBLEMS with PLANS[plan_name] (first `turns` turns); returns the run directory.
+
+    `settings` are further RunConfig fields (temperature, max_new_tokens, limit, ...); the scripted
+    engine answers the same whatever they are, so only the recorded settings differ."""
     from harness.config import RunConfig
     from harness.run import execute_run
 
@@ -77,5 +80,5 @@ def make_run(tmp_path: Path, plan_name: str, run_name: str | None = None, turns:
         return response(plan[tag][turn], turn + 1)
 
     config = RunConfig(task="math", data=str(data), turns=turns, output_dir=str(tmp_path / "results"),
-                       run_name=run_name or plan_name)  # fmt: skip
+                       run_name=run_name or plan_name, **settings)  # fmt: skip
     return execute_run(config, engine=ScriptedEngine(reply)).run_dir

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from harness.reports.rows import (
     table_metrics,
 )
 from harness.reports.runs import RunData, load_runs
+from harness.reports.settings import differing_settings
 from harness.reports.summary import metric_label
 from harness.stats import paired_difference
 from harness.store import atomic_write_text
@@ -59,6 +60,7 @@ class Report:
     rows: list[Row]
     breakdowns: dict[str, list[Row]]  # breakdown field -> group rows (group, then run order)
     differences: list[Difference]
+    warnings: list[str] = field(default_factory=list)  # runs of a task that differ in more than the model
 
 
 def published_rows(tasks: Sequence[str] = ()) -> list[Row]:
@@ -91,12 +93,25 @@ def differences(runs: Sequence[RunData]) -> list[Difference]:
     return out
 
 
+def setting_warnings(runs: Sequence[RunData]) -> list[str]:
+    """For each task, the settings other than the model in which its runs differ, with each run's value."""
+    warnings = []
+    for task in dict.fromkeys(r.task for r in runs):
+        lines = differing_settings([(r.name, r.settings) for r in runs if r.task == task])
+        if lines:
+            warnings.append(
+                f"the {task} runs differ in more than the model, so their differences are not the model's alone: "
+                + "; ".join(lines)
+            )
+    return warnings
+
+
 def build_report(runs: Sequence[RunData], with_paper: bool = False) -> Report:
     rows = [run_row(r) for r in runs]
     if with_paper:
         rows += published_rows(sorted({r.task for r in runs}))
     breakdowns = {key: breakdown(runs, key) for key in breakdown_fields(runs)}
-    return Report(rows=rows, breakdowns=breakdowns, differences=differences(runs))
+    return Report(rows=rows, breakdowns=breakdowns, differences=differences(runs), warnings=setting_warnings(runs))
 
 
 # --- formatting ---------------------------------------------------------------------------------
@@ -137,6 +152,7 @@ def markdown_text(report: Report, plots: dict[str, str] | None = None, breakdown
         "",
         "## Results",
         "",
+        *[f"> **Warning:** {w}.\n" for w in report.warnings],
         *rows_table(report.rows, ["run", "model", "task"], lambda r: [r.label, r.model, r.task]),
         "",
         (

@@ -16,6 +16,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.metrics import Graded
+from harness.reports.settings import run_settings, setting_text
 from harness.store import read_jsonl
 
 
@@ -54,6 +55,11 @@ class RunData:
     @property
     def turns(self) -> int:
         return int(self.info["turns"])
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The settings that change a result (harness.reports.settings)."""
+        return run_settings(self.info, self.config)
 
     @property
     def started(self) -> str | None:
@@ -146,11 +152,18 @@ class RunListing:
     recorded_name: str
     task: str | None
     model: str | None
-    turns: int | None
+    settings: dict[str, Any]  # harness.reports.settings.run_settings
     n: int | None
-    date: str | None
     acc_t1: float | None
     acc_tk: float | None
+
+    @property
+    def turns(self) -> int | None:
+        return self.settings["turns"]
+
+    @property
+    def date(self) -> str | None:
+        return self.settings["date"]
 
 
 def find_runs(root: str | Path) -> list[RunListing]:
@@ -173,18 +186,16 @@ def _listing(path: Path) -> RunListing | None:
     if (path / "summary.json").exists():
         doc = _read_json(path / "summary.json")
         run = doc["run"]
-        turns = int(run["turns"])
         return RunListing(
             path=path,
             name=path.name,
             recorded_name=run["name"],
             task=run["task"],
             model=run["model"],
-            turns=turns,
+            settings=run_settings(run, config),
             n=doc["n"],
-            date=run.get("started") or (config or {}).get("started"),
             acc_t1=doc["acc_t1"],
-            acc_tk=doc[f"acc_t{turns}"],
+            acc_tk=doc[f"acc_t{int(run['turns'])}"],
         )
     if not isinstance(config, dict) or "run_name" not in config or "settings" not in config:
         return None
@@ -195,34 +206,39 @@ def _listing(path: Path) -> RunListing | None:
         recorded_name=config.get("run_name", path.name),
         task=settings.get("task"),
         model=(config.get("engine") or {}).get("model"),
-        turns=settings.get("turns"),
+        settings=run_settings({}, config),
         n=None,
-        date=config.get("started"),
         acc_t1=None,
         acc_tk=None,
     )
 
 
 def runs_table(listings: list[RunListing], root: str | Path):
-    """The listing as a rich Table (dates to the minute, accuracies in percent)."""
+    """The listing as a rich Table: each run's path, what it ran, the settings that change a result
+    (so runs that are not comparable look different; "tokens" is max_new_tokens, "data" the start of the
+    data file's sha256), its date to the minute and accuracies in percent."""
     from rich.table import Table
 
     table = Table(title=f"runs under {root}")
     for column, justify in [
-        ("run directory", "left"), ("task", "left"), ("model", "left"), ("turns", "right"), ("n", "right"),
-        ("date (UTC)", "left"), ("acc_t1", "right"), ("acc_tK", "right"),
+        ("run directory", "left"), ("task", "left"), ("model", "left"), ("backend", "left"), ("turns", "right"),
+        ("samples", "right"), ("temp.", "right"), ("top_p", "right"), ("tokens", "right"), ("limit", "right"),
+        ("data", "left"), ("n", "right"), ("date (UTC)", "left"), ("acc_t1", "right"), ("acc_tK", "right"),
     ]:  # fmt: skip
         table.add_column(column, justify=justify)
     for r in listings:
-        date = r.date[:16].replace("T", " ") if r.date else "—"
         renamed = f" (recorded as {r.recorded_name})" if r.recorded_name != r.name else ""
+        settings = [
+            setting_text(key, r.settings[key])
+            for key in ("backend", "turns", "samples", "temperature", "top_p", "max_new_tokens", "limit", "data_sha256")
+        ]
         table.add_row(
             f"{r.path}{renamed}",
             r.task or "—",
             r.model or "—",
-            str(r.turns) if r.turns is not None else "—",
+            *settings,
             str(r.n) if r.n is not None else "no summary yet",
-            date,
+            r.date[:16].replace("T", " ") if r.date else "—",
             f"{100 * r.acc_t1:.1f}%" if r.acc_t1 is not None else "—",
             f"{100 * r.acc_tk:.1f}%" if r.acc_tk is not None else "—",
         )
