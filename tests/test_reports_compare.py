@@ -192,7 +192,9 @@ def test_a_run_directory_that_cannot_take_report_html_is_a_one_line_error(runs, 
         path.write_text(text)
 
     monkeypatch.setattr("harness.reports.html.atomic_write_text", refuse)
-    with pytest.raises(HarnessError, match="pass --no-html"):
+    with pytest.raises(
+        HarnessError, match=r"cannot write report.html \(.*report.html: Permission denied\); pass --no-html"
+    ):
         write_report([runs[0].path], output=tmp_path / "r.md")
     assert (tmp_path / "r.md").exists()
 
@@ -227,3 +229,22 @@ def test_report_of_a_copied_run_never_differences_a_run_with_itself(runs, tmp_pa
     text = out.read_text()
     assert "| second/base | first/base | 6 |" in text
     assert "| base | base |" not in text
+
+
+@pytest.mark.parametrize("where", ["output", "csv"])
+def test_report_into_an_impossible_path_is_a_one_line_error(runs, tmp_path, where):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = tmp_path / "report.md"
+    target = blocker / "sub" / "report.md" if where == "output" else blocker / "report.csv"
+    args = ["--output", str(target)] if where == "output" else ["--output", str(out), "--csv", str(target)]
+    result = run_cli(["report", str(runs[0].path), *args, "--no-html"])
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot write {target} ({blocker}") and line.endswith(f"choose another --{where}")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_csv_into_a_new_folder_creates_it_as_the_report_does(runs, tmp_path):
+    files = write_report([runs[0].path], output=tmp_path / "r.md", csv_path=tmp_path / "new" / "r.csv", html=False)
+    assert files.csv.read_text().startswith("kind,run,")

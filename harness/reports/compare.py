@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -253,7 +254,6 @@ def write_report(
     runs = load_runs(run_dirs)
     report = build_report(runs, with_paper=with_paper)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     plot_files = {
         "Accuracy by turn": (output.with_name(f"{output.stem}-accuracy.png"), accuracy_figure(report.rows)),
         "Transitions between turn 1 and the last turn": (
@@ -261,17 +261,29 @@ def write_report(
             transitions_figure(report.rows),
         ),
     }
-    for path, figure in plot_files.values():
-        save_png(figure, path)
-    atomic_write_text(output, markdown_text(report, {c: p.name for c, (p, _) in plot_files.items()}))
+    with _writing(output, "choose another --output"):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        for path, figure in plot_files.values():
+            save_png(figure, path)
+        atomic_write_text(output, markdown_text(report, {c: p.name for c, (p, _) in plot_files.items()}))
     if csv_path is not None:
         csv_path = Path(csv_path)
-        atomic_write_text(csv_path, csv_text(report))
-    try:
+        with _writing(csv_path, "choose another --csv"):
+            csv_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(csv_path, csv_text(report))
+    with _writing("report.html", "pass --no-html to skip the per-run pages"):
         html_files = [write_run_html(run) for run in runs] if html else []
-    except OSError as exc:
-        raise HarnessError(
-            f"cannot write report.html into {exc.filename or 'a run directory'} ({exc.strerror}); "
-            "pass --no-html to skip the per-run pages"
-        ) from exc
     return ReportFiles(output, csv_path, [p for p, _ in plot_files.values()], html_files, report)
+
+
+@contextmanager
+def _writing(what: str | Path, fix: str) -> Iterator[None]:
+    """Turn a failed write (no such folder, a file where a folder should be, no permission, a full
+    disk) into one error line that names what was being written, the path that failed, and the fix."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.filename and str(exc.filename) != str(what):
+            reason = f"{exc.filename}: {reason}"
+        raise HarnessError(f"cannot write {what} ({reason}); {fix}") from exc
