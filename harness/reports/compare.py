@@ -62,10 +62,11 @@ class Report:
     breakdowns: dict[str, list[Row]]  # breakdown field -> group rows (group, then run order)
     differences: list[Difference]
     warnings: list[str] = field(default_factory=list)  # runs of a task that differ in more than the model
+    unpublished: list[str] = field(default_factory=list)  # with the paper's rows: tasks the paper has none for
 
 
 def published_rows(tasks: Sequence[str] = ()) -> list[Row]:
-    """The paper's rows for the given tasks (all of them when none of the tasks has any)."""
+    """The paper's rows for the given tasks; none for a task the paper did not report."""
     names = metric_names(2)[1:]
     return [
         Row(
@@ -76,7 +77,8 @@ def published_rows(tasks: Sequence[str] = ()) -> list[Row]:
             metrics={name: round(value / 100, 6) for name, value in zip(names, values)},
             published=True,
         )
-        for task, model, method, values in [p for p in PUBLISHED if p[0] in tasks] or PUBLISHED
+        for task, model, method, values in PUBLISHED
+        if task in tasks
     ]
 
 
@@ -108,11 +110,15 @@ def setting_warnings(runs: Sequence[RunData]) -> list[str]:
 
 
 def build_report(runs: Sequence[RunData], with_paper: bool = False) -> Report:
-    rows = [run_row(r) for r in runs]
-    if with_paper:
-        rows += published_rows(sorted({r.task for r in runs}))
+    # Runs grouped by task in the order given, each task's published rows right after its runs.
+    rows, unpublished = [], []
+    for task in dict.fromkeys(r.task for r in runs):
+        rows += [run_row(r) for r in runs if r.task == task]
+        paper = published_rows([task]) if with_paper else []
+        rows += paper
+        unpublished += [task] if with_paper and not paper else []
     breakdowns = {key: breakdown(runs, key) for key in breakdown_fields(runs)}
-    return Report(rows=rows, breakdowns=breakdowns, differences=differences(runs), warnings=setting_warnings(runs))
+    return Report(rows, breakdowns, differences(runs), setting_warnings(runs), unpublished)
 
 
 # --- formatting ---------------------------------------------------------------------------------
@@ -167,10 +173,13 @@ def markdown_text(report: Report, plots: dict[str, str] | None = None, breakdown
         lines += [
             "",
             (
-                f"Rows marked (published) are copied from {PAPER}, not measured here: "
-                "MATH on MATH-500 with Gemini 1.5 Flash, HumanEval with Gemini 1.0 Pro."
+                f"Rows marked (published, task) are copied from {PAPER}, not measured here: "
+                "MATH on MATH-500 with Gemini 1.5 Flash, HumanEval with Gemini 1.0 Pro. "
+                "Each stands beside the runs of its own task."
             ),
         ]
+    if report.unpublished:
+        lines += ["", f"The paper reports no results for {', '.join(report.unpublished)}, so it has no rows here."]
     if report.differences:
         lines += [
             "",

@@ -21,6 +21,8 @@ from harness.stats import group_by, mcnemar_exact
 # Which breakdowns a run's samples allow: MATH records keep subject and level; records without
 # either (code tasks) are broken down by problem.
 BREAKDOWN_FIELDS = ("subject", "level")
+# How the paper and the reports write the task names it has rows for.
+TASK_TITLES = {"math": "MATH", "humaneval": "HumanEval"}
 BREAKDOWN_TITLES = {"subject": "subject", "level": "level", "id": "problem"}
 
 
@@ -41,7 +43,8 @@ class Row:
 
     @property
     def label(self) -> str:
-        return f"{self.run} (published)" if self.published else self.run
+        """A published row names its task, so the paper's MATH and HumanEval rows are never mistaken for each other."""
+        return f"{self.run} (published, {TASK_TITLES.get(self.task, self.task)})" if self.published else self.run
 
 
 def _mcnemar(counts: dict[str, int], turns: int) -> float | None:
