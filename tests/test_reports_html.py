@@ -11,7 +11,7 @@ import re
 import pytest
 
 from harness.reports.html import episode_data, script_json, write_run_html
-from tests.reports_helpers import make_run
+from tests.reports_helpers import CANONICAL, FAILED, make_code_run, make_run
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +70,14 @@ def test_answer_span_counts_utf16_units_as_javascript_does():
     }
     assert "😀 so: 7".rindex("7") == 6
     assert episode_data(sample, None)["turns"][0]["span"] == [7, 8]
+
+
+def test_a_code_tasks_page_carries_the_test_results_and_marks_no_program_as_an_answer(tmp_path):
+    page = write_run_html(make_code_run(tmp_path)).read_text(encoding="utf-8")
+    data = _data(page)
+    assert data["code"] is True
+    [episode] = data["episodes"]
+    assert episode["answer"] == CANONICAL
+    assert [t["detail"] for t in episode["turns"]] == [FAILED, "passed"]
+    assert [t["span"] for t in episode["turns"]] == [None, None]
+    assert _data(write_run_html(make_run(tmp_path, "base")).read_text(encoding="utf-8"))["code"] is False

@@ -12,7 +12,7 @@ from harness.reports.runs import load_run
 from harness.reports.show import diff_text, response_text, select_samples, show_run
 from harness.reports.textdiff import answer_span, word_diff
 from tests.conftest import run_cli
-from tests.reports_helpers import make_run
+from tests.reports_helpers import FAILED, make_code_run, make_run
 
 
 def test_word_diff_marks_only_the_changed_words():
@@ -110,3 +110,14 @@ def test_diff_text_says_when_the_attempt_did_not_change():
 def test_show_of_an_unknown_id_names_what_ids_look_like(base_run):
     with pytest.raises(HarnessError, match="no problem with id 'p9'; ids look like 'p1'"):
         show_run(base_run, Console(record=True), problem_id="p9")
+
+
+def test_show_of_a_code_task_keeps_the_program_out_of_the_header_and_shows_the_failing_assertion(tmp_path):
+    console = Console(record=True, width=120, color_system=None)
+    show_run(make_code_run(tmp_path), console)
+    out = console.export_text()
+    headers = [line for line in out.splitlines() if "turn 1 ·" in line or "turn 2 ·" in line]
+    assert len(headers) == 2 and not any("def " in h or "extracted" in h for h in headers)
+    # The canonical solution keeps its lines, indentation included.
+    assert "canonical solution:\n    for i, a in enumerate(numbers):\n        for b in numbers[i + 1 :]:\n" in out
+    assert f"tests: {FAILED}" in out and "tests: passed" in out

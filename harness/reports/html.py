@@ -33,8 +33,11 @@ _ENV = jinja2.Environment(
 )
 
 
-def episode_data(sample: dict[str, Any], problem: str | None) -> dict[str, Any]:
-    """What the page's script needs for one episode, diffs and answer spans included."""
+def episode_data(sample: dict[str, Any], problem: str | None, code: bool = False) -> dict[str, Any]:
+    """What the page's script needs for one episode, diffs and answer spans included.
+
+    For a code task the extracted "answer" is the whole program, so it is not marked in the response;
+    the test result (`detail`: "passed", "failed: <the first failing assertion>") is shown instead."""
     turns = sample["turns"]
     return {
         "id": str(sample["id"]),
@@ -51,7 +54,8 @@ def episode_data(sample: dict[str, Any], problem: str | None) -> dict[str, Any]:
                 "correct": bool(t["correct"]),
                 "finish_reason": t.get("finish_reason"),
                 "completion_tokens": t.get("completion_tokens"),
-                "span": _utf16_span(t["response"], answer_span(t["response"], t.get("extracted"))),
+                "detail": t.get("detail"),
+                "span": None if code else _utf16_span(t["response"], answer_span(t["response"], t.get("extracted"))),
             }
             for t in turns
         ],
@@ -85,7 +89,7 @@ def html_text(run: RunData) -> str:
         title = BREAKDOWN_TITLES.get(key, key)
         breakdowns.append((title, table_cells(rows, [title], lambda r: [r.group], with_ci=True)))
     problems = problem_statements(run)
-    episodes = [episode_data(s, problems.get(str(s["id"]))) for s in run.samples]
+    episodes = [episode_data(s, problems.get(str(s["id"])), run.is_code) for s in run.samples]
     info = run.info
     decoding = (
         "greedy" if info.get("temperature", 0) == 0 else f"temperature {info['temperature']}, top-p {info['top_p']}"
@@ -102,7 +106,7 @@ def html_text(run: RunData) -> str:
         accuracy_png=_png_uri(accuracy_figure([row])),
         transitions_png=_png_uri(transitions_figure([row])),
         transitions=[(t, TRANSITION_LABELS[t]) for t in TRANSITIONS],
-        data=script_json({"episodes": episodes, "labels": TRANSITION_LABELS}),
+        data=script_json({"episodes": episodes, "labels": TRANSITION_LABELS, "code": run.is_code}),
     )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.grading.code import CODE_GRADERS
 from harness.metrics import Graded
 from harness.reports.settings import run_settings, setting_text
 from harness.store import read_jsonl
@@ -55,6 +56,13 @@ class RunData:
     @property
     def turns(self) -> int:
         return int(self.info["turns"])
+
+    @property
+    def is_code(self) -> bool:
+        """A code task's `extracted` is a whole program, its gold answer the canonical solution, and
+        its `detail` the test result ("passed", "failed: <the first failing assertion>")."""
+        grader = ((self.config or {}).get("task") or {}).get("grader")
+        return (grader or self.task) in CODE_GRADERS
 
     @property
     def settings(self) -> dict[str, Any]:
