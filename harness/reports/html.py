@@ -1,16 +1,20 @@
 """RUN_DIR/report.html: one self-contained page per run, to read the samples in a browser.
 
 Everything the page needs is inside the file: the summary and breakdown tables, the plots as
-base64 PNGs, the episodes as JSON, the CSS and the script. It opens from the file system with no
-network. Diffs and answer positions are computed here (harness.reports.textdiff), not in the
-browser, so the page and `score-eval show` highlight the same words. The script builds the page
-with textContent only: model output is data, never markup.
+base64 PNGs, the episodes as JSON, the CSS and the script, and KaTeX (katex/, fonts inlined) to
+render LaTeX. It opens from the file system with no network. Diffs and answer positions are
+computed here (harness.reports.textdiff), not in the browser, so the page and `score-eval show`
+highlight the same words. The script builds the page with textContent only: model output is data,
+never markup; KaTeX then turns the formulas in that text into math (its `trust` option stays off,
+so a formula cannot add links, classes or styles).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from functools import cache
+from importlib import resources
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,7 @@ from harness.reports.plots import accuracy_figure, png_bytes, transitions_figure
 from harness.reports.rows import BREAKDOWN_TITLES, breakdown, breakdown_fields, run_row, table_cells
 from harness.reports.runs import RunData, load_run, problem_statements
 from harness.reports.show import episode_transition
-from harness.reports.textdiff import answer_span, word_diff
+from harness.reports.textdiff import answer_span, widen_to_math, word_diff
 from harness.stats import TRANSITION_LABELS, TRANSITIONS
 from harness.store import atomic_write_text
 
@@ -55,11 +59,27 @@ def episode_data(sample: dict[str, Any], problem: str | None, code: bool = False
                 "finish_reason": t.get("finish_reason"),
                 "completion_tokens": t.get("completion_tokens"),
                 "detail": t.get("detail"),
-                "span": None if code else _utf16_span(t["response"], answer_span(t["response"], t.get("extracted"))),
+                "span": None if code else _utf16_span(t["response"], _answer_span(t)),
             }
             for t in turns
         ],
         "diffs": [word_diff(a["response"], b["response"]) for a, b in pairwise(turns)],
+    }
+
+
+def _answer_span(turn: dict[str, Any]) -> tuple[int, int] | None:
+    """Where to mark the extracted answer: the whole formula it sits in, so the mark never cuts one."""
+    return widen_to_math(turn["response"], answer_span(turn["response"], turn.get("extracted")))
+
+
+@cache
+def katex_assets() -> dict[str, str]:
+    """KaTeX's script, auto-render and CSS (fonts inlined), read once from the package (see katex/README.md)."""
+    folder = resources.files("harness.reports") / "katex"
+    return {
+        "katex_js": (folder / "katex.min.js").read_text(encoding="utf-8"),
+        "auto_render_js": (folder / "auto-render.min.js").read_text(encoding="utf-8"),
+        "katex_css": (folder / "katex.css").read_text(encoding="utf-8"),
     }
 
 
@@ -107,6 +127,7 @@ def html_text(run: RunData) -> str:
         transitions_png=_png_uri(transitions_figure([row])),
         transitions=[(t, TRANSITION_LABELS[t]) for t in TRANSITIONS],
         data=script_json({"episodes": episodes, "labels": TRANSITION_LABELS, "code": run.is_code}),
+        **katex_assets(),
     )
 
 
