@@ -223,6 +223,8 @@ def report(run_dirs, output, csv_path, with_paper, html) -> None:
     from harness.reports.compare import markdown_text, write_report
 
     files = write_report(run_dirs, output=output, csv_path=csv_path, with_paper=with_paper, html=html)
+    for warning in files.report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     console = Console()
     console.print(markdown_text(files.report, breakdowns=False), markup=False, highlight=False, soft_wrap=True)
     written = [files.markdown, *([files.csv] if files.csv else []), *files.plots, *files.html]
@@ -237,8 +239,8 @@ def runs(root) -> None:
 
     from harness.reports.runs import find_runs, runs_table
 
-    # Piped output stays one line per run, so `score-eval runs | grep math` works.
-    Console(width=None if sys.stdout.isatty() else 200).print(runs_table(find_runs(root), root))
+    # Piped output stays one line per run, however long the paths, so `score-eval runs | grep math` works.
+    Console(width=None if sys.stdout.isatty() else 1000).print(runs_table(find_runs(root), root))
 
 
 @cli.command()

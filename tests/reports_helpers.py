@@ -61,8 +61,11 @@ def write_problems(path: Path) -> Path:
     return path
 
 
-def make_run(tmp_path: Path, plan_name: str, run_name: str | None = None, turns: int = 2) -> Path:
-    """Run the MATH task on PROBLEMS with PLANS[plan_name] (first `turns` turns); returns the run directory."""
+def make_run(tmp_path: Path, plan_name: str, run_name: str | None = None, turns: int = 2, **settings) -> Path:
+    """Run the MATH task on PROBLEMS with PLANS[plan_name] (first `turns` turns); returns the run directory.
+
+    `settings` are further RunConfig fields (temperature, max_new_tokens, limit, ...); the scripted
+    engine answers the same whatever they are, so only the recorded settings differ."""
     from harness.config import RunConfig
     from harness.run import execute_run
 
@@ -77,5 +80,41 @@ def make_run(tmp_path: Path, plan_name: str, run_name: str | None = None, turns:
         return response(plan[tag][turn], turn + 1)
 
     config = RunConfig(task="math", data=str(data), turns=turns, output_dir=str(tmp_path / "results"),
-                       run_name=run_name or plan_name)  # fmt: skip
+                       run_name=run_name or plan_name, **settings)  # fmt: skip
     return execute_run(config, engine=ScriptedEngine(reply)).run_dir
+
+
+# A HumanEval-shaped episode: the canonical solution spans lines, turn 1 fails an assertion, turn 2 passes.
+CANONICAL = (
+    "    for i, a in enumerate(numbers):\n"
+    "        for b in numbers[i + 1 :]:\n"
+    "            if abs(a - b) < threshold:\n"
+    "                return True\n"
+    "    return False\n"
+)
+WRONG_PROGRAM = "def has_close_elements(numbers, threshold):\n    return False"
+RIGHT_PROGRAM = "def has_close_elements(numbers, threshold):\n" + CANONICAL.rstrip("\n")
+FAILED = "failed: assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True"
+
+
+def make_code_run(tmp_path: Path) -> Path:
+    """A finished HumanEval run directory written from records, without a model or the sandbox."""
+    from harness.run import finish_run
+
+    run_dir = tmp_path / "code-run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(
+        json.dumps({"run_name": "code-run", "started": "2026-01-01T00:00:00+00:00", "task": {"grader": "humaneval"},
+                    "settings": {"task": "humaneval", "turns": 2}})
+    )  # fmt: skip
+
+    def turn(program: str, correct: bool, detail: str) -> dict:
+        return {"response": f"Here it is:\n```python\n{program}\n```", "extracted": program, "correct": correct,
+                "finish_reason": "stop", "completion_tokens": 30, "detail": detail}  # fmt: skip
+
+    record = {"id": "HumanEval/0", "sample": 0, "answer": CANONICAL,
+              "turns": [turn(WRONG_PROGRAM, False, FAILED), turn(RIGHT_PROGRAM, True, "passed")]}  # fmt: skip
+    info = {"name": "code-run", "task": "humaneval", "model": "scripted", "backend": "scripted", "turns": 2,
+            "samples": 1, "problems": 1, "temperature": 0.0, "top_p": 1.0}  # fmt: skip
+    finish_run(run_dir, [record], info)
+    return run_dir

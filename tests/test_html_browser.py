@@ -76,6 +76,7 @@ def test_page_opens_from_the_file_system_listing_every_episode(page):
 
 
 def test_clicking_wrong_to_right_shows_only_that_episode_with_its_changes(page):
+    _by_css(page, "#math-toggle")[0].click()  # the raw text, as the model wrote it
     _by_css(page, '#transition-filter button[data-transition="i2c"]')[0].click()
 
     assert [li.get_attribute("data-id") for li in _by_css(page, "#episode-list li")] == ["p2"]
@@ -88,11 +89,11 @@ def test_clicking_wrong_to_right_shows_only_that_episode_with_its_changes(page):
         left.text
         == "Attempt 1: adding up the parts gives 5.\nFinal Answer: The final answer is $5$. I hope it is correct."
     )
-    assert "".join(d.text for d in left.find_elements("css selector", "del")) == "1:5.$5$."
-    assert "".join(i.text for i in right.find_elements("css selector", "ins")) == "2:7.$7$."
-    # The extracted answers are marked wrong (turn 1) and right (turn 2).
-    assert [m.text for m in left.find_elements("css selector", "mark.answer.wrong")] == ["5"]
-    assert [m.text for m in right.find_elements("css selector", "mark.answer.right")] == ["7"]
+    assert "".join(d.text for d in left.find_elements("css selector", "del")) == "1:5.$5$"
+    assert "".join(i.text for i in right.find_elements("css selector", "ins")) == "2:7.$7$"
+    # The extracted answers are marked wrong (turn 1) and right (turn 2), each with its formula's dollars.
+    assert [m.text for m in left.find_elements("css selector", "mark.answer.wrong")] == ["$5$"]
+    assert [m.text for m in right.find_elements("css selector", "mark.answer.right")] == ["$7$"]
 
 
 def test_filters_combine_and_search_narrows_further(page):
@@ -107,3 +108,23 @@ def test_filters_combine_and_search_narrows_further(page):
     search.send_keys("problem p5")
     assert [li.get_attribute("data-id") for li in _by_css(page, "#episode-list li")] == ["p5"]
     assert _by_css(page, "#match-count")[0].text == "1 of 6 episodes"
+
+
+def test_math_is_rendered_by_the_bundled_katex_and_the_toggle_shows_the_raw_text(page):
+    _by_css(page, '#transition-filter button[data-transition="i2c"]')[0].click()
+    left, right = _by_css(page, '#episode-detail .pair[data-pair="1-2"] .attempt pre')
+    # $5$ in turn 1 is rendered by KaTeX inside the answer mark; no dollar sign is left in the text.
+    assert left.find_elements("css selector", "mark.answer.wrong .katex")
+    assert right.find_elements("css selector", "ins .katex")
+    assert "$" not in left.text
+    assert _by_css(page, "#episode-detail .gold .katex")  # the gold answer, 7
+
+    toggle = _by_css(page, "#math-toggle")[0]
+    assert (toggle.text, toggle.get_attribute("aria-pressed")) == ("show raw text", "false")
+    toggle.click()
+    left, _ = _by_css(page, '#episode-detail .pair[data-pair="1-2"] .attempt pre')
+    assert not _by_css(page, "#episode-detail .katex")
+    assert left.text.endswith("The final answer is $5$. I hope it is correct.")
+    assert (toggle.text, toggle.get_attribute("aria-pressed")) == ("render math", "true")
+    toggle.click()
+    assert _by_css(page, "#episode-detail .attempt pre .katex")

@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 
 import pytest
 
 from harness.errors import HarnessError
-from harness.reports.compare import (
-    Row,
-    breakdown,
-    breakdown_fields,
-    build_report,
-    csv_text,
-    markdown_text,
-    published_rows,
-    table_metrics,
-    write_report,
-)
-from harness.reports.runs import RunData, load_run
+from harness.reports.compare import build_report, csv_text, markdown_text, published_rows, write_report
+from harness.reports.plots import transitions_figure
+from harness.reports.rows import Row, breakdown, breakdown_fields, table_metrics
+from harness.reports.runs import RunData, load_run, load_runs, run_labels
 from tests.conftest import run_cli
 from tests.reports_helpers import make_run
 
@@ -58,8 +51,8 @@ def test_run_rows_carry_the_summary_and_the_exact_mcnemar_p(report):
 def test_with_paper_adds_the_published_math_rows_only_for_a_math_report(report):
     published = [r for r in report.rows if r.published]
     assert [(r.label, r.model) for r in published] == [
-        ("Base model (published)", "Gemini 1.5 Flash"),
-        ("SCoRe (published)", "Gemini 1.5 Flash"),
+        ("Base model (published, MATH)", "Gemini 1.5 Flash"),
+        ("SCoRe (published, MATH)", "Gemini 1.5 Flash"),
     ]
     assert published[0].metrics == {
         "acc_t1": 0.526, "acc_t2": 0.414, "delta_t1_t2": -0.112, "delta_i2c_t1_t2": 0.046, "delta_c2i_t1_t2": 0.158,
@@ -68,12 +61,34 @@ def test_with_paper_adds_the_published_math_rows_only_for_a_math_report(report):
     assert all(r.n is None and r.ci95 == {} and r.mcnemar_p is None for r in published)
 
 
-def test_published_rows_for_a_task_the_paper_lacks_are_all_four():
-    rows = published_rows(["gsm8k"])
-    assert [(r.task, r.run) for r in rows] == [
-        ("math", "Base model"), ("math", "SCoRe"), ("humaneval", "Base model"), ("humaneval", "SCoRe"),
+def test_published_rows_only_for_the_tasks_the_paper_reports():
+    assert published_rows(["gsm8k"]) == []
+    rows = published_rows(["humaneval", "gsm8k"])
+    assert [(r.task, r.label) for r in rows] == [
+        ("humaneval", "Base model (published, HumanEval)"), ("humaneval", "SCoRe (published, HumanEval)"),
     ]  # fmt: skip
-    assert rows[3].metrics["delta_t1_t2"] == 0.122
+    assert rows[1].metrics["delta_t1_t2"] == 0.122
+
+
+def _as_task(run: RunData, task: str, label: str) -> RunData:
+    return RunData(run.path, {**run.summary, "run": {**run.info, "task": task}}, run.samples, run.config, label=label)
+
+
+def test_with_paper_over_math_and_humaneval_puts_each_paper_row_beside_its_own_tasks_runs(runs):
+    mixed = [runs[0], _as_task(runs[1], "humaneval", "code"), _as_task(runs[1], "gsm8k", "words")]
+    report = build_report(mixed, with_paper=True)
+    assert [(r.label, r.task) for r in report.rows] == [
+        ("base", "math"),
+        ("Base model (published, MATH)", "math"),
+        ("SCoRe (published, MATH)", "math"),
+        ("code", "humaneval"),
+        ("Base model (published, HumanEval)", "humaneval"),
+        ("SCoRe (published, HumanEval)", "humaneval"),
+        ("words", "gsm8k"),
+    ]
+    text = markdown_text(report)
+    assert "| SCoRe (published, HumanEval) | Gemini 1.0 Pro | humaneval | — | 52.4 | 64.6 |" in text
+    assert "The paper reports no results for gsm8k, so it has no rows here." in text
 
 
 def test_math_runs_break_down_by_subject_and_level(runs, report):
@@ -143,7 +158,7 @@ def test_markdown_shows_percentages_intervals_p_values_and_published_marks(repor
     assert base_line.startswith("| base | scripted | math | 6 | 50.0 [")
     assert base_line.endswith("| 1.000 |")
     assert next(line for line in lines if line.startswith("| trained |")).endswith("| 0.250 |")
-    assert "| SCoRe (published) | Gemini 1.5 Flash | math | — | 60.0 | 64.4 | +4.4 | 5.8 | 1.4 | — |" in lines
+    assert "| SCoRe (published, MATH) | Gemini 1.5 Flash | math | — | 60.0 | 64.4 | +4.4 | 5.8 | 1.4 | — |" in lines
     assert "| trained | base | 6 | +0.0 [+0.0, +0.0] | +66.7 [" in text
     assert "![Accuracy by turn](report-accuracy.png)" in lines
     assert "## By subject" in lines and "## By level" in lines
@@ -174,7 +189,7 @@ def test_report_command_writes_table_csv_plots_and_each_runs_html(runs, tmp_path
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "study.csv").read_text().startswith("kind,run,baseline,")
     assert (runs[0].path / "report.html").exists() and (runs[1].path / "report.html").exists()
-    assert "(published)" in result.stdout
+    assert "(published, MATH)" in result.stdout
 
 
 def test_report_command_names_a_folder_that_is_not_a_run(tmp_path):
@@ -199,6 +214,59 @@ def test_a_run_directory_that_cannot_take_report_html_is_a_one_line_error(runs, 
         path.write_text(text)
 
     monkeypatch.setattr("harness.reports.html.atomic_write_text", refuse)
-    with pytest.raises(HarnessError, match="pass --no-html"):
+    with pytest.raises(
+        HarnessError, match=r"cannot write report.html \(.*report.html: Permission denied\); pass --no-html"
+    ):
         write_report([runs[0].path], output=tmp_path / "r.md")
     assert (tmp_path / "r.md").exists()
+
+
+def test_runs_are_labelled_by_their_directory_not_the_name_recorded_inside(runs, tmp_path):
+    copy = tmp_path / "base-retry"
+    shutil.copytree(runs[0].path, copy)
+    report = build_report(load_runs([runs[0].path, copy]))
+    assert [r.run for r in report.rows] == ["base", "base-retry"]
+    [diff] = report.differences
+    assert (diff.run, diff.baseline) == ("base-retry", "base")
+    assert "| base-retry | base | 6 |" in markdown_text(report)
+    # Each run has a bar of its own in the transitions plot.
+    ax = transitions_figure(report.rows).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["base", "base-retry"]
+    assert len({round(p.get_x(), 3) for p in ax.patches}) == 2
+
+
+def test_directories_of_the_same_name_get_their_parent_folder_in_the_label(tmp_path):
+    a, b = tmp_path / "x" / "a" / "run", tmp_path / "x" / "b" / "run"
+    assert run_labels([a, b, tmp_path / "other"]) == ["a/run", "b/run", "other"]
+    assert run_labels([a, a]) == ["run", "run #2"]
+
+
+def test_report_of_a_copied_run_never_differences_a_run_with_itself(runs, tmp_path):
+    for parent in ("first", "second"):
+        shutil.copytree(runs[0].path, tmp_path / parent / "base")
+    out = tmp_path / "r.md"
+    result = run_cli(["report", str(tmp_path / "first" / "base"), str(tmp_path / "second" / "base"),
+                      "--output", str(out), "--no-html"])  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert "| second/base | first/base | 6 |" in text
+    assert "| base | base |" not in text
+
+
+@pytest.mark.parametrize("where", ["output", "csv"])
+def test_report_into_an_impossible_path_is_a_one_line_error(runs, tmp_path, where):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = tmp_path / "report.md"
+    target = blocker / "sub" / "report.md" if where == "output" else blocker / "report.csv"
+    args = ["--output", str(target)] if where == "output" else ["--output", str(out), "--csv", str(target)]
+    result = run_cli(["report", str(runs[0].path), *args, "--no-html"])
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot write {target} ({blocker}") and line.endswith(f"choose another --{where}")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_csv_into_a_new_folder_creates_it_as_the_report_does(runs, tmp_path):
+    files = write_report([runs[0].path], output=tmp_path / "r.md", csv_path=tmp_path / "new" / "r.csv", html=False)
+    assert files.csv.read_text().startswith("kind,run,")

@@ -11,7 +11,7 @@ import re
 import pytest
 
 from harness.reports.html import episode_data, script_json, write_run_html
-from tests.reports_helpers import make_run
+from tests.reports_helpers import CANONICAL, FAILED, make_code_run, make_run
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,11 @@ def _data(page: str) -> dict:
 def test_page_needs_nothing_outside_the_file(page):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "<link" not in page and "@import" not in page
-    images = re.findall(r'<img[^>]*src="([^"]+)"', page)
+    markup = re.sub(r"<script\b.*?</script>", "", page, flags=re.DOTALL)  # KaTeX's code writes <img> markup
+    images = re.findall(r'<img[^>]*src="([^"]+)"', markup)
     assert len(images) == 2 and all(src.startswith("data:image/png;base64,") for src in images)
+    # KaTeX's fonts are inside the page too.
+    assert "url(fonts/" not in page and page.count("url(data:font/woff2;base64,") == 20
 
 
 def test_page_holds_every_episode_with_its_transition(page):
@@ -70,3 +73,21 @@ def test_answer_span_counts_utf16_units_as_javascript_does():
     }
     assert "😀 so: 7".rindex("7") == 6
     assert episode_data(sample, None)["turns"][0]["span"] == [7, 8]
+
+
+def test_a_code_tasks_page_carries_the_test_results_and_marks_no_program_as_an_answer(tmp_path):
+    page = write_run_html(make_code_run(tmp_path)).read_text(encoding="utf-8")
+    data = _data(page)
+    assert data["code"] is True
+    [episode] = data["episodes"]
+    assert episode["answer"] == CANONICAL
+    assert [t["detail"] for t in episode["turns"]] == [FAILED, "passed"]
+    assert [t["span"] for t in episode["turns"]] == [None, None]
+    assert _data(write_run_html(make_run(tmp_path, "base")).read_text(encoding="utf-8"))["code"] is False
+
+
+def test_page_bundles_katex_and_marks_a_whole_formula_as_the_answer(page):
+    assert "renderMathInElement" in page and 'id="math-toggle"' in page
+    sample = {"id": "x", "answer": "7", "turns": [{"response": "so $x = 7$.", "extracted": "7", "correct": True}]}
+    # The answer 7 sits in the formula $x = 7$ (characters 3 to 10): the mark takes the formula whole.
+    assert episode_data(sample, None)["turns"][0]["span"] == [3, 10]

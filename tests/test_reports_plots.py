@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.reports.compare import Row, published_rows
+from harness.reports.compare import published_rows
 from harness.reports.plots import accuracy_figure, png_bytes, save_png, transitions_figure
+from harness.reports.rows import Row
 
 # 6 episodes: Acc@t1 3/6, Acc@t2 2/6, Δi→c 1/6, Δc→i 2/6 -> right→right 1/6, wrong→wrong 2/6.
 MEASURED = Row(
@@ -29,13 +30,13 @@ def test_accuracy_plot_draws_one_line_per_row_through_the_accuracies():
     fig = accuracy_figure([MEASURED, *published_rows(["math"])])
     ax = fig.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
-    assert list(lines) == ["Base model (published)", "SCoRe (published)"]
-    assert list(lines["SCoRe (published)"].get_ydata()) == pytest.approx([60.0, 64.4])
-    assert lines["SCoRe (published)"].get_linestyle() == "--"
+    assert list(lines) == ["Base model (published, MATH)", "SCoRe (published, MATH)"]
+    assert list(lines["SCoRe (published, MATH)"].get_ydata()) == pytest.approx([60.0, 64.4])
+    assert lines["SCoRe (published, MATH)"].get_linestyle() == "--"
     # matplotlib lists plain lines before error-bar containers in the legend.
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "Base model (published)",
-        "SCoRe (published)",
+        "Base model (published, MATH)",
+        "SCoRe (published, MATH)",
         "base",
     ]
     measured = next(c for c in ax.containers if c.get_label() == "base")
@@ -73,3 +74,24 @@ def test_single_turn_rows_have_no_transition_bar():
     ax = transitions_figure([one_turn, MEASURED]).axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["base"]
     assert [t.get_text() for t in transitions_figure([one_turn]).axes[0].texts] == ["no run has two turns"]
+
+
+def test_each_task_gets_its_own_accuracy_panel_with_only_its_paper_rows():
+    code = Row(run="code-run", model="m", task="humaneval", turns=2, metrics=MEASURED.metrics)
+    rows = [MEASURED, *published_rows(["math"]), code, *published_rows(["humaneval"])]
+    fig = accuracy_figure(rows)
+    assert [ax.get_title() for ax in fig.axes] == ["MATH: accuracy by turn", "HumanEval: accuracy by turn"]
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+    assert legends == [
+        ["Base model (published, MATH)", "SCoRe (published, MATH)", "base"],
+        ["Base model (published, HumanEval)", "SCoRe (published, HumanEval)", "code-run"],
+    ]
+
+
+def test_rows_of_the_same_name_get_bars_of_their_own():
+    fig = transitions_figure([MEASURED, *published_rows(["math"]), *published_rows(["humaneval"])])
+    ax = fig.axes[0]
+    assert len({round(p.get_x(), 3) for p in ax.patches}) == 5
+    assert [t.get_text() for t in ax.get_xticklabels()][1::2] == [
+        "Base model\n(published, MATH)", "Base model\n(published, HumanEval)",
+    ]  # fmt: skip

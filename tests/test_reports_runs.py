@@ -49,9 +49,24 @@ def test_find_runs_lists_finished_and_unfinished_runs_oldest_first(results):
 def test_runs_command_prints_the_table(results):
     result = run_cli(["runs", str(results)])
     assert result.returncode == 0, result.stderr
-    base_line = next(line for line in result.stdout.splitlines() if " base " in line)
+    base_line = next(line for line in result.stdout.splitlines() if f"{results / 'base'} " in line)
     assert "math" in base_line and "50.0%" in base_line and "33.3%" in base_line
     assert "no summary yet" in result.stdout
+
+
+def test_runs_shows_each_runs_path_and_a_copy_by_its_own_directory(results, tmp_path):
+    root = tmp_path / "results"
+    shutil.copytree(results / "base", root / "base")
+    shutil.copytree(results / "base", root / "old" / "base-copy")
+    listings = find_runs(root)
+    assert [(r.path, r.name, r.recorded_name) for r in listings] == [
+        (root / "base", "base", "base"),
+        (root / "old" / "base-copy", "base-copy", "base"),
+    ]
+    result = run_cli(["runs", str(root)])
+    assert result.returncode == 0, result.stderr
+    assert f"{root / 'old' / 'base-copy'} (recorded as base) " in result.stdout
+    assert f"{root / 'base'} " in result.stdout
 
 
 def test_runs_of_a_missing_folder_is_a_one_line_error(tmp_path):

@@ -10,9 +10,9 @@ from rich.console import Console
 from harness.errors import HarnessError
 from harness.reports.runs import load_run
 from harness.reports.show import diff_text, response_text, select_samples, show_run
-from harness.reports.textdiff import answer_span, word_diff
+from harness.reports.textdiff import answer_span, widen_to_math, word_diff
 from tests.conftest import run_cli
-from tests.reports_helpers import make_run
+from tests.reports_helpers import FAILED, make_code_run, make_run
 
 
 def test_word_diff_marks_only_the_changed_words():
@@ -33,6 +33,21 @@ def test_word_diff_rebuilds_both_texts():
     assert "".join(t for op, t in segments if op != "+") == before
     assert "".join(t for op, t in segments if op != "-") == after
     assert all(a[0] != b[0] for a, b in pairwise(segments))
+
+
+def test_word_diff_keeps_a_formula_whole_so_a_page_can_render_it():
+    assert word_diff("so $x = 2$.", "so $x = 3$.") == [("=", "so "), ("-", "$x = 2$"), ("+", "$x = 3$"), ("=", ".")]
+    assert word_diff(r"is \(a + b\) here", r"is \(a + c\) here")[1:3] == [("-", r"\(a + b\)"), ("+", r"\(a + c\)")]
+    # A lone dollar (a price) opens no formula: the words around it still diff one by one.
+    assert word_diff("costs $5 today", "costs $6 today") == [("=", "costs $"), ("-", "5"), ("+", "6"), ("=", " today")]
+
+
+def test_widen_to_math_takes_the_formula_around_an_answer():
+    text = r"so $\boxed{7}$ and 7"
+    assert widen_to_math(text, (text.index("7"), text.index("7") + 1)) == (3, 14)
+    assert text[3:14] == r"$\boxed{7}$"
+    assert widen_to_math(text, (len(text) - 1, len(text))) == (len(text) - 1, len(text))
+    assert widen_to_math(text, None) is None
 
 
 def test_word_diff_of_identical_texts_is_one_kept_segment():
@@ -100,7 +115,7 @@ def test_show_command_prints_wrong_to_right_episodes(base_run):
     assert "p2 · sample 0 · wrong→right (i2c)" in result.stdout
     assert "gold answer: 7" in result.stdout
     assert "1 of 1 wrong→right (i2c)" in result.stdout
-    assert "[-$5$.-]{+$7$.+}" in result.stdout
+    assert "[-$5$-]{+$7$+}." in result.stdout
 
 
 def test_diff_text_says_when_the_attempt_did_not_change():
@@ -110,3 +125,14 @@ def test_diff_text_says_when_the_attempt_did_not_change():
 def test_show_of_an_unknown_id_names_what_ids_look_like(base_run):
     with pytest.raises(HarnessError, match="no problem with id 'p9'; ids look like 'p1'"):
         show_run(base_run, Console(record=True), problem_id="p9")
+
+
+def test_show_of_a_code_task_keeps_the_program_out_of_the_header_and_shows_the_failing_assertion(tmp_path):
+    console = Console(record=True, width=120, color_system=None)
+    show_run(make_code_run(tmp_path), console)
+    out = console.export_text()
+    headers = [line for line in out.splitlines() if "turn 1 ·" in line or "turn 2 ·" in line]
+    assert len(headers) == 2 and not any("def " in h or "extracted" in h for h in headers)
+    # The canonical solution keeps its lines, indentation included.
+    assert "canonical solution:\n    for i, a in enumerate(numbers):\n        for b in numbers[i + 1 :]:\n" in out
+    assert f"tests: {FAILED}" in out and "tests: passed" in out

@@ -1,26 +1,39 @@
 """`score-eval report`: the paper-style table across runs, breakdowns, and paired differences.
 
-A report is rows of one shape (`Row`): a measured run, a published row of the SCoRe paper, or one
-group of a run (a MATH subject, a level, a code problem). Run rows take their numbers from
-summary.json as the run wrote them; group rows run `harness.metrics.summarize` on the group's
-episodes, so every number in every table is the same metric with the same interval.
+A report is rows of one shape (`harness.reports.rows.Row`): measured runs, the SCoRe paper's
+published rows, and the groups of each breakdown. This module puts them together and writes the
+Markdown, the CSV, the plots (plots.py) and each run's page (html.py); nothing imports it back.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.metrics import Graded, metric_names, summarize, turn_pairs
-from harness.reports.runs import RunData, load_run
+from harness.metrics import metric_names
+from harness.reports.html import write_run_html
+from harness.reports.plots import accuracy_figure, save_png, transitions_figure
+from harness.reports.rows import (
+    BREAKDOWN_TITLES,
+    Row,
+    breakdown,
+    breakdown_fields,
+    cell,
+    run_row,
+    table_cells,
+    table_metrics,
+)
+from harness.reports.runs import RunData, load_runs
+from harness.reports.settings import differing_settings
 from harness.reports.summary import metric_label
-from harness.stats import group_by, mcnemar_exact, paired_difference
+from harness.stats import paired_difference
 from harness.store import atomic_write_text
 
 PAPER = "Kumar et al. 2024 (arXiv 2409.12917)"
@@ -32,31 +45,6 @@ PUBLISHED = [
     ("humaneval", "Gemini 1.0 Pro", "Base model", (53.7, 56.7, 3.0, 7.9, 4.9)),
     ("humaneval", "Gemini 1.0 Pro", "SCoRe", (52.4, 64.6, 12.2, 15.2, 3.0)),
 ]
-
-# Which breakdowns a run's samples allow: MATH records keep subject and level; records without
-# either (code tasks) are broken down by problem.
-BREAKDOWN_FIELDS = ("subject", "level")
-BREAKDOWN_TITLES = {"subject": "subject", "level": "level", "id": "problem"}
-
-
-@dataclass
-class Row:
-    """One line of a report table; metrics and intervals are fractions, keyed by metric name."""
-
-    run: str
-    model: str
-    task: str
-    turns: int
-    metrics: dict[str, float]
-    ci95: dict[str, list[float]] = field(default_factory=dict)
-    n: int | None = None
-    mcnemar_p: float | None = None
-    published: bool = False
-    group: str | None = None  # the breakdown value for a group row
-
-    @property
-    def label(self) -> str:
-        return f"{self.run} (published)" if self.published else self.run
 
 
 @dataclass
@@ -73,42 +61,12 @@ class Report:
     rows: list[Row]
     breakdowns: dict[str, list[Row]]  # breakdown field -> group rows (group, then run order)
     differences: list[Difference]
-
-
-def _mcnemar(counts: dict[str, int], turns: int) -> float | None:
-    """Exact McNemar p of turn 1 against the last turn, from the run's integer counts."""
-    if turns < 2:
-        return None
-    return mcnemar_exact(counts[f"i2c_t1_t{turns}"], counts[f"c2i_t1_t{turns}"])
-
-
-def _row(run: RunData, values: dict, ci95: dict, counts: dict, group: str | None = None) -> Row:
-    """A measured row from a summary's values (n and metrics by name), intervals and counts."""
-    return Row(
-        run=run.name,
-        model=run.model,
-        task=run.task,
-        turns=run.turns,
-        metrics={m: values[m] for m in metric_names(run.turns)[1:]},
-        ci95=ci95,
-        n=values["n"],
-        mcnemar_p=_mcnemar(counts, run.turns),
-        group=group,
-    )
-
-
-def run_row(run: RunData) -> Row:
-    doc = run.summary
-    return _row(run, doc, doc["ci95"], doc["counts"])
-
-
-def group_row(run: RunData, group: Any, records: Sequence[Graded]) -> Row:
-    summary = summarize(records)
-    return _row(run, summary["metrics"], summary["ci95"], summary["counts"], str(group))
+    warnings: list[str] = field(default_factory=list)  # runs of a task that differ in more than the model
+    unpublished: list[str] = field(default_factory=list)  # with the paper's rows: tasks the paper has none for
 
 
 def published_rows(tasks: Sequence[str] = ()) -> list[Row]:
-    """The paper's rows for the given tasks (all of them when none of the tasks has any)."""
+    """The paper's rows for the given tasks; none for a task the paper did not report."""
     names = metric_names(2)[1:]
     return [
         Row(
@@ -119,25 +77,8 @@ def published_rows(tasks: Sequence[str] = ()) -> list[Row]:
             metrics={name: round(value / 100, 6) for name, value in zip(names, values)},
             published=True,
         )
-        for task, model, method, values in [p for p in PUBLISHED if p[0] in tasks] or PUBLISHED
-    ]
-
-
-def breakdown_fields(runs: Sequence[RunData]) -> list[str]:
-    """subject and/or level where the samples keep them (MATH), else the problem id (code tasks)."""
-    present = [f for f in BREAKDOWN_FIELDS if any(s.get(f) is not None for run in runs for s in run.samples)]
-    return present or ["id"]
-
-
-def breakdown(runs: Sequence[RunData], key: str) -> list[Row]:
-    """Group rows for every value of `key` (sorted), each value's runs together in the order given."""
-    per_run = [group_by(zip(run.samples, run.graded), key=lambda pair: pair[0].get(key)) for run in runs]
-    values = group_by({value for groups in per_run for value in groups}, key=lambda value: value)
-    return [
-        group_row(run, value, [graded for _, graded in groups[value]])
-        for value in values
-        for run, groups in zip(runs, per_run)
-        if value in groups
+        for task, model, method, values in PUBLISHED
+        if task in tasks
     ]
 
 
@@ -155,49 +96,32 @@ def differences(runs: Sequence[RunData]) -> list[Difference]:
     return out
 
 
+def setting_warnings(runs: Sequence[RunData]) -> list[str]:
+    """For each task, the settings other than the model in which its runs differ, with each run's value."""
+    warnings = []
+    for task in dict.fromkeys(r.task for r in runs):
+        lines = differing_settings([(r.name, r.settings) for r in runs if r.task == task])
+        if lines:
+            warnings.append(
+                f"the {task} runs differ in more than the model, so their differences are not the model's alone: "
+                + "; ".join(lines)
+            )
+    return warnings
+
+
 def build_report(runs: Sequence[RunData], with_paper: bool = False) -> Report:
-    rows = [run_row(r) for r in runs]
-    if with_paper:
-        rows += published_rows(sorted({r.task for r in runs}))
+    # Runs grouped by task in the order given, each task's published rows right after its runs.
+    rows, unpublished = [], []
+    for task in dict.fromkeys(r.task for r in runs):
+        rows += [run_row(r) for r in runs if r.task == task]
+        paper = published_rows([task]) if with_paper else []
+        rows += paper
+        unpublished += [task] if with_paper and not paper else []
     breakdowns = {key: breakdown(runs, key) for key in breakdown_fields(runs)}
-    return Report(rows=rows, breakdowns=breakdowns, differences=differences(runs))
+    return Report(rows, breakdowns, differences(runs), setting_warnings(runs), unpublished)
 
 
 # --- formatting ---------------------------------------------------------------------------------
-
-
-def table_metrics(rows: Sequence[Row]) -> list[str]:
-    """The metric columns for a set of rows: Acc@t1..t(max K), then each turn pair any row has."""
-    turns = max(r.turns for r in rows)
-    names = [f"acc_t{t}" for t in range(1, turns + 1)]
-    pairs: list[tuple[int, int]] = []
-    for r in sorted(rows, key=lambda r: r.turns):
-        pairs += [p for p in turn_pairs(r.turns) if p not in pairs]
-    for a, b in pairs:
-        names += [f"delta_t{a}_t{b}", f"delta_i2c_t{a}_t{b}", f"delta_c2i_t{a}_t{b}"]
-    return names
-
-
-def percent(value: float, signed: bool = False) -> str:
-    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
-
-
-def cell(row: Row, name: str, with_ci: bool = True, signed: bool | None = None) -> str:
-    """A metric in percent with its interval; differences (Δ, or any metric when signed) carry a sign."""
-    if name not in row.metrics:
-        return "—"
-    signed = name.startswith("delta_t") if signed is None else signed
-    text = percent(row.metrics[name], signed)
-    if with_ci and name in row.ci95:
-        low, high = row.ci95[name]
-        text += f" [{percent(low, signed)}, {percent(high, signed)}]"
-    return text
-
-
-def p_value(p: float | None) -> str:
-    if p is None:
-        return "—"
-    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
 
 
 def _markdown_table(header: list[str], body: list[list[str]], right_from: int) -> list[str]:
@@ -205,24 +129,6 @@ def _markdown_table(header: list[str], body: list[list[str]], right_from: int) -
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in body]
     return lines
-
-
-def table_cells(
-    rows: Sequence[Row], lead: list[str], lead_cells, with_ci: bool = True
-) -> tuple[list[str], list[list[str]]]:
-    """Header and body of a table of rows: the lead columns, n, the metric columns, McNemar p."""
-    names = table_metrics(rows)
-    header = [*lead, "n", *[metric_label(m) for m in names], "McNemar p (t1 vs last)"]
-    body = [
-        [
-            *lead_cells(r),
-            str(r.n) if r.n is not None else "—",
-            *[cell(r, m, with_ci) for m in names],
-            p_value(r.mcnemar_p),
-        ]
-        for r in rows
-    ]
-    return header, body
 
 
 def rows_table(rows: Sequence[Row], lead: list[str], lead_cells, with_ci: bool = True) -> list[str]:
@@ -253,6 +159,7 @@ def markdown_text(report: Report, plots: dict[str, str] | None = None, breakdown
         "",
         "## Results",
         "",
+        *[f"> **Warning:** {w}.\n" for w in report.warnings],
         *rows_table(report.rows, ["run", "model", "task"], lambda r: [r.label, r.model, r.task]),
         "",
         (
@@ -266,10 +173,13 @@ def markdown_text(report: Report, plots: dict[str, str] | None = None, breakdown
         lines += [
             "",
             (
-                f"Rows marked (published) are copied from {PAPER}, not measured here: "
-                "MATH on MATH-500 with Gemini 1.5 Flash, HumanEval with Gemini 1.0 Pro."
+                f"Rows marked (published, task) are copied from {PAPER}, not measured here: "
+                "MATH on MATH-500 with Gemini 1.5 Flash, HumanEval with Gemini 1.0 Pro. "
+                "Each stands beside the runs of its own task."
             ),
         ]
+    if report.unpublished:
+        lines += ["", f"The paper reports no results for {', '.join(report.unpublished)}, so it has no rows here."]
     if report.differences:
         lines += [
             "",
@@ -350,13 +260,9 @@ def write_report(
     html: bool = True,
 ) -> ReportFiles:
     """Read the runs, then write the Markdown report, its plots beside it, the CSV and each run's report.html."""
-    from harness.reports.html import write_run_html
-    from harness.reports.plots import accuracy_figure, save_png, transitions_figure
-
-    runs = [load_run(d) for d in run_dirs]
+    runs = load_runs(run_dirs)
     report = build_report(runs, with_paper=with_paper)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     plot_files = {
         "Accuracy by turn": (output.with_name(f"{output.stem}-accuracy.png"), accuracy_figure(report.rows)),
         "Transitions between turn 1 and the last turn": (
@@ -364,17 +270,29 @@ def write_report(
             transitions_figure(report.rows),
         ),
     }
-    for path, figure in plot_files.values():
-        save_png(figure, path)
-    atomic_write_text(output, markdown_text(report, {c: p.name for c, (p, _) in plot_files.items()}))
+    with _writing(output, "choose another --output"):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        for path, figure in plot_files.values():
+            save_png(figure, path)
+        atomic_write_text(output, markdown_text(report, {c: p.name for c, (p, _) in plot_files.items()}))
     if csv_path is not None:
         csv_path = Path(csv_path)
-        atomic_write_text(csv_path, csv_text(report))
-    try:
+        with _writing(csv_path, "choose another --csv"):
+            csv_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(csv_path, csv_text(report))
+    with _writing("report.html", "pass --no-html to skip the per-run pages"):
         html_files = [write_run_html(run) for run in runs] if html else []
-    except OSError as exc:
-        raise HarnessError(
-            f"cannot write report.html into {exc.filename or 'a run directory'} ({exc.strerror}); "
-            "pass --no-html to skip the per-run pages"
-        ) from exc
     return ReportFiles(output, csv_path, [p for p, _ in plot_files.values()], html_files, report)
+
+
+@contextmanager
+def _writing(what: str | Path, fix: str) -> Iterator[None]:
+    """Turn a failed write (no such folder, a file where a folder should be, no permission, a full
+    disk) into one error line that names what was being written, the path that failed, and the fix."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.filename and str(exc.filename) != str(what):
+            reason = f"{exc.filename}: {reason}"
+        raise HarnessError(f"cannot write {what} ({reason}); {fix}") from exc

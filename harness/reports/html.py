@@ -1,27 +1,31 @@
 """RUN_DIR/report.html: one self-contained page per run, to read the samples in a browser.
 
 Everything the page needs is inside the file: the summary and breakdown tables, the plots as
-base64 PNGs, the episodes as JSON, the CSS and the script. It opens from the file system with no
-network. Diffs and answer positions are computed here (harness.reports.textdiff), not in the
-browser, so the page and `score-eval show` highlight the same words. The script builds the page
-with textContent only: model output is data, never markup.
+base64 PNGs, the episodes as JSON, the CSS and the script, and KaTeX (katex/, fonts inlined) to
+render LaTeX. It opens from the file system with no network. Diffs and answer positions are
+computed here (harness.reports.textdiff), not in the browser, so the page and `score-eval show`
+highlight the same words. The script builds the page with textContent only: model output is data,
+never markup; KaTeX then turns the formulas in that text into math (its `trust` option stays off,
+so a formula cannot add links, classes or styles).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from functools import cache
+from importlib import resources
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from harness.reports.compare import BREAKDOWN_TITLES, breakdown, breakdown_fields, run_row, table_cells
 from harness.reports.plots import accuracy_figure, png_bytes, transitions_figure
+from harness.reports.rows import BREAKDOWN_TITLES, breakdown, breakdown_fields, run_row, table_cells
 from harness.reports.runs import RunData, load_run, problem_statements
 from harness.reports.show import episode_transition
-from harness.reports.textdiff import answer_span, word_diff
+from harness.reports.textdiff import answer_span, widen_to_math, word_diff
 from harness.stats import TRANSITION_LABELS, TRANSITIONS
 from harness.store import atomic_write_text
 
@@ -33,8 +37,11 @@ _ENV = jinja2.Environment(
 )
 
 
-def episode_data(sample: dict[str, Any], problem: str | None) -> dict[str, Any]:
-    """What the page's script needs for one episode, diffs and answer spans included."""
+def episode_data(sample: dict[str, Any], problem: str | None, code: bool = False) -> dict[str, Any]:
+    """What the page's script needs for one episode, diffs and answer spans included.
+
+    For a code task the extracted "answer" is the whole program, so it is not marked in the response;
+    the test result (`detail`: "passed", "failed: <the first failing assertion>") is shown instead."""
     turns = sample["turns"]
     return {
         "id": str(sample["id"]),
@@ -51,11 +58,28 @@ def episode_data(sample: dict[str, Any], problem: str | None) -> dict[str, Any]:
                 "correct": bool(t["correct"]),
                 "finish_reason": t.get("finish_reason"),
                 "completion_tokens": t.get("completion_tokens"),
-                "span": _utf16_span(t["response"], answer_span(t["response"], t.get("extracted"))),
+                "detail": t.get("detail"),
+                "span": None if code else _utf16_span(t["response"], _answer_span(t)),
             }
             for t in turns
         ],
         "diffs": [word_diff(a["response"], b["response"]) for a, b in pairwise(turns)],
+    }
+
+
+def _answer_span(turn: dict[str, Any]) -> tuple[int, int] | None:
+    """Where to mark the extracted answer: the whole formula it sits in, so the mark never cuts one."""
+    return widen_to_math(turn["response"], answer_span(turn["response"], turn.get("extracted")))
+
+
+@cache
+def katex_assets() -> dict[str, str]:
+    """KaTeX's script, auto-render and CSS (fonts inlined), read once from the package (see katex/README.md)."""
+    folder = resources.files("harness.reports") / "katex"
+    return {
+        "katex_js": (folder / "katex.min.js").read_text(encoding="utf-8"),
+        "auto_render_js": (folder / "auto-render.min.js").read_text(encoding="utf-8"),
+        "katex_css": (folder / "katex.css").read_text(encoding="utf-8"),
     }
 
 
@@ -85,12 +109,13 @@ def html_text(run: RunData) -> str:
         title = BREAKDOWN_TITLES.get(key, key)
         breakdowns.append((title, table_cells(rows, [title], lambda r: [r.group], with_ci=True)))
     problems = problem_statements(run)
-    episodes = [episode_data(s, problems.get(str(s["id"]))) for s in run.samples]
+    episodes = [episode_data(s, problems.get(str(s["id"])), run.is_code) for s in run.samples]
     info = run.info
     decoding = (
         "greedy" if info.get("temperature", 0) == 0 else f"temperature {info['temperature']}, top-p {info['top_p']}"
     )
     return _ENV.get_template(TEMPLATE).render(
+        name=run.name,
         run=info,
         started=run.started or "unknown",
         skipped=run.skipped,
@@ -101,7 +126,8 @@ def html_text(run: RunData) -> str:
         accuracy_png=_png_uri(accuracy_figure([row])),
         transitions_png=_png_uri(transitions_figure([row])),
         transitions=[(t, TRANSITION_LABELS[t]) for t in TRANSITIONS],
-        data=script_json({"episodes": episodes, "labels": TRANSITION_LABELS}),
+        data=script_json({"episodes": episodes, "labels": TRANSITION_LABELS, "code": run.is_code}),
+        **katex_assets(),
     )
 
 

@@ -9,25 +9,39 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from harness.reports.rows import TASK_TITLES, Row
 from harness.stats import TRANSITION_LABELS, TRANSITIONS, transition_shares
-
-if TYPE_CHECKING:
-    from harness.reports.compare import Row
 
 TRANSITION_COLORS = {"c2c": "#4c9a5b", "i2c": "#9fd39a", "c2i": "#e8847a", "i2i": "#b9b9b9"}
 
 
 def accuracy_figure(rows: Sequence[Row]) -> Figure:
-    """Accuracy at each turn, one line per row; measured rows with their 95% intervals as error bars,
+    """Accuracy at each turn, one line per row and one panel per task, so the paper's MATH rows are
+    never drawn among HumanEval runs; measured rows with their 95% intervals as error bars,
     published rows dashed, so a reader never mistakes a copied number for a measured one."""
-    fig = Figure(figsize=(6.4, 4.0), dpi=110)
+    tasks = list(dict.fromkeys(r.task for r in rows))
+    fig = Figure(figsize=(6.4 if len(tasks) == 1 else 4.8 * len(tasks), 4.0), dpi=110)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    axes = fig.subplots(1, len(tasks), sharey=True, squeeze=False)[0]
+    for ax, task in zip(axes, tasks):
+        _accuracy_panel(ax, [r for r in rows if r.task == task])
+        ax.set_title(
+            "Accuracy by turn (bars: 95% bootstrap interval)"
+            if len(tasks) == 1
+            else f"{TASK_TITLES.get(task, task)}: accuracy by turn"
+        )
+    axes[0].set_ylabel("accuracy (% of episodes)")
+    if len(tasks) > 1:
+        fig.suptitle("Accuracy by turn (bars: 95% bootstrap interval)", fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def _accuracy_panel(ax, rows: Sequence[Row]) -> None:
     max_turns = max(r.turns for r in rows)
     for i, row in enumerate(rows):
         turns = list(range(1, row.turns + 1))
@@ -48,12 +62,8 @@ def accuracy_figure(rows: Sequence[Row]) -> Figure:
     ax.set_xlim(0.7, max_turns + 0.3)
     ax.set_ylim(0, 100)
     ax.set_xlabel("turn")
-    ax.set_ylabel("accuracy (% of episodes)")
-    ax.set_title("Accuracy by turn (bars: 95% bootstrap interval)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small", loc="best")
-    fig.tight_layout()
-    return fig
 
 
 def row_transitions(row: Row) -> dict[str, float]:
@@ -75,12 +85,13 @@ def transitions_figure(rows: Sequence[Row]) -> Figure:
     ax = fig.add_subplot()
     if not rows:
         ax.text(0.5, 0.5, "no run has two turns", ha="center", va="center", transform=ax.transAxes)
-    labels = [r.label.replace(" (published)", "\n(published)") for r in rows]
+    # Bars stand at positions, not at their labels, so rows that share a label never stack on one another.
+    positions = list(range(len(rows)))
     shares = [row_transitions(r) for r in rows]
     bottom = [0.0] * len(rows)
     for name in TRANSITIONS:
         heights = [100 * s[name] for s in shares]
-        bars = ax.bar(labels, heights, bottom=bottom, color=TRANSITION_COLORS[name], label=TRANSITION_LABELS[name])
+        bars = ax.bar(positions, heights, bottom=bottom, color=TRANSITION_COLORS[name], label=TRANSITION_LABELS[name])
         for bar, h, row in zip(bars, heights, rows):
             if row.published:
                 bar.set_hatch("//")
@@ -89,6 +100,7 @@ def transitions_figure(rows: Sequence[Row]) -> Figure:
                 ax.text(bar.get_x() + bar.get_width() / 2, bar.get_y() + h / 2, f"{h:.1f}", ha="center", va="center",
                         fontsize="x-small")  # fmt: skip
         bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_xticks(positions, [r.label.replace(" (published", "\n(published") for r in rows])
     ax.set_ylim(0, 100)
     ax.set_ylabel("% of episodes")
     ax.set_title("Turn 1 → last turn")

@@ -7,25 +7,34 @@ samples.jsonl is read only for what the summary does not hold (breakdowns, pairi
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.grading.code import CODE_GRADERS
 from harness.metrics import Graded
+from harness.reports.settings import run_settings, setting_text
 from harness.store import read_jsonl
 
 
 @dataclass
 class RunData:
-    """A finished run directory: summary.json, samples.jsonl and (when present) config.json."""
+    """A finished run directory: summary.json, samples.jsonl and (when present) config.json.
+
+    A run is known by its directory, not by the name summary.json recorded: a copied run keeps
+    the old name inside, and two runs must never share a label in a report.
+    """
 
     path: Path
     summary: dict[str, Any]
     samples: list[dict[str, Any]]  # the scored episodes; skipped ones are counted, not kept
     config: dict[str, Any] | None = None
     skipped: int = 0
+    label: str | None = None  # set by load_runs where several runs are shown together
 
     @property
     def info(self) -> dict[str, Any]:
@@ -33,7 +42,8 @@ class RunData:
 
     @property
     def name(self) -> str:
-        return self.info["name"]
+        """The label a report gives this run: its directory's name unless load_runs chose a longer one."""
+        return self.label or self.path.resolve().name
 
     @property
     def task(self) -> str:
@@ -46,6 +56,18 @@ class RunData:
     @property
     def turns(self) -> int:
         return int(self.info["turns"])
+
+    @property
+    def is_code(self) -> bool:
+        """A code task's `extracted` is a whole program, its gold answer the canonical solution, and
+        its `detail` the test result ("passed", "failed: <the first failing assertion>")."""
+        grader = ((self.config or {}).get("task") or {}).get("grader")
+        return (grader or self.task) in CODE_GRADERS
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The settings that change a result (harness.reports.settings)."""
+        return run_settings(self.info, self.config)
 
     @property
     def started(self) -> str | None:
@@ -95,19 +117,61 @@ def load_run(path: str | Path) -> RunData:
     return RunData(path=path, summary=summary, samples=scored, config=config, skipped=len(samples) - len(scored))
 
 
+def run_labels(paths: Sequence[str | Path]) -> list[str]:
+    """A distinct label per run directory: its name, with as many parent folders as it takes to
+    tell apart directories of the same name; the same directory given again gets " #2", " #3"."""
+    resolved = [Path(p).resolve() for p in paths]
+
+    def label(path: Path) -> str:
+        depth = 1
+        while depth < len(path.parts) and any(
+            other != path and other.parts[-depth:] == path.parts[-depth:] for other in resolved
+        ):
+            depth += 1
+        return str(Path(*path.parts[-depth:]))
+
+    seen: Counter[str] = Counter()
+    labels = []
+    for path in resolved:
+        text = label(path)
+        seen[text] += 1
+        labels.append(text if seen[text] == 1 else f"{text} #{seen[text]}")
+    return labels
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[RunData]:
+    """Read several run directories, each labelled distinctly (see run_labels)."""
+    runs = [load_run(p) for p in paths]
+    for run, label in zip(runs, run_labels(paths)):
+        run.label = label
+    return runs
+
+
 @dataclass(frozen=True)
 class RunListing:
-    """One line of `score-eval runs`; metrics are None for a run that has no summary yet."""
+    """One line of `score-eval runs`; metrics are None for a run that has no summary yet.
+
+    `name` is the directory's; `recorded_name` is what the run called itself, which differs for a
+    copied or renamed run directory.
+    """
 
     path: Path
     name: str
+    recorded_name: str
     task: str | None
     model: str | None
-    turns: int | None
+    settings: dict[str, Any]  # harness.reports.settings.run_settings
     n: int | None
-    date: str | None
     acc_t1: float | None
     acc_tk: float | None
+
+    @property
+    def turns(self) -> int | None:
+        return self.settings["turns"]
+
+    @property
+    def date(self) -> str | None:
+        return self.settings["date"]
 
 
 def find_runs(root: str | Path) -> list[RunListing]:
@@ -130,53 +194,59 @@ def _listing(path: Path) -> RunListing | None:
     if (path / "summary.json").exists():
         doc = _read_json(path / "summary.json")
         run = doc["run"]
-        turns = int(run["turns"])
         return RunListing(
             path=path,
-            name=run["name"],
+            name=path.name,
+            recorded_name=run["name"],
             task=run["task"],
             model=run["model"],
-            turns=turns,
+            settings=run_settings(run, config),
             n=doc["n"],
-            date=run.get("started") or (config or {}).get("started"),
             acc_t1=doc["acc_t1"],
-            acc_tk=doc[f"acc_t{turns}"],
+            acc_tk=doc[f"acc_t{int(run['turns'])}"],
         )
     if not isinstance(config, dict) or "run_name" not in config or "settings" not in config:
         return None
     settings = config["settings"]
     return RunListing(
         path=path,
-        name=config.get("run_name", path.name),
+        name=path.name,
+        recorded_name=config.get("run_name", path.name),
         task=settings.get("task"),
         model=(config.get("engine") or {}).get("model"),
-        turns=settings.get("turns"),
+        settings=run_settings({}, config),
         n=None,
-        date=config.get("started"),
         acc_t1=None,
         acc_tk=None,
     )
 
 
 def runs_table(listings: list[RunListing], root: str | Path):
-    """The listing as a rich Table (dates to the minute, accuracies in percent)."""
+    """The listing as a rich Table: each run's path, what it ran, the settings that change a result
+    (so runs that are not comparable look different; "tokens" is max_new_tokens, "data" the start of the
+    data file's sha256), its date to the minute and accuracies in percent."""
     from rich.table import Table
 
     table = Table(title=f"runs under {root}")
     for column, justify in [
-        ("name", "left"), ("task", "left"), ("model", "left"), ("turns", "right"), ("n", "right"),
-        ("date (UTC)", "left"), ("acc_t1", "right"), ("acc_tK", "right"),
+        ("run directory", "left"), ("task", "left"), ("model", "left"), ("backend", "left"), ("turns", "right"),
+        ("samples", "right"), ("temp.", "right"), ("top_p", "right"), ("tokens", "right"), ("limit", "right"),
+        ("data", "left"), ("n", "right"), ("date (UTC)", "left"), ("acc_t1", "right"), ("acc_tK", "right"),
     ]:  # fmt: skip
         table.add_column(column, justify=justify)
     for r in listings:
-        date = r.date[:16].replace("T", " ") if r.date else "—"
+        renamed = f" (recorded as {r.recorded_name})" if r.recorded_name != r.name else ""
+        settings = [
+            setting_text(key, r.settings[key])
+            for key in ("backend", "turns", "samples", "temperature", "top_p", "max_new_tokens", "limit", "data_sha256")
+        ]
         table.add_row(
-            r.name,
+            f"{r.path}{renamed}",
             r.task or "—",
             r.model or "—",
-            str(r.turns) if r.turns is not None else "—",
+            *settings,
             str(r.n) if r.n is not None else "no summary yet",
-            date,
+            r.date[:16].replace("T", " ") if r.date else "—",
             f"{100 * r.acc_t1:.1f}%" if r.acc_t1 is not None else "—",
             f"{100 * r.acc_tk:.1f}%" if r.acc_tk is not None else "—",
         )

@@ -48,10 +48,11 @@ def select_samples(
     ]
 
 
-def response_text(turn: dict[str, Any]) -> Text:
-    """The response with its extracted answer highlighted green (right) or red (wrong)."""
+def response_text(turn: dict[str, Any], highlight: bool = True) -> Text:
+    """The response with its extracted answer highlighted green (right) or red (wrong); code tasks
+    pass highlight=False, since their extracted "answer" is the whole program."""
     text = Text(turn["response"])
-    span = answer_span(turn["response"], turn.get("extracted"))
+    span = answer_span(turn["response"], turn.get("extracted")) if highlight else None
     if span is not None:
         text.stylize("bold black on green" if turn["correct"] else "bold white on red", *span)
     return text
@@ -67,28 +68,47 @@ def diff_text(before: str, after: str, markers: bool = False) -> Text:
     return text
 
 
-def turn_title(index: int, turn: dict[str, Any]) -> Text:
+def turn_title(index: int, turn: dict[str, Any], code: bool = False) -> Text:
+    """One line: verdict, the extracted answer (MATH; a code task's program stays in the body), length."""
     verdict = Text("right", style="bold green") if turn["correct"] else Text("wrong", style="bold red")
     extracted = turn.get("extracted")
     return Text.assemble(
         f"turn {index} · ",
         verdict,
-        f" · extracted: {extracted if extracted is not None else '(none)'}",
+        "" if code else f" · extracted: {extracted if extracted is not None else '(none)'}",
         f" · {turn.get('finish_reason', '?')}, {turn.get('completion_tokens', '?')} tokens",
     )
 
 
-def episode_renderable(sample: dict[str, Any], problem: str | None = None, markers: bool = False) -> Group:
+def turn_body(turn: dict[str, Any], code: bool = False) -> Group:
+    """The response; under a code task's response, the test result that decided it."""
+    parts: list[Any] = [response_text(turn, highlight=not code)]
+    if code and turn.get("detail"):
+        parts.append(Text.assemble(("\ntests: ", "bold"), (turn["detail"], "green" if turn["correct"] else "red")))
+    return Group(*parts)
+
+
+def gold_text(sample: dict[str, Any], code: bool = False) -> Text:
+    """The gold answer on its line; a code task's canonical solution below its label, line breaks kept."""
+    answer = str(sample.get("answer"))
+    if code:
+        return Text.assemble(("canonical solution:\n", "bold"), (answer.rstrip("\n"), "yellow"))
+    return Text.assemble(("gold answer: ", "bold"), (answer, "bold yellow"))
+
+
+def episode_renderable(
+    sample: dict[str, Any], problem: str | None = None, markers: bool = False, code: bool = False
+) -> Group:
     name = episode_transition(sample)
     where = " · ".join(str(sample[k]) for k in ("subject", "level") if sample.get(k) is not None)
     header = f"{sample['id']} · sample {sample.get('sample', 0)} · {TRANSITION_LABELS[name]} ({name})"
     parts: list[Any] = [Rule(header + (f" · {where}" if where else ""), style="cyan")]
     if problem:
         parts.append(Text.assemble(("problem: ", "bold"), problem))
-    parts.append(Text.assemble(("gold answer: ", "bold"), (str(sample.get("answer")), "bold yellow")))
+    parts.append(gold_text(sample, code))
     turns = sample["turns"]
     for i, turn in enumerate(turns, start=1):
-        parts.append(Panel(response_text(turn), title=turn_title(i, turn), title_align="left"))
+        parts.append(Panel(turn_body(turn, code), title=turn_title(i, turn, code), title_align="left"))
         if i < len(turns):
             parts.append(
                 Panel(
@@ -120,7 +140,7 @@ def show_run(
     problems = problem_statements(run) if shown else {}
     markers = console.color_system is None
     for sample in shown:
-        console.print(episode_renderable(sample, problems.get(str(sample["id"])), markers))
+        console.print(episode_renderable(sample, problems.get(str(sample["id"])), markers, run.is_code))
         console.print()
     what = f"{TRANSITION_LABELS[transition_name]} ({transition_name}) " if transition_name else ""
     console.print(f"{run.name}: {len(shown)} of {len(matched)} {what}episode(s) shown (of {len(run.samples)}).")

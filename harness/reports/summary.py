@@ -1,8 +1,9 @@
 """summary.json, summary.csv and summary.md for one run.
 
 summary.json holds the metrics as top-level keys (fractions in [0, 1]), plus `ci95`, `counts` and
-`run`; summary.csv is one row with the same metric columns and `<metric>_ci_low/_ci_high`;
-summary.md is the same as a GitHub-readable table in percentages.
+`run`; summary.csv is one row: the run, the settings that change a result (harness.reports.settings,
+so two runs that differ in them never give identical rows), the same metric columns and
+`<metric>_ci_low/_ci_high`; summary.md is the same as a GitHub-readable table in percentages.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.metrics import metric_names, turn_pairs
-from harness.store import atomic_write_text, write_json
+from harness.reports.settings import SETTINGS, run_settings
+from harness.store import atomic_write_text, read_json, write_json
 
 
 def summary_document(summary: dict, run: dict[str, Any]) -> dict:
@@ -44,12 +46,14 @@ def metric_label(name: str) -> str:
     return name
 
 
-def csv_text(document: dict) -> str:
-    turns = document["run"]["turns"]
-    names = metric_names(turns)
-    header = ["run", "task", "model", "backend", *names]
+def csv_text(document: dict, config: dict[str, Any] | None = None) -> str:
+    """One row; `config` is the run's config.json, where the settings beyond summary.json's `run` live."""
+    run = document["run"]
+    names = metric_names(run["turns"])
+    settings = run_settings(run, config)
+    header = ["run", "task", "model", *SETTINGS, *names]
     header += [f"{m}_ci_{side}" for m in names[1:] for side in ("low", "high")]
-    row = [document["run"]["name"], document["run"]["task"], document["run"]["model"], document["run"]["backend"]]
+    row = [run["name"], run["task"], run["model"], *["" if settings[k] is None else settings[k] for k in SETTINGS]]
     row += [document[m] for m in names]
     row += [document["ci95"][m][i] for m in names[1:] for i in (0, 1)]
     header += pass_at_k_names(document)
@@ -98,7 +102,8 @@ def markdown_text(document: dict) -> str:
 
 def write_summaries(run_dir: Path, summary: dict, run: dict[str, Any]) -> dict:
     document = summary_document(summary, run)
-    atomic_write_text(run_dir / "summary.csv", csv_text(document))
+    config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else None
+    atomic_write_text(run_dir / "summary.csv", csv_text(document, config))
     atomic_write_text(run_dir / "summary.md", markdown_text(document))
     write_json(run_dir / "summary.json", document)
     return document
