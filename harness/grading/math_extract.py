@@ -18,6 +18,7 @@ unless the caller asks for the documented `last_number` fallback. Reasoning mode
 
 from __future__ import annotations
 
+import bisect
 import re
 
 from harness.grading.reasoning import answer_part
@@ -79,12 +80,14 @@ _CURRENCY = re.compile(r"^\$(?=-?\d[\d,.]*$)|(?<=\d)\$$")
 _TEMPLATE_TOKENS = re.compile(r"<\|[a-z_]+\|>\w*|</s>|<eos>")
 _HOPE = re.compile(r"\s*I hope it is correct\.?\s*$", re.IGNORECASE)
 _NEGATION = re.compile(r"\b(?:not|never|no longer|isn't|aren't|cannot|can't|wrong|incorrect)\b", re.IGNORECASE)
-# A sentence that states a value: "... the probability is 2/3.", "We find that $x < 3$."
 _NEGATION_WINDOW = 12  # characters before a value that may deny it: "the answer is not 5"
+# A sentence that states a value: "... the probability is 2/3.", "We find that $x < 3$."
 _STATES = re.compile(r"\b(?:is|are|equals|be|find|get|obtain)\b", re.IGNORECASE)
 _CONCLUDED_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?%?")
 
-_SPANS = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+_DELIMITERS = re.compile(r"\\\$|\$\$|\$|\\\(|\\\)|\\\[|\\\]")  # `\$` is a dollar sign, read and skipped
+_CLOSERS = {"$$": "$$", "$": "$", "\\(": "\\)", "\\[": "\\]"}
+_SENTENCE_END = re.compile(r"\n|[.!?](?=\s)")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _MAX_STATED = 200  # longer "answers" are sentences, not answers
 _MAX_SPAN = 2000  # a $...$ that has not closed by then is not an answer (and is not searched to the end)
@@ -254,21 +257,40 @@ def _whole_math(text: str) -> str | None:
     return None
 
 
-def _sentences(text: str) -> list[tuple[int, int]]:
-    """(start, end) of each sentence: ends at ". ", "! ", "? " or a line break, outside math spans."""
-    bounds, start, i = [], 0, 0
-    while i < len(text):
-        span = _math_span(text, i) if text[i] in "$\\" else None
-        if span is not None:
-            i = span[1]
-            continue
-        if text[i] == "\n" or (text[i] in ".!?" and (i + 1 == len(text) or text[i + 1].isspace())):
-            bounds.append((start, i + 1))
-            start = i + 1
-        i += 1
-    if text[start:].strip():
-        bounds.append((start, len(text)))
-    return [(a, b) for a, b in bounds if text[a:b].strip(" \t\n.")]
+def math_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of each closed math span ($..$, $$..$$, \\(..\\), \\[..\\]), left to right.
+
+    Each opener looks up its closer among the delimiters' positions by bisection, so a response full
+    of unclosed openers is read in O(n log n); a regex or a scan from every opener is quadratic, and
+    extraction runs in the grader's own process, outside any time limit.
+    """
+    tokens = [(m.start(), m.group()) for m in _DELIMITERS.finditer(text) if m.group() != "\\$"]
+    starts = [p for p, _ in tokens]
+    closers = {c: [p for p, kind in tokens if kind == c] for c in set(_CLOSERS.values())}
+    spans, t = [], 0
+    while t < len(tokens):
+        p, kind = tokens[t]
+        closer = _CLOSERS.get(kind)
+        if closer is not None:
+            found = closers[closer]
+            j = bisect.bisect_right(found, p)
+            if j < len(found) and found[j] - p <= _MAX_SPAN:
+                q = found[j]
+                spans.append((p, q + len(closer), text[p + len(kind) : q]))
+                t = bisect.bisect_right(starts, q)
+                continue
+        t += 1
+    return spans
+
+
+def _last_sentence(text: str, spans: list[tuple[int, int, str]]) -> int:
+    """Where the final sentence starts: after the last ". ", "! ", "? " or line break outside math."""
+    inside = [(a, b) for a, b, _ in spans]
+    for m in reversed(list(_SENTENCE_END.finditer(text.rstrip(" \t\n.!?")))):
+        k = bisect.bisect_right(inside, (m.start(), len(text))) - 1
+        if k < 0 or not inside[k][0] <= m.start() < inside[k][1]:
+            return m.end()
+    return 0
 
 
 def _concluding_answer(text: str) -> str | None:
@@ -281,27 +303,29 @@ def _concluding_answer(text: str) -> str | None:
     math or number ("Therefore, there are 12 sequences."). Math in the middle of the work is never read.
     """
     s = _HOPE.sub("", _TEMPLATE_TOKENS.sub("", text)).rstrip()
-    sentences = _sentences(s)
-    if not sentences:
+    all_spans = math_spans(s)
+    start = _last_sentence(s, all_spans)
+    sentence = s[start:]
+    if not sentence.strip(" \t\n."):
         return None
-    start, end = sentences[-1]
-    sentence = s[start:end].strip()
-    spans = list(_SPANS.finditer(sentence))
-    ends_with_math = bool(spans) and _TRAILER.fullmatch(sentence, spans[-1].end()) is not None
+    spans = [(a - start, b - start, c) for a, b, c in all_spans if a >= start]
+    ends_with_math = bool(spans) and _TRAILER.fullmatch(sentence, spans[-1][1]) is not None
     whole = start == 0 and len(s) <= _MAX_STATED  # a one-sentence reply: too short to have been cut off
     if not (sentence.endswith((".", "!")) or ends_with_math or whole):
         return None
-    plain = _SPANS.sub(" ", sentence)
+    plain = "".join(
+        sentence[b:a] for (_, b, _), (a, _, _) in zip([(0, 0, "")] + spans, spans + [(len(sentence), 0, "")])
+    )
     states = _CONCLUDES.search(sentence) or _STATES.search(plain)
-    if ends_with_math and (states or sentence[: spans[-1].start()].rstrip().endswith(":")):
-        if not _NEGATION.search(sentence[max(0, spans[-1].start() - _NEGATION_WINDOW) : spans[-1].start()]):
-            return next(g for g in spans[-1].groups() if g is not None)
+    if ends_with_math and (states or sentence[: spans[-1][0]].rstrip().endswith(":")):
+        if not _NEGATION.search(sentence[max(0, spans[-1][0] - _NEGATION_WINDOW) : spans[-1][0]]):
+            return spans[-1][2]
     numbers = list(_CONCLUDED_NUMBER.finditer(plain))
     if numbers and states and _TRAILER.fullmatch(plain, numbers[-1].end()):
         if not _NEGATION.search(plain[max(0, numbers[-1].start() - _NEGATION_WINDOW) : numbers[-1].start()]):
             return numbers[-1].group(0)
     if _CONCLUDES.search(sentence) and not _NEGATION.search(sentence):
-        found = [next(g for g in m.groups() if g is not None) for m in spans] + [m.group(0) for m in numbers]
+        found = [c for _, _, c in spans] + [m.group(0) for m in numbers]
         if len(found) == 1:
             return found[0]
     return None
