@@ -82,7 +82,7 @@ _HOPE = re.compile(r"\s*I hope it is correct\.?\s*$", re.IGNORECASE)
 _NEGATION = re.compile(r"\b(?:not|never|no longer|isn't|aren't|cannot|can't|wrong|incorrect)\b", re.IGNORECASE)
 _NEGATION_WINDOW = 12  # characters before a value that may deny it: "the answer is not 5"
 # A sentence that states a value: "... the probability is 2/3.", "We find that $x < 3$."
-_STATES = re.compile(r"\b(?:is|are|equals|be|find|get|obtain)\b", re.IGNORECASE)
+_STATES = re.compile(r"\b(?:is|are|it's|equals|be|find|get|obtain)\b", re.IGNORECASE)
 _CONCLUDED_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?%?")
 
 _DELIMITERS = re.compile(r"\\\$|\$\$|\$|\\\(|\\\)|\\\[|\\\]")  # `\$` is a dollar sign, read and skipped
