@@ -1,18 +1,23 @@
-"""The two processes inside the sandbox: a judge that runs the trusted tests, a worker that runs the program.
+"""The judge: runs the dataset's trusted tests against a program that lives in another process, and
+alone writes the verdict.
 
-Started as `python -I -S sandbox_child.py judge` by harness/grading/sandbox.py. It imports only the
-standard library (never the harness), so nothing of the harness lives in a process the program can reach.
+Started as `python -I -S sandbox_judge.py judge` by harness/grading/sandbox.py (inside `unshare`'s
+namespaces where the machine permits); it serves one job at a time for as long as the harness keeps
+its pipe open. It imports only the standard library and its sibling files (never the harness).
 
-Why two processes: a test is an honest judge only if the code under test cannot touch it. The
-program is loaded into a worker, a fresh interpreter per program that sets rlimits, enters a
-minimal read-only root (when there is a mount namespace), drops to an unprivileged uid of its own,
-installs an audit hook, and then only answers calls ("call the entry point with these arguments")
-with values encoded as plain data. The judge runs the dataset's test code against proxies of the
-program's functions and decodes every returned value into builtins (int, str, list, ...), so an
-object that claims to equal anything never reaches an `==`. The verdict is written by the judge
-alone, to a pipe the worker does not hold and cannot open (other uid; the judge is non-dumpable and,
-in a pid namespace, pid 1), so exit statuses, prints, signals and crashes of the program can only
-ever make it fail. The worker never holds the tests either: it is exec'd, not forked from the judge.
+Why two processes: a test is an honest judge only if the code under test cannot touch it. The program
+runs in a worker (sandbox_worker.py), a fresh interpreter per program with its own uid, rlimits,
+root and audit hook, that only answers calls with values encoded as plain data. The judge runs the
+tests against proxies of the program's functions and rebuilds every returned value with the
+standard library's own types (sandbox_protocol.py), so an object that claims to equal anything never
+reaches an `==`; names the tests take from the builtins or the standard library are never the
+program's. The verdict goes to a pipe the worker does not hold and cannot open (other uid; the judge
+is non-dumpable and, in a pid namespace, pid 1), so exit statuses, prints, signals and crashes of the
+program can only ever make it fail.
+
+Per program the judge also: gives it a fresh IPC namespace (or removes its SysV IPC objects), meters
+its CPU and memory over all of its processes (sandbox_usage.py), counts the time spent decoding its
+replies against its budget, and kills everything it started before the next job begins.
 """
 
 from __future__ import annotations
@@ -22,346 +27,13 @@ import json
 import os
 import sys
 
-# ---------------------------------------------------------------------------------------------
-# Plain-data codec shared by judge and worker. JSON arrays are lists; every other container is a
-# one-key object naming its type; {"r": n} is a reference to an object kept in the worker.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sandbox_protocol import Decoder, Output, Timeout, encode, parse_reply, recv, recv_bytes, send  # noqa: E402
+from sandbox_usage import Meter, make_group  # noqa: E402
 
+del sys.path[0]
 
-def encode(x, other):
-    t = type(x)
-    if x is None or t is bool or t is float or t is str:
-        return x
-    if t is int:  # big ints travel in hex: linear to convert both ways, unlike decimal
-        return x if -(1 << 62) < x < 1 << 62 else {"i": format(x, "x")}
-    if t is list:
-        return [encode(v, other) for v in x]
-    if t is tuple:
-        return {"t": [encode(v, other) for v in x]}
-    if t is dict:
-        return {"d": [[encode(k, other), encode(v, other)] for k, v in x.items()]}
-    if t is set:
-        return {"s": [encode(v, other) for v in x]}
-    if t is frozenset:
-        return {"f": [encode(v, other) for v in x]}
-    if t is bytes:
-        return {"b": x.hex()}
-    if t is complex:
-        return {"c": [x.real, x.imag]}
-    if t is type and getattr(builtins, x.__name__, None) is x:
-        return {"y": x.__name__}  # builtin types (`int`, `str`, ...) are values tests pass around
-    return other(x)
-
-
-def decode(x, ref):
-    if isinstance(x, list):
-        return [decode(v, ref) for v in x]
-    if not isinstance(x, dict):
-        return x
-    ((tag, v),) = x.items()
-    if tag == "t":
-        return tuple(decode(e, ref) for e in v)
-    if tag == "d":
-        return {decode(k, ref): decode(e, ref) for k, e in v}
-    if tag == "s":
-        return {decode(e, ref) for e in v}
-    if tag == "f":
-        return frozenset(decode(e, ref) for e in v)
-    if tag == "b":
-        return bytes.fromhex(v)
-    if tag == "c":
-        return complex(*v)
-    if tag == "i":
-        return int(v, 16)
-    if tag == "y":
-        value = getattr(builtins, v)
-        if type(value) is not type:
-            raise ValueError(f"{v!r} is not a builtin type")
-        return value
-    if tag == "r":
-        return ref(v)
-    raise ValueError(f"unknown tag {tag!r}")
-
-
-def send(fd: int, message) -> None:
-    send_text(fd, json.dumps(message))
-
-
-def send_text(fd: int, text: str) -> None:
-    data = text.encode("utf-8", "surrogatepass")
-    data = len(data).to_bytes(4, "big") + data
-    while data:
-        data = data[os.write(fd, data) :]
-
-
-class Timeout(Exception):
-    pass
-
-
-class Output:
-    """The program's stdout+stderr, drained while waiting for replies so the program never blocks on
-    a full pipe; the first `cap` bytes are kept."""
-
-    def __init__(self, fd: int, cap: int):
-        self.fd, self.source, self.cap, self.kept = fd, fd, cap, bytearray()
-
-    def read(self) -> bool:
-        chunk = os.read(self.fd, 1 << 16)
-        self.kept += chunk[: max(0, self.cap - len(self.kept))]
-        return bool(chunk)
-
-    def drain(self) -> None:
-        """What is left once every writer is dead."""
-        import select
-
-        while self.fd >= 0 and select.select([self.fd], [], [], 0.2)[0] and self.read():
-            pass
-        if self.source >= 0:
-            os.close(self.source)
-            self.fd = self.source = -1
-
-
-def recv(fd: int, deadline: float | None = None, cap: int = 1 << 30, output: Output | None = None):
-    """One message; Timeout past `deadline`, EOFError when the writer is gone, ValueError when over `cap`."""
-
-    def read_exactly(n: int) -> bytes:
-        chunks, left = [], n
-        while left:
-            if deadline is not None:
-                import select
-                import time
-
-                wait = deadline - time.monotonic()
-                watched = [fd, output.fd] if output and output.fd >= 0 else [fd]
-                ready = select.select(watched, [], [], max(wait, 0))[0] if wait > 0 else []
-                if not ready:
-                    raise Timeout
-                if output and output.fd in ready and not output.read():
-                    output.fd = -1
-                if fd not in ready:
-                    continue
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                raise EOFError
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-
-    size = int.from_bytes(read_exactly(4), "big")
-    if size > cap:
-        raise ValueError(f"message of {size} bytes exceeds the cap of {cap}")
-    return json.loads(read_exactly(size))
-
-
-# ---------------------------------------------------------------------------------------------
-# Worker: runs the untrusted program.
-
-# Imported before dropping privileges when the interpreter's files are unreadable to the program's
-# uid and no mount namespace can expose them (e.g. Python under /root, mode 700).
-PREIMPORT = [
-    "math",
-    "cmath",
-    "re",
-    "collections",
-    "collections.abc",
-    "itertools",
-    "functools",
-    "heapq",
-    "bisect",
-    "string",
-    "operator",
-    "copy",
-    "random",
-    "fractions",
-    "decimal",
-    "statistics",
-    "datetime",
-    "hashlib",
-    "array",
-    "struct",
-    "textwrap",
-    "unicodedata",
-    "numbers",
-    "typing",
-    "time",
-    "signal",
-    "json",
-    "subprocess",
-]
-
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-_PATH_EVENTS = {  # event -> positions of path arguments that must stay inside the workdir
-    "os.mkdir": (0,),
-    "os.rename": (0, 1),
-    "os.remove": (0,),
-    "os.rmdir": (0,),
-    "os.symlink": (1,),
-    "os.link": (1,),
-    "os.chmod": (0,),
-    "os.chown": (0,),
-    "os.truncate": (0,),
-    "os.utime": (0,),
-    "os.mkfifo": (0,),
-    "os.mknod": (0,),
-    "shutil.rmtree": (0,),
-    "os.chdir": (),
-    "os.chroot": (0,),
-}
-_DENIED_EVENTS = {
-    "socket.__new__",
-    "socket.connect",
-    "socket.bind",
-    "socket.getaddrinfo",
-    "os.setuid",
-    "os.setgid",
-}
-_DENIED_IMPORTS = {"ctypes", "_ctypes", "cffi", "_posixshmem"}
-
-
-def audit_hook(workdir: str):
-    """A layer over the kernel's checks that turns the common escapes into readable errors.
-
-    It cannot be a boundary on its own (C code and child processes bypass it), which is why it
-    also refuses ctypes; the uid, the namespaces and the rlimits are the boundary.
-    """
-    root = os.path.realpath(workdir)
-    parent = os.getppid()
-
-    def inside(path) -> bool:
-        if isinstance(path, int):
-            return True
-        full = os.path.realpath(os.path.join(root, os.fsdecode(path)))
-        return full == root or full.startswith(root + os.sep) or full == os.devnull
-
-    def hook(event: str, args: tuple) -> None:
-        if event == "open":
-            path, mode, flags = args
-            writing = bool(flags & _WRITE_FLAGS) or (isinstance(mode, str) and any(c in mode for c in "wax+"))
-            if writing and not inside(path):
-                raise PermissionError(f"sandbox: writing outside the working directory is denied ({path})")
-        elif event in _PATH_EVENTS:
-            for i in _PATH_EVENTS[event]:
-                if i < len(args) and not inside(args[i]):
-                    raise PermissionError(f"sandbox: {event} outside the working directory is denied")
-        elif event in _DENIED_EVENTS:
-            raise PermissionError(f"sandbox: {event} is denied")
-        elif event == "import" and str(args[0]).split(".")[0] in _DENIED_IMPORTS:
-            raise ImportError(f"sandbox: importing {args[0]} is denied")
-        elif event in ("os.kill", "os.killpg") and (args[0] <= 0 or args[0] == parent):
-            raise PermissionError(f"sandbox: {event}({args[0]}) is denied")
-
-    return hook
-
-
-def _drop_capabilities() -> None:
-    """Empty the bounding, effective, permitted and inheritable sets (so no exec can regain any), then
-    forget ctypes, so that the program has to import it afresh, which the audit hook refuses."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in range(64):
-        libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP; EINVAL past the last capability
-
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [
-            ("effective", ctypes.c_uint32),
-            ("permitted", ctypes.c_uint32),
-            ("inheritable", ctypes.c_uint32),
-        ]
-
-    if libc.capset(ctypes.byref(Header(0x20080522, 0)), (Data * 2)()) != 0:
-        raise SystemExit(f"could not drop capabilities: {os.strerror(ctypes.get_errno())}")
-    for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
-        del sys.modules[name]
-
-
-def _describe(exc: BaseException) -> list:
-    return [type(exc).__name__, str(exc)[:500]]
-
-
-def worker(config: dict) -> None:
-    import resource
-
-    for name, soft, hard in config["rlimits"]:
-        resource.setrlimit(getattr(resource, name), (soft, hard))
-    if config["root"]:
-        os.chroot(config["root"])
-    workdir = config["workdir"]
-    os.chdir(workdir)
-    os.environ.update(HOME=workdir, TMPDIR=workdir)
-    if config["preimport"]:
-        for module in PREIMPORT:
-            __import__(module)
-    uid = config["uid"]
-    if uid is None and os.geteuid() == 0:
-        _drop_capabilities()  # root of a user namespace (the harness is not root): keep none of its powers
-    if uid is not None:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-        if os.getuid() != uid or os.geteuid() != uid:
-            raise SystemExit("could not drop privileges")
-    req, resp = config["fds"]
-    sys.addaudithook(audit_hook(workdir))
-
-    refs: list = []
-
-    def keep(x):
-        if isinstance(x, int):
-            return int.__index__(x)
-        if isinstance(x, float):
-            return float.__float__(x)
-        if isinstance(x, str):
-            return str.__str__(x)
-        for base in (list, tuple, set, frozenset):
-            if isinstance(x, base):
-                return encode(base(base.__iter__(x)), keep)
-        if isinstance(x, dict):
-            return {"d": [[encode(k, keep), encode(v, keep)] for k, v in dict.items(x)]}
-        refs.append(x)
-        return {"r": len(refs) - 1}
-
-    def ref(n):
-        return refs[n]
-
-    namespace = {"__name__": "solution", "__builtins__": builtins}
-    program = recv(req)
-    try:
-        exec(compile(program, "<program>", "exec"), namespace)  # noqa: S102 - running it is the point
-    except BaseException as exc:  # noqa: BLE001 - any failure of the program is its verdict
-        send(resp, {"loaded": False, "error": _describe(exc)})
-        return
-    send(resp, {"loaded": True, "names": sorted(k for k in namespace if not k.startswith("__"))})
-    ops = {
-        "global": lambda name: namespace[name],
-        "call": lambda target, args, kwargs: target(*args, **kwargs),
-        "getattr": getattr,
-        "setattr": setattr,
-        "getitem": lambda target, key: target[key],
-        "iter": list,
-        "len": len,
-        "repr": repr,
-        "str": str,
-        "bool": bool,
-    }
-    while True:
-        try:
-            request = recv(req)
-        except EOFError:
-            return
-        try:
-            op, args = request
-            value = ops[op](*decode(args, ref))
-            reply = json.dumps({"ok": encode(value, keep)})
-        except BaseException as exc:  # noqa: BLE001
-            reply = json.dumps({"error": _describe(exc)})
-        send_text(resp, reply)
-
-
-# ---------------------------------------------------------------------------------------------
-# Judge: runs the tests, owns the verdict.
+WORKER_FILES = ("sandbox_worker.py", "sandbox_protocol.py")
 
 
 class ProgramFailed(BaseException):
@@ -418,17 +90,21 @@ class Remote:
 
 
 class WorkerLink:
-    """The judge's side of the worker: requests out, plain values (or Remote proxies) back."""
+    """The judge's side of the worker: requests out, plain values (or Remote proxies) back.
+
+    The program's budget is spent while the judge waits for it and while the judge decodes what it
+    sent (a reply built to be slow to decode is the program's time); the judge's own work, such as
+    HumanEval+ running the reference solution on every input, is not. While waiting, the judge looks
+    at the program's summed CPU and memory every 0.1 s and ends it at either cap."""
 
     failure: str | None = None
 
-    def __init__(self, pid: int, req: int, resp: int, output: Output, job: dict):
-        self.pid, self.req, self.resp, self.output = pid, req, resp, output
-        # The wall-clock budget is spent only while the judge waits for the program: the judge's own
-        # work (HumanEval+ runs the reference solution on every input) is not the program's time.
+    def __init__(self, pid: int, req: int, resp: int, output: Output, job: dict, meter: Meter):
+        self.pid, self.req, self.resp, self.output, self.meter = pid, req, resp, output, meter
         self.budget = float(job["wall_s"])
         self.cap, self.cpu_limit = job["message_bytes"], job["cpu_s"]
         self.status: int | None = None
+        self.cpu_of_worker = 0.0
 
     def _out(self, x):
         if type(x) is Remote and x._worker is self:
@@ -442,7 +118,21 @@ class WorkerLink:
         self.failure = self.failure or reason
         return ProgramFailed(self.failure)
 
-    def exchange(self, message):
+    def over_cap(self) -> str | None:
+        """The reason to end the program now, if its processes together passed a cap."""
+        if self.meter.cpu_seconds() >= self.cpu_limit:
+            return "timed out"
+        if self.meter.memory_exceeded():
+            return "memory"
+        return None
+
+    def _watch(self) -> None:
+        reason = self.over_cap()
+        if reason:
+            raise self.fail(reason)
+
+    def exchange(self, message, decode: bool = False):
+        """Send `message`, return the reply (its "ok" value decoded when `decode`), all on the budget."""
         if self.failure:
             raise ProgramFailed(self.failure)
         import time
@@ -451,18 +141,25 @@ class WorkerLink:
         self.deadline = start + self.budget
         try:
             send(self.req, message)
-            return recv(self.resp, self.deadline, self.cap, self.output)
+            data = recv_bytes(self.resp, self.deadline, self.cap, self.output, self._watch)
+            reply = parse_reply(data, self.cap)
+            del data
+            if decode and isinstance(reply, dict) and "ok" in reply:
+                reply["ok"] = Decoder(self._ref, self.deadline)(reply["ok"])
+            return reply
         except (BrokenPipeError, EOFError):
             raise self.fail(self.death()) from None
         except Timeout:
             raise self.fail("timed out") from None
-        except (ValueError, RecursionError) as exc:
-            raise self.fail(f"failed: bad reply from the program ({str(exc)[:100]})") from None
+        except MemoryError:
+            raise self.fail("memory") from None
+        except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError, RecursionError) as exc:
+            raise self.fail(f"failed: bad reply from the program ({str(exc)[:100] or type(exc).__name__})") from None
         finally:
             self.budget -= time.monotonic() - start
 
     def op(self, name: str, args: list):
-        reply = self.exchange([name, encode(args, self._out)])
+        reply = self.exchange([name, encode(args, self._out)], decode=True)
         if not isinstance(reply, dict) or not ({"ok", "error"} & reply.keys()):
             raise self.fail("failed: bad reply from the program")
         if "error" in reply:
@@ -474,10 +171,7 @@ class WorkerLink:
                 # The program may not raise the judge's AssertionError (or anything a test might expect).
                 raise RuntimeError(f"{kind}: {message}")
             raise cls(str(message))
-        try:
-            return decode(reply["ok"], self._ref)
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-            raise self.fail(f"failed: bad reply from the program ({type(exc).__name__})") from None
+        return reply["ok"]
 
     def wait(self, timeout: float) -> int | None:
         """The worker's exit status (negative: killed by that signal), or None if still running."""
@@ -485,9 +179,10 @@ class WorkerLink:
 
         end = time.monotonic() + timeout
         while self.status is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
             if pid:
                 self.status = os.waitstatus_to_exitcode(status)
+                self.cpu_of_worker = usage.ru_utime + usage.ru_stime
             elif time.monotonic() >= end:
                 return None
             else:
@@ -495,16 +190,20 @@ class WorkerLink:
         return self.status
 
     def death(self) -> str:
-        import resource
+        """Why the worker is gone. "timed out" only when it was killed at a CPU cap (its own RLIMIT_CPU,
+        or its processes' sum); a program that kills itself has crashed, whatever ran before it."""
         import signal
         import time
 
         status = self.wait(max(0.1, min(2.0, self.deadline - time.monotonic())))
         if status is None:
             return "failed: the program closed its channel"
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if status in (-signal.SIGXCPU, -signal.SIGKILL) and usage.ru_utime + usage.ru_stime >= self.cpu_limit - 0.5:
+        if status in (-signal.SIGXCPU, -signal.SIGKILL) and (
+            self.cpu_of_worker >= self.cpu_limit - 0.5 or self.meter.cpu_seconds() >= self.cpu_limit
+        ):
             return "timed out"
+        if status == -signal.SIGKILL and self.meter.memory_exceeded():
+            return "memory"
         if status < 0:
             return f"crashed (signal {-status}: {signal.Signals(-status).name})"
         return f"failed: the program exited with status {status}"
@@ -607,14 +306,17 @@ def _under(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
-def kill_everything(uid: int | None) -> None:
+def kill_everything(uid: int | None, meter: Meter | None = None) -> None:
     """Kill every process the program started, wherever it went (other group, other session).
 
-    With a uid of its own, a helper of that uid signals -1: all processes of that uid. Without, the
-    judge is a child subreaper (or pid 1), so orphans of the program are re-parented to it and swept here.
+    With a cgroup, the kernel kills the whole group at once. With a uid of its own, a helper of that
+    uid signals -1: all processes of that uid. Without, the judge is a child subreaper (or pid 1), so
+    orphans of the program are re-parented to it and swept here; all three run where they apply.
     """
     import signal
 
+    if meter is not None and meter.group is not None:
+        meter.group.kill()
     if uid is not None:
         pid = os.fork()
         if pid == 0:
@@ -707,8 +409,10 @@ def judge() -> None:
 
     The judge lives across jobs (it runs only trusted code), which saves an interpreter start and
     the namespace setup per program; every program still gets a fresh worker interpreter, a fresh
-    working directory, and a sweep of everything it started before the next job begins.
+    working directory, a fresh IPC namespace, and a sweep of everything it started before the next
+    job begins.
     """
+    import resource
     import time
 
     requests, verdicts = os.dup(0), os.dup(1)
@@ -720,15 +424,23 @@ def judge() -> None:
     if os.getpid() != 1:
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     setup = recv(requests)
+    # The judge's own limits: memory (decoding a reply is bounded by the message cap; see
+    # sandbox_protocol.CONTAINER_BYTES) and no core dumps. Soft limits only: a worker sets its own.
+    for name, soft in (("RLIMIT_AS", setup["memory_bytes"]), ("RLIMIT_CORE", 0)):
+        limit = getattr(resource, name)
+        resource.setrlimit(limit, (soft, resource.getrlimit(limit)[1]))
     uid, root = setup["uid"], None
     if setup["mount_namespace"]:
         root = setup["root"]
-        minimal_root(root, setup["interpreter"] + [os.path.dirname(__file__)], setup["hide"])
+        minimal_root(root, setup["interpreter"], setup["hide"])
     worker_code = _compiled_copy(setup["root"])
+    meter = Meter(make_group(setup["cgroup"]) if setup["cgroup"] else None, os.getpid())
     while True:
         try:
             job = recv(requests)
         except EOFError:
+            if meter.group is not None:
+                meter.group.remove()
             return
         start = time.monotonic()
         if root is not None:
@@ -746,13 +458,16 @@ def judge() -> None:
             "preimport": uid is not None and root is None,
         }
         output = Output(-1, job["output_bytes"])
+        own_ipc = root is not None and _fresh_ipc_namespace()
         try:
-            result = _run_tests(job, config, setup["env"], output, worker_code)
+            result = _run_tests(job, config, setup["env"], output, worker_code, meter)
         except Exception as exc:  # noqa: BLE001 - a fault of the judge is reported, never a pass
             result = {"passed": False, "result": f"failed: sandbox error ({type(exc).__name__}: {exc})"}
         finally:
-            kill_everything(uid)
+            kill_everything(uid, meter)
             output.drain()
+            if not own_ipc and uid is not None:
+                remove_ipc_objects(uid)
         if root is not None:
             _umount(root + workdir)
         result["output"] = output.kept.decode("utf-8", "replace")
@@ -760,12 +475,43 @@ def judge() -> None:
         send(verdicts, result)
 
 
+_CLONE_NEWIPC = 0x08000000
+
+
+def _fresh_ipc_namespace() -> bool:
+    """Move the judge, and so the worker it spawns next, into a new IPC namespace: SysV shared memory,
+    semaphores and message queues of earlier programs are out of reach, and freed with their namespace
+    once their last process is gone."""
+    return _libc().unshare(_CLONE_NEWIPC) == 0
+
+
+def remove_ipc_objects(uid: int) -> None:
+    """Without an IPC namespace per program: remove the SysV IPC objects the program's uid owns or made."""
+    libc = _libc()
+    for kind, remove in (("shm", libc.shmctl), ("sem", libc.semctl), ("msg", libc.msgctl)):
+        try:
+            lines = open(f"/proc/sysvipc/{kind}").read().splitlines()
+        except OSError:
+            continue
+        header = lines[0].split()
+        for line in lines[1:]:
+            row = dict(zip(header, line.split()))
+            if str(uid) in (row.get("uid"), row.get("cuid")):
+                ident = int(row["shmid" if kind == "shm" else "semid" if kind == "sem" else "msqid"])
+                remove(ident, 0, None) if kind != "sem" else remove(ident, 0, 0, None)  # IPC_RMID is 0
+
+
 def _compiled_copy(directory: str) -> str:
-    """This file compiled once per judge, so that a worker does not spend most of its start-up
-    compiling it (bytecode caches are often disabled; PYTHONDONTWRITEBYTECODE)."""
+    """The worker's files compiled once per judge into the program's root, so that a worker does not
+    spend most of its start-up compiling them (bytecode caches are often disabled), and so that
+    nothing of the repository has to be visible to the program."""
     import py_compile
 
-    return py_compile.compile(__file__, cfile=os.path.join(directory, ".sandbox_child.pyc"), doraise=True)
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in WORKER_FILES:
+        source = os.path.join(here, name)
+        py_compile.compile(source, cfile=os.path.join(directory, name[:-3] + ".pyc"), doraise=True)
+    return os.path.join(directory, "sandbox_worker.pyc")
 
 
 def _spawn_worker(config: dict, env: dict, code: str) -> tuple[int, int, int, int]:
@@ -779,7 +525,7 @@ def _spawn_worker(config: dict, env: dict, code: str) -> tuple[int, int, int, in
         os.set_inheritable(fd, True)
     pid = os.posix_spawn(
         sys.executable,
-        [sys.executable, "-I", "-S", "-B", code, "worker", json.dumps(config)],
+        [sys.executable, "-I", "-S", "-B", code, json.dumps(config)],
         env,
         file_actions=[
             (os.POSIX_SPAWN_DUP2, devnull, 0),
@@ -792,12 +538,13 @@ def _spawn_worker(config: dict, env: dict, code: str) -> tuple[int, int, int, in
     return pid, req_w, resp_r, out_r
 
 
-def _run_tests(job: dict, config: dict, env: dict, output: Output, worker_code: str) -> dict:
+def _run_tests(job: dict, config: dict, env: dict, output: Output, worker_code: str, meter: Meter) -> dict:
     import signal
 
     pid, req_w, resp_r, out_r = _spawn_worker(config, env, worker_code)
     output.fd = output.source = out_r
-    link = WorkerLink(pid, req_w, resp_r, output, job)
+    meter.start(pid, _rlimit(job, "RLIMIT_AS"), _rlimit(job, "RLIMIT_NPROC") or 1 << 20)
+    link = WorkerLink(pid, req_w, resp_r, output, job, meter)
     tests = job["tests"]
     try:
         loaded = link.exchange(job["program"])
@@ -813,12 +560,13 @@ def _run_tests(job: dict, config: dict, env: dict, output: Output, worker_code: 
             return {"passed": False, "result": f"failed: the program does not define {job['entry_point']}"}
         namespace: dict = {"__name__": "__judge__"}
         exec(compile(job["prelude"], "<prelude>", "exec"), namespace)  # noqa: S102 - the dataset's trusted code
-        for name in sorted(_names(tests) & names):
-            if name == job["entry_point"] or name not in namespace:
-                namespace[name] = link.op("global", [name])
+        bind_program_names(namespace, _names(tests) & names, job["entry_point"], link)
         exec(compile(tests, "<tests>", "exec"), namespace)  # noqa: S102 - the dataset's trusted tests
         if link.failure:
             return {"passed": False, "result": link.failure}
+        reason = link.over_cap()  # processes it left running may have passed a cap after its last answer
+        if reason:
+            return {"passed": False, "result": reason}
     except ProgramFailed as exc:
         return {"passed": False, "result": str(exc)}
     except Exception as exc:  # noqa: BLE001 - an assertion, or an error raised through the program
@@ -832,6 +580,26 @@ def _run_tests(job: dict, config: dict, env: dict, output: Output, worker_code: 
     return {"passed": True, "result": "passed"}
 
 
+def bind_program_names(namespace: dict, used: set[str], entry_point: str, link: WorkerLink) -> None:
+    """Give the tests the program's objects for the names they use: the entry point always, any other
+    name only where neither the dataset's prelude, nor the builtins, nor the standard library has it.
+    So a program's module-level `abs = lambda x: 0` or `import math as range` never reaches the tests;
+    a standard-library module the tests use (`math.isclose`) is the judge's own import."""
+    for name in sorted(used):
+        if name == entry_point:
+            namespace[name] = link.op("global", [name])
+        elif name in namespace or hasattr(builtins, name):
+            continue
+        elif name in sys.stdlib_module_names:
+            namespace[name] = __import__(name)
+        else:
+            namespace[name] = link.op("global", [name])
+
+
+def _rlimit(job: dict, name: str) -> int | None:
+    return next((soft for limit, soft, _ in job["rlimits"] if limit == name), None)
+
+
 def _names(source: str) -> set[str]:
     import ast
 
@@ -841,14 +609,13 @@ def _names(source: str) -> set[str]:
 def reap(uid: int) -> None:
     """Run by the harness after it had to kill a judge: sweep the processes of the program's uid."""
     kill_everything(uid)
+    remove_ipc_objects(uid)
 
 
 if __name__ == "__main__":
     role = sys.argv[1]
     if role == "judge":
         judge()
-    elif role == "worker":
-        worker(json.loads(sys.argv[2]))
     elif role == "reap":
         reap(int(sys.argv[2]))
     else:

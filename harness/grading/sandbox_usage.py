@@ -1,0 +1,232 @@
+"""What one program uses, summed over all of its processes: CPU time, memory, processes.
+
+An rlimit caps one process; a program that starts four children gets four times the CPU. So the
+judge meters the program as a whole, in the best way the machine allows:
+
+- a cgroup of its own, where the judge can make one (root, cgroupfs writable): the kernel caps the
+  program's memory (memory.max / memory.limit_in_bytes; the OOM killer acts inside the group) and
+  processes (pids.max), counts its CPU (cpu.stat / cpuacct.usage), and kills it whole (cgroup.kill).
+  Works on cgroup v2, v1 and the v1/v2 hybrid (each resource from the hierarchy that has it);
+- otherwise, polling: the CPU and resident memory of every live descendant of the judge (orphans
+  come back to it: it is pid 1 of its pid namespace or a child subreaper), plus the CPU of the ones
+  it reaped during this program; the judge kills the program when a sum passes its cap.
+
+The judge checks the CPU sum every 0.1 s while it waits on the program, so a program ends at most
+about that much past its cap. Standard library only (the judge loads this file as a module).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _read(path: str) -> str:
+    with open(path) as fh:
+        return fh.read()
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(value)
+
+
+def hierarchies() -> list[tuple[str, set[str], str]]:
+    """(version, controllers, this process's cgroup directory) for each mounted cgroup hierarchy."""
+    own: dict = {}
+    for line in _read("/proc/self/cgroup").splitlines():
+        _, controllers, path = line.split(":", 2)
+        own[frozenset(controllers.split(",")) if controllers else "v2"] = path
+    found = []
+    for line in _read("/proc/self/mountinfo").splitlines():
+        fields = line.split()
+        dash = fields.index("-")
+        root, mountpoint, fstype, options = fields[3].rstrip("/"), fields[4], fields[dash + 1], fields[dash + 3]
+        if fstype == "cgroup2":
+            key = "v2"
+        elif fstype == "cgroup":
+            key = next((k for k in own if k != "v2" and k <= set(options.split(","))), None)
+        else:
+            continue
+        path = own.get(key)
+        if path is None or not (path + "/").startswith(root + "/"):
+            continue  # this process's group is outside what is mounted here
+        controllers = set() if key == "v2" else set(key)
+        found.append(("v2" if key == "v2" else "v1", controllers, mountpoint + path[len(root) :]))
+    return found
+
+
+class ProgramGroup:
+    """A cgroup per judge, in every hierarchy that gives one of: CPU time, memory cap, process cap, kill.
+
+    Made once per judge (named by the harness, so that it can remove it after killing a judge) and
+    reused by each of its programs, one at a time; CPU time and OOM kills are counted from each
+    program's start."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.dirs: list[str] = []
+        self.cpu = self.memory = self.pids = self.kill_file = None
+        self.v2_cpu = False
+        for version, controllers, parent in hierarchies():
+            wanted = (
+                version == "v2"
+                or (self.cpu is None and "cpuacct" in controllers)
+                or (self.memory is None and "memory" in controllers)
+                or (self.pids is None and "pids" in controllers)
+            )
+            if not wanted:
+                continue
+            path = os.path.join(parent, name)
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError:
+                continue
+            self.dirs.append(path)
+            files = set(os.listdir(path))
+            if version == "v2":
+                if "cpu.stat" in files:
+                    self.cpu, self.v2_cpu = path, True
+                if "cgroup.kill" in files:
+                    self.kill_file = os.path.join(path, "cgroup.kill")
+                if "memory.max" in files:
+                    self.memory = path
+            elif "cpuacct.usage" in files and not self.v2_cpu:
+                self.cpu = path
+            if "memory.limit_in_bytes" in files and self.memory is None:
+                self.memory = path
+            if "pids.max" in files and self.pids is None:
+                self.pids = path
+        self._cpu0 = self._oom0 = 0.0
+
+    @property
+    def complete(self) -> bool:
+        """Whether the kernel caps memory and counts CPU for the whole program."""
+        return self.cpu is not None and self.memory is not None
+
+    def start(self, pid: int, memory_bytes: int, processes: int) -> None:
+        """Put the worker (before it runs the program) into the group, with this program's caps."""
+        if self.memory is not None:
+            v2 = os.path.exists(os.path.join(self.memory, "memory.max"))
+            _write(os.path.join(self.memory, "memory.max" if v2 else "memory.limit_in_bytes"), str(memory_bytes))
+        if self.pids is not None:
+            _write(os.path.join(self.pids, "pids.max"), str(processes))
+        for path in self.dirs:
+            _write(os.path.join(path, "cgroup.procs"), str(pid))
+        self._cpu0 = self._oom0 = 0
+        self._cpu0, self._oom0 = self.cpu_seconds(), self.oom_kills()
+
+    def cpu_seconds(self) -> float:
+        if self.cpu is None:
+            return 0.0
+        if self.v2_cpu:
+            stat = dict(line.split() for line in _read(os.path.join(self.cpu, "cpu.stat")).splitlines())
+            return int(stat["usage_usec"]) / 1e6 - self._cpu0
+        return int(_read(os.path.join(self.cpu, "cpuacct.usage"))) / 1e9 - self._cpu0
+
+    def oom_kills(self) -> int:
+        if self.memory is None:
+            return 0
+        name = "memory.events" if os.path.exists(os.path.join(self.memory, "memory.events")) else "memory.oom_control"
+        stat = dict(line.split() for line in _read(os.path.join(self.memory, name)).splitlines())
+        return int(stat.get("oom_kill", 0)) - int(self._oom0)
+
+    def kill(self) -> None:
+        """Kill every process in the group, also ones forked while killing (cgroup.kill is atomic)."""
+        if self.kill_file is not None:
+            _write(self.kill_file, "1")
+            return
+        for _ in range(1000):
+            pids = [int(p) for path in self.dirs for p in _read(os.path.join(path, "cgroup.procs")).split()]
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def remove(self) -> None:
+        for path in self.dirs:
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+
+
+def make_group(name: str) -> ProgramGroup | None:
+    """The judge's cgroup, or None where the kernel would not cap memory and count CPU for it."""
+    try:
+        group = ProgramGroup(name)
+    except (OSError, ValueError, KeyError):
+        return None
+    if group.complete:
+        return group
+    group.remove()
+    return None
+
+
+class Meter:
+    """The program's summed CPU and memory, from its cgroup or by polling the judge's descendants."""
+
+    def __init__(self, group: ProgramGroup | None, judge_pid: int):
+        self.group, self.judge_pid = group, judge_pid
+        self._reaped0 = 0.0
+
+    def start(self, pid: int, memory_bytes: int, processes: int) -> None:
+        self.memory_bytes = memory_bytes
+        if self.group is not None:
+            self.group.start(pid, memory_bytes, processes)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._reaped0 = usage.ru_utime + usage.ru_stime
+
+    def cpu_seconds(self) -> float:
+        if self.group is not None:
+            return self.group.cpu_seconds()
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        reaped = usage.ru_utime + usage.ru_stime - self._reaped0
+        return reaped + sum(cpu for cpu, _ in _descendants(self.judge_pid).values())
+
+    def memory_exceeded(self) -> bool:
+        """Over the memory cap: OOM kills in the cgroup, or summed resident memory when polling."""
+        if self.group is not None:
+            return self.group.oom_kills() > 0
+        return sum(rss for _, rss in _descendants(self.judge_pid).values()) > self.memory_bytes
+
+
+def _descendants(root: int) -> dict[int, tuple[float, int]]:
+    """pid -> (CPU seconds including reaped children, resident bytes) of every live descendant of `root`."""
+    parent, usage = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = _read(f"/proc/{entry}/stat")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parent[int(entry)] = int(fields[1])
+        ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        usage[int(entry)] = (ticks / _CLOCK_TICKS, int(fields[21]) * _PAGE)
+    found: dict[int, tuple[float, int]] = {}
+    for pid in parent:
+        ancestor, seen = parent.get(pid), 0
+        while ancestor and ancestor != root and seen < 4096:
+            ancestor, seen = parent.get(ancestor), seen + 1
+        if ancestor == root:
+            found[pid] = usage[pid]
+    return found
+
+
+def remove_groups(name: str) -> None:
+    """Remove the (empty) cgroup `name` under this process's group in every hierarchy: the harness
+    does this for a judge it had to kill."""
+    for _, _, parent in hierarchies():
+        try:
+            os.rmdir(os.path.join(parent, name))
+        except OSError:
+            pass

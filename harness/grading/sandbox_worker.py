@@ -1,0 +1,270 @@
+"""The worker: the one process that runs the untrusted program, a fresh interpreter per program.
+
+Started by the judge (sandbox_judge.py) as `python -I -S -B sandbox_worker.pyc '<config>'`, from a
+compiled copy in the program's root. It sets its rlimits, enters the minimal read-only root (when
+there is a mount namespace), drops to the program's uid, installs an audit hook, loads the program,
+and then only answers calls ("call the entry point with these arguments") with values encoded as
+plain data. It never holds the tests (it is exec'd, not forked from the judge) and it cannot write
+the verdict (the judge owns that pipe).
+
+What a program may import: the standard library, and nothing else, in every mode. The interpreter
+runs with `-I -S` (no site-packages on sys.path); in the full sandbox every site-packages and
+dist-packages directory is an empty tmpfs; in every mode the audit hook refuses to list or read
+files under such a directory, so appending one to sys.path finds nothing there.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sandbox_protocol import Decoder, encode, recv, send, send_text  # noqa: E402 - found beside this file
+
+del sys.path[0]
+
+# Imported before dropping privileges when the interpreter's files are unreadable to the program's
+# uid and no mount namespace can expose them (e.g. Python under /root, mode 700).
+PREIMPORT = [
+    "math",
+    "cmath",
+    "re",
+    "collections",
+    "collections.abc",
+    "itertools",
+    "functools",
+    "heapq",
+    "bisect",
+    "string",
+    "operator",
+    "copy",
+    "random",
+    "fractions",
+    "decimal",
+    "statistics",
+    "datetime",
+    "hashlib",
+    "array",
+    "struct",
+    "textwrap",
+    "unicodedata",
+    "numbers",
+    "typing",
+    "time",
+    "signal",
+    "json",
+    "subprocess",
+]
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_PATH_EVENTS = {  # event -> positions of path arguments that must stay inside the workdir
+    "os.mkdir": (0,),
+    "os.rename": (0, 1),
+    "os.remove": (0,),
+    "os.rmdir": (0,),
+    "os.symlink": (1,),
+    "os.link": (1,),
+    "os.chmod": (0,),
+    "os.chown": (0,),
+    "os.truncate": (0,),
+    "os.utime": (0,),
+    "os.mkfifo": (0,),
+    "os.mknod": (0,),
+    "shutil.rmtree": (0,),
+    "os.chdir": (),
+    "os.chroot": (0,),
+}
+_DENIED_EVENTS = {
+    "socket.__new__",
+    "socket.connect",
+    "socket.bind",
+    "socket.getaddrinfo",
+    "os.setuid",
+    "os.setgid",
+}
+_DENIED_IMPORTS = {"ctypes", "_ctypes", "cffi", "_posixshmem"}
+_PACKAGE_DIRS = ("site-packages", "dist-packages")  # installed packages: not the standard library
+
+
+def audit_hook(workdir: str):
+    """A layer over the kernel's checks that turns the common escapes into readable errors.
+
+    It cannot be a boundary on its own (C code and child processes bypass it), which is why it
+    also refuses ctypes; the uid, the namespaces and the rlimits are the boundary.
+    """
+    root = os.path.realpath(workdir)
+    parent = os.getppid()
+
+    def full(path) -> str:
+        return os.path.realpath(os.path.join(root, os.fsdecode(path)))
+
+    def inside(path) -> bool:
+        if isinstance(path, int):
+            return True
+        path = full(path)
+        return path == root or path.startswith(root + os.sep) or path == os.devnull
+
+    def installed(path) -> bool:
+        return not isinstance(path, int) and any(d in full(path).split(os.sep) for d in _PACKAGE_DIRS)
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open":
+            path, mode, flags = args
+            writing = bool(flags & _WRITE_FLAGS) or (isinstance(mode, str) and any(c in mode for c in "wax+"))
+            if writing and not inside(path):
+                raise PermissionError(f"sandbox: writing outside the working directory is denied ({path})")
+            if path is not None and installed(path):
+                raise PermissionError(f"sandbox: only the standard library may be imported ({path})")
+        elif event in ("os.listdir", "os.scandir") and args[0] is not None and installed(args[0]):
+            raise PermissionError("sandbox: only the standard library may be imported")
+        elif event in _PATH_EVENTS:
+            for i in _PATH_EVENTS[event]:
+                if i < len(args) and not inside(args[i]):
+                    raise PermissionError(f"sandbox: {event} outside the working directory is denied")
+        elif event in _DENIED_EVENTS:
+            raise PermissionError(f"sandbox: {event} is denied")
+        elif event == "import" and str(args[0]).split(".")[0] in _DENIED_IMPORTS:
+            raise ImportError(f"sandbox: importing {args[0]} is denied")
+        elif event in ("os.kill", "os.killpg") and (args[0] <= 0 or args[0] == parent):
+            raise PermissionError(f"sandbox: {event}({args[0]}) is denied")
+
+    return hook
+
+
+def _drop_capabilities() -> None:
+    """Empty the bounding, effective, permitted and inheritable sets (so no exec can regain any), then
+    forget ctypes, so that the program has to import it afresh, which the audit hook refuses."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in range(64):
+        libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP; EINVAL past the last capability
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [
+            ("effective", ctypes.c_uint32),
+            ("permitted", ctypes.c_uint32),
+            ("inheritable", ctypes.c_uint32),
+        ]
+
+    if libc.capset(ctypes.byref(Header(0x20080522, 0)), (Data * 2)()) != 0:
+        raise SystemExit(f"could not drop capabilities: {os.strerror(ctypes.get_errno())}")
+    for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
+        del sys.modules[name]
+
+
+def _describe(exc: BaseException) -> list:
+    return [type(exc).__name__, str(exc)[:500]]
+
+
+def _enter(config: dict) -> None:
+    """Limits, root, directory, uid and audit hook, in that order (the later ones take powers away)."""
+    import resource
+
+    for name, soft, hard in config["rlimits"]:
+        resource.setrlimit(getattr(resource, name), (soft, hard))
+    if config["root"]:
+        os.chroot(config["root"])
+    workdir = config["workdir"]
+    os.chdir(workdir)
+    os.environ.update(HOME=workdir, TMPDIR=workdir)
+    if config["preimport"]:
+        for module in PREIMPORT:
+            __import__(module)
+    uid = config["uid"]
+    if uid is None and os.geteuid() == 0:
+        _drop_capabilities()  # root of a user namespace (the harness is not root): keep none of its powers
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+        if os.getuid() != uid or os.geteuid() != uid:
+            raise SystemExit("could not drop privileges")
+    sys.addaudithook(audit_hook(workdir))
+
+
+# A value of a subclass of one of these crosses as its base class's value (a Counter subclass as a
+# Counter, an IntEnum as an int): the judge rebuilds it, so the subclass's own methods never count.
+_BASES = [
+    ("collections", "Counter"),
+    ("collections", "OrderedDict"),
+    ("collections", "deque"),
+    ("fractions", "Fraction"),
+    ("decimal", "Decimal"),
+]
+
+
+def serve(req: int, resp: int) -> None:
+    """Load the program, then answer the judge's requests until it closes the channel."""
+    refs: list = []
+
+    def plain(x):
+        """A value of an unlisted type: its base type's value where it has one, else a reference."""
+        if isinstance(x, int):
+            return encode(int.__index__(x), plain)
+        if isinstance(x, float):
+            return float.__float__(x)
+        if isinstance(x, str):
+            return str.__str__(x)
+        for module, name in _BASES:
+            base = getattr(sys.modules.get(module), name, None)
+            if base is not None and isinstance(x, base):
+                if base.__name__ == "Decimal":
+                    return encode(base(base.__str__(x)), plain)
+                if base.__name__ == "Fraction":
+                    return encode(base(int(base.numerator.__get__(x)), int(base.denominator.__get__(x))), plain)
+                return encode(base(dict.items(x) if issubclass(base, dict) else base.__iter__(x)), plain)
+        for base in (list, tuple, set, frozenset, bytes, bytearray):
+            if isinstance(x, base):
+                return encode(base(base.__iter__(x)), plain)
+        if isinstance(x, dict):
+            return {"d": [[encode(k, plain), encode(v, plain)] for k, v in dict.items(x)]}
+        if isinstance(x, complex):
+            return encode(complex(complex.real.__get__(x), complex.imag.__get__(x)), plain)
+        refs.append(x)
+        return {"r": len(refs) - 1}
+
+    decode = Decoder(refs.__getitem__)
+    namespace = {"__name__": "solution", "__builtins__": builtins}
+    program = recv(req)
+    try:
+        exec(compile(program, "<program>", "exec"), namespace)  # noqa: S102 - running it is the point
+    except BaseException as exc:  # noqa: BLE001 - any failure of the program is its verdict
+        send(resp, {"loaded": False, "error": _describe(exc)})
+        return
+    send(resp, {"loaded": True, "names": sorted(k for k in namespace if not k.startswith("__"))})
+    ops = {
+        "global": lambda name: namespace[name],
+        "call": lambda target, args, kwargs: target(*args, **kwargs),
+        "getattr": getattr,
+        "setattr": setattr,
+        "getitem": lambda target, key: target[key],
+        "iter": list,
+        "len": len,
+        "repr": repr,
+        "str": str,
+        "bool": bool,
+    }
+    while True:
+        try:
+            request = recv(req)
+        except EOFError:
+            return
+        try:
+            op, args = request
+            value = ops[op](*decode(args))
+            reply = json.dumps({"ok": encode(value, plain)})
+        except BaseException as exc:  # noqa: BLE001
+            reply = json.dumps({"error": _describe(exc)})
+        send_text(resp, reply)
+
+
+if __name__ == "__main__":
+    config = json.loads(sys.argv[1])
+    _enter(config)
+    serve(*config["fds"])
