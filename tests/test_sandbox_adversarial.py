@@ -487,6 +487,23 @@ def test_a_subclass_of_a_standard_type_is_judged_by_its_value_not_its_eq(sandbox
     assert (outcome.passed, outcome.result) == (False, f"failed: assert f(0) == {expected}")
 
 
+@pytest.mark.parametrize(
+    ("base", "value"),
+    [
+        ("Fraction", "Fraction(1, 3)"),
+        ("Decimal", "Decimal('0.1')"),
+        ("complex", "1 + 2j"),
+        ("deque", "deque([1, 2])"),
+        ("Counter", "Counter('aab')"),
+        ("OrderedDict", "OrderedDict(a=1, b=2)"),
+    ],
+)
+def test_an_honest_subclass_of_a_standard_type_passes_by_its_value(sandbox, base, value):
+    program = STDLIB_TYPES + f"class Mine({base}):\n    pass\ndef f(x):\n    return Mine({value})\n"
+    outcome = judge(sandbox, program, STDLIB_TYPES + f"assert f(0) == {value}\nassert type(f(0)) is {base}\n")
+    assert (outcome.passed, outcome.result) == (True, "passed")
+
+
 # --- the right reason (item 6) -------------------------------------------------------------------
 
 
@@ -672,3 +689,32 @@ def test_installed_packages_cannot_be_imported_by_extending_sys_path(sandbox):
     """
     outcome = judge(sandbox, program, "assert f(0) == []\n")
     assert (outcome.passed, outcome.result) == (True, "passed")
+
+
+# --- a batch: honest programs keep their verdicts, attacks end in time ----------------------------
+
+
+def test_honest_programs_in_a_batch_with_every_new_attack_keep_their_verdicts(sandbox):
+    colliding = "import sys\nM = (1 << 61) - 1\n"
+    colliding += "sys.modules['__main__'].encode = lambda v, o: {'s': [k * M for k in range(200_000)]}\n"
+    attacks = [
+        "abs = lambda x: 0\ndef f(x):\n    return 0\n",
+        "import os, signal\ndef f(x):\n    os.kill(os.getpid(), signal.SIGKILL)\n",
+        SYSV_OBJECTS,
+        colliding + "def f(x):\n    return 0\n",
+        "import sys\nsys.modules['__main__'].encode = lambda v, o: [[]] * 1_000_000\ndef f(x):\n    return 0\n",
+        CHILDREN.format(code="                while True:\n                    pass"),
+    ]
+    honest = "from fractions import Fraction\ndef f(x):\n    return Fraction(x * 4, 2)\n"
+    jobs = []
+    for attack in attacks:
+        jobs += [Job(honest, "assert f(2) == 4\n", "f"), Job(attack, "assert abs(f(2) - 4) < 1\n", "f")]
+    box = Sandbox(LIMITS, workers=2, isolation=sandbox.isolation)
+    start = time.monotonic()
+    try:
+        outcomes = box.run(jobs)
+    finally:
+        box.close()
+    assert time.monotonic() - start < 60
+    assert [o.passed for o in outcomes] == [True, False] * len(attacks)
+    assert program_uid_processes() == []

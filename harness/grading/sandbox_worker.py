@@ -218,7 +218,7 @@ def serve(req: int, resp: int) -> None:
                     return encode(base(base.__str__(x)), plain)
                 if base.__name__ == "Fraction":
                     return encode(base(int(base.numerator.__get__(x)), int(base.denominator.__get__(x))), plain)
-                return encode(base(dict.items(x) if issubclass(base, dict) else base.__iter__(x)), plain)
+                return encode(base(dict(dict.items(x)) if issubclass(base, dict) else base.__iter__(x)), plain)
         for base in (list, tuple, set, frozenset, bytes, bytearray):
             if isinstance(x, base):
                 return encode(base(base.__iter__(x)), plain)
