@@ -23,15 +23,14 @@ replies against its budget, and kills everything it started before the next job 
 from __future__ import annotations
 
 import builtins
-import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sandbox_protocol import Decoder, Output, Timeout, encode, parse_reply, recv, recv_bytes, send  # noqa: E402
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # last: a sibling math.py must not hide the stdlib
+from sandbox_protocol import Decoder, Output, Timeout, dumps, encode, parse_reply, recv, recv_bytes, send  # noqa: E402
 from sandbox_usage import Meter, make_group  # noqa: E402
 
-del sys.path[0]
+sys.path.pop()
 
 WORKER_FILES = ("sandbox_worker.py", "sandbox_protocol.py")
 
@@ -525,7 +524,7 @@ def _spawn_worker(config: dict, env: dict, code: str) -> tuple[int, int, int, in
         os.set_inheritable(fd, True)
     pid = os.posix_spawn(
         sys.executable,
-        [sys.executable, "-I", "-S", "-B", code, json.dumps(config)],
+        [sys.executable, "-I", "-S", "-B", code, dumps(config)],
         env,
         file_actions=[
             (os.POSIX_SPAWN_DUP2, devnull, 0),

@@ -13,8 +13,8 @@ a class the program wrote.
 
 from __future__ import annotations
 
+import _json
 import builtins
-import json
 import os
 import sys
 import time
@@ -150,8 +150,42 @@ def _import(name: str):
     return __import__(name)
 
 
+class _Syntax:
+    """The settings `json.loads` gives its C scanner. The `json` package itself is not imported: it
+    pulls in `re` and `enum`, about half of a worker's start-up, once per program."""
+
+    strict, object_hook, object_pairs_hook, parse_float, parse_int, memo = True, None, None, float, int, {}
+    parse_constant = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}.__getitem__
+
+
+def _not_plain(value):
+    raise TypeError(f"{type(value).__name__} is not plain data")
+
+
+_scan = _json.make_scanner(_Syntax())
+_encode = _json.make_encoder({}, _not_plain, _json.encode_basestring_ascii, None, ": ", ", ", False, False, True)
+
+
+def dumps(value) -> str:
+    """As `json.dumps(value)`, for the plain data `encode` makes."""
+    return "".join(_encode(value, 0))
+
+
+def loads(text: str | bytes):
+    """As `json.loads(text)` (ValueError on bad input)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "surrogatepass")
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration as exc:
+        raise ValueError(f"no JSON value at {exc.value}") from None
+    if end != len(text):
+        raise ValueError(f"extra data at {end}")
+    return value
+
+
 def send(fd: int, message) -> None:
-    send_text(fd, json.dumps(message))
+    send_text(fd, dumps(message))
 
 
 def send_text(fd: int, text: str) -> None:
@@ -232,11 +266,11 @@ def recv_bytes(
 
 
 def recv(fd: int, deadline: float | None = None, cap: int = 1 << 30, output: Output | None = None):
-    return json.loads(recv_bytes(fd, deadline, cap, output))
+    return loads(recv_bytes(fd, deadline, cap, output))
 
 
 def parse_reply(data: bytes, cap: int):
     """JSON of a reply, refused when it holds more containers than the cap allows (see CONTAINER_BYTES)."""
     if data.count(b"[") + data.count(b"{") > max(cap // CONTAINER_BYTES, 1024):
         raise ValueError("too many values")
-    return json.loads(data)
+    return loads(data)

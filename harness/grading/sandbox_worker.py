@@ -16,14 +16,13 @@ files under such a directory, so appending one to sys.path finds nothing there.
 from __future__ import annotations
 
 import builtins
-import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sandbox_protocol import Decoder, encode, recv, send, send_text  # noqa: E402 - found beside this file
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # last: a sibling math.py must not hide the stdlib
+from sandbox_protocol import Decoder, dumps, encode, loads, recv, send, send_text  # noqa: E402 - found beside this file
 
-del sys.path[0]
+sys.path.pop()
 
 # Imported before dropping privileges when the interpreter's files are unreadable to the program's
 # uid and no mount namespace can expose them (e.g. Python under /root, mode 700).
@@ -258,13 +257,13 @@ def serve(req: int, resp: int) -> None:
         try:
             op, args = request
             value = ops[op](*decode(args))
-            reply = json.dumps({"ok": encode(value, plain)})
+            reply = dumps({"ok": encode(value, plain)})
         except BaseException as exc:  # noqa: BLE001
-            reply = json.dumps({"error": _describe(exc)})
+            reply = dumps({"error": _describe(exc)})
         send_text(resp, reply)
 
 
 if __name__ == "__main__":
-    config = json.loads(sys.argv[1])
+    config = loads(sys.argv[1])
     _enter(config)
     serve(*config["fds"])
