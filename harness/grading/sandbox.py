@@ -2,13 +2,14 @@
 
 A pool of judge processes (one per worker, each started through `unshare` into new pid, network,
 mount, IPC and UTS namespaces where the platform permits, each with a uid of its own for its
-programs when the harness runs as root) serves jobs; for every job the judge starts a fresh worker
-interpreter for the program. See sandbox_judge.py for the judge/worker split and why it makes
-verdicts unforgeable, sandbox_worker.py for the program's side, sandbox_usage.py for the per-program
-CPU and memory caps. This module is the harness side: it probes once what isolation the machine
-allows, hands out uids, keeps a backstop wall-clock limit on each judge from outside (killing it,
-and with it its namespaces, when it does not answer), and cleans up. Processes are started by
-vfork + exec of a small interpreter (`python -I -S`), never as forks of the large, threaded harness.
+programs when the harness runs as root) serves jobs; for every job the judge has a fresh worker
+process forked for the program, from a clean interpreter it started once. See sandbox_judge.py for
+the judge/worker split and why it makes verdicts unforgeable, sandbox_worker.py for the program's
+side, sandbox_usage.py for the per-program CPU and memory caps. This module is the harness side: it
+probes once what isolation the machine allows, hands out uids, keeps a backstop wall-clock limit on
+each judge from outside (killing it, and with it its namespaces, when it does not answer), and cleans
+up. Processes are started by vfork + exec of a small interpreter (`python -I -S`), never as forks of
+the large, threaded harness.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class Isolation:
             "separate_uid": self.separate_uid,
             "rlimits": ["AS", "CPU", "NPROC", "FSIZE", "NOFILE", "CORE"],
             "per_program_cpu_memory": (
-                "cgroup (CPU counted, memory and processes capped by the kernel, killed whole)"
+                "cgroup (CPU counted, memory and processes capped by the kernel)"
                 if self.cgroup
                 else "the judge polls the summed CPU and RSS of the program's processes and kills at a cap"
             ),

@@ -6,8 +6,9 @@ namespaces where the machine permits); it serves one job at a time for as long a
 its pipe open. It imports only the standard library and its sibling files (never the harness).
 
 Why two processes: a test is an honest judge only if the code under test cannot touch it. The program
-runs in a worker (sandbox_worker.py), a fresh interpreter per program with its own uid, rlimits,
-root and audit hook, that only answers calls with values encoded as plain data. The judge runs the
+runs in a worker (sandbox_worker.py), a fresh process per program, forked from a clean interpreter
+that never sees any tests, with its own uid, rlimits, root and audit hook, that only answers calls
+with values encoded as plain data. The judge runs the
 tests against proxies of the program's functions and rebuilds every returned value with the
 standard library's own types (sandbox_protocol.py), so an object that claims to equal anything never
 reaches an `==`; names the tests take from the builtins or the standard library are never the
@@ -27,7 +28,7 @@ import os
 import sys
 
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # last: a sibling math.py must not hide the stdlib
-from sandbox_protocol import Decoder, Output, Timeout, dumps, encode, parse_reply, recv, recv_bytes, send  # noqa: E402
+from sandbox_protocol import Decoder, Output, Timeout, dumps, encode, loads, parse_reply, recv, recv_bytes, send  # noqa: E402
 from sandbox_usage import Meter, make_group  # noqa: E402
 
 sys.path.pop()
@@ -98,8 +99,8 @@ class WorkerLink:
 
     failure: str | None = None
 
-    def __init__(self, pid: int, req: int, resp: int, output: Output, job: dict, meter: Meter):
-        self.pid, self.req, self.resp, self.output, self.meter = pid, req, resp, output, meter
+    def __init__(self, spawner: Spawner, pid: int, req: int, resp: int, output: Output, job: dict, meter: Meter):
+        self.spawner, self.pid, self.req, self.resp, self.output, self.meter = spawner, pid, req, resp, output, meter
         self.budget = float(job["wall_s"])
         self.cap, self.cpu_limit = job["message_bytes"], job["cpu_s"]
         self.status: int | None = None
@@ -174,18 +175,10 @@ class WorkerLink:
 
     def wait(self, timeout: float) -> int | None:
         """The worker's exit status (negative: killed by that signal), or None if still running."""
-        import time
-
-        end = time.monotonic() + timeout
-        while self.status is None:
-            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
-            if pid:
-                self.status = os.waitstatus_to_exitcode(status)
-                self.cpu_of_worker = usage.ru_utime + usage.ru_stime
-            elif time.monotonic() >= end:
-                return None
-            else:
-                time.sleep(0.005)
+        if self.status is None:
+            ended = self.spawner.ended(self.pid, timeout)
+            if ended is not None:
+                self.status, self.cpu_of_worker = ended
         return self.status
 
     def death(self) -> str:
@@ -206,6 +199,74 @@ class WorkerLink:
         if status < 0:
             return f"crashed (signal {-status}: {signal.Signals(-status).name})"
         return f"failed: the program exited with status {status}"
+
+
+class Spawner:
+    """The judge's side of the spawner (sandbox_worker.spawner): a clean interpreter, started once,
+    that forks each program's worker. It lives in the program cgroup, so that a worker is born there
+    (moving a process between cgroups costs milliseconds of waiting, per hierarchy)."""
+
+    def __init__(self, code: str, env: dict, root: str | None):
+        import socket
+
+        self.fresh_ipc = False  # whether the last worker got an IPC namespace of its own
+        self.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        theirs.set_inheritable(True)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        self.pid = os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-I", "-S", "-B", code, str(theirs.fileno()), root or ""],
+            env,
+            file_actions=[(os.POSIX_SPAWN_DUP2, devnull, fd) for fd in (0, 1, 2)],
+        )
+        theirs.close()
+        os.close(devnull)
+        try:  # the OOM killer of the program's cgroup must take the program, never the spawner
+            with open(f"/proc/{self.pid}/oom_score_adj", "w") as fh:
+                fh.write("-1000")
+        except OSError:
+            pass
+
+    def spawn(self, config: dict) -> tuple[int, int, int, int]:
+        """A new worker: its pid and the judge's ends of its request, reply and output pipes."""
+        import socket
+
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        out_r, out_w = os.pipe()
+        try:
+            socket.send_fds(self.channel, [dumps(config).encode()], [req_r, resp_w, out_w])
+            reply = loads(self.channel.recv(1 << 16))
+            pid, self.fresh_ipc = reply["pid"], reply["fresh_ipc"] is True
+        finally:
+            for fd in (req_r, resp_w, out_w):
+                os.close(fd)
+        return pid, req_w, resp_r, out_r
+
+    def ended(self, pid: int, timeout: float) -> tuple[int, float] | None:
+        """(exit status, CPU seconds) of worker `pid` once it has ended, or None after `timeout`."""
+        import select
+
+        if not select.select([self.channel], [], [], timeout)[0]:
+            return None
+        message = self.channel.recv(1 << 16)
+        if not message:
+            return None  # the spawner is gone (the judge starts another)
+        reply = loads(message)
+        if reply.get("pid") != pid:
+            raise OSError(f"the spawner answered for {reply.get('pid')}, not {pid}")
+        return int(reply["status"]), float(reply["cpu"])
+
+    def alive(self) -> bool:
+        try:
+            return os.waitpid(self.pid, os.WNOHANG)[0] == 0
+        except ChildProcessError:  # reaped by the sweep after it died
+            return False
+
+    def close(self) -> None:
+        self.channel.close()
+        if self.alive():
+            os.waitpid(self.pid, 0)
 
 
 _LIBC = []
@@ -305,17 +366,15 @@ def _under(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
-def kill_everything(uid: int | None, meter: Meter | None = None) -> None:
+def kill_everything(uid: int | None, spare: int | None = None) -> None:
     """Kill every process the program started, wherever it went (other group, other session).
 
-    With a cgroup, the kernel kills the whole group at once. With a uid of its own, a helper of that
-    uid signals -1: all processes of that uid. Without, the judge is a child subreaper (or pid 1), so
-    orphans of the program are re-parented to it and swept here; all three run where they apply.
+    With a uid of its own, a helper of that uid signals -1: all processes of that uid. Without, the
+    judge is a child subreaper (or pid 1), so orphans of the program are re-parented to it and swept
+    here (all of its children but `spare`, the spawner; the worker itself is dead by now).
     """
     import signal
 
-    if meter is not None and meter.group is not None:
-        meter.group.kill()
     if uid is not None:
         pid = os.fork()
         if pid == 0:
@@ -334,7 +393,7 @@ def kill_everything(uid: int | None, meter: Meter | None = None) -> None:
                 os._exit(0)
         os.waitpid(pid, 0)
     for _ in range(1000):
-        children = _children()
+        children = [child for child in _children() if child != spare]
         if not children:
             break
         for child in children:
@@ -407,7 +466,7 @@ def judge() -> None:
     """Serve jobs from the harness until it closes the pipe: one framed message in, one verdict out.
 
     The judge lives across jobs (it runs only trusted code), which saves an interpreter start and
-    the namespace setup per program; every program still gets a fresh worker interpreter, a fresh
+    the namespace setup per program; every program still gets a fresh worker process, a fresh
     working directory, a fresh IPC namespace, and a sweep of everything it started before the next
     job begins.
     """
@@ -433,11 +492,14 @@ def judge() -> None:
         root = setup["root"]
         minimal_root(root, setup["interpreter"], setup["hide"])
     worker_code = _compiled_copy(setup["root"])
-    meter = Meter(make_group(setup["cgroup"]) if setup["cgroup"] else None, os.getpid())
+    spawner = Spawner(worker_code, setup["env"], root)
+    meter = Meter(make_group(setup["cgroup"]) if setup["cgroup"] else None, os.getpid(), spawner)
+    meter.adopt(spawner.pid)
     while True:
         try:
             job = recv(requests)
         except EOFError:
+            spawner.close()
             if meter.group is not None:
                 meter.group.remove()
             return
@@ -449,39 +511,26 @@ def judge() -> None:
             workdir = job["workdir"]
             if uid is not None:
                 os.chown(workdir, uid, uid)
-        config = {
-            "rlimits": job["rlimits"],
-            "root": root,
-            "workdir": workdir,
-            "uid": uid,
-            "preimport": uid is not None and root is None,
-        }
+        config = {"rlimits": job["rlimits"], "workdir": workdir, "uid": uid, "fresh_ipc": root is not None}
         output = Output(-1, job["output_bytes"])
-        own_ipc = root is not None and _fresh_ipc_namespace()
         try:
-            result = _run_tests(job, config, setup["env"], output, worker_code, meter)
+            result = _run_tests(job, config, output, spawner, meter)
         except Exception as exc:  # noqa: BLE001 - a fault of the judge is reported, never a pass
             result = {"passed": False, "result": f"failed: sandbox error ({type(exc).__name__}: {exc})"}
         finally:
-            kill_everything(uid, meter)
+            kill_everything(uid, spawner.pid)
+            if not spawner.alive():  # a program that shares its uid could kill it: start another
+                spawner = Spawner(worker_code, setup["env"], root)
+                meter.spawner = spawner
+                meter.adopt(spawner.pid)
             output.drain()
-            if not own_ipc and uid is not None:
+            if not spawner.fresh_ipc and uid is not None:
                 remove_ipc_objects(uid)
         if root is not None:
             _umount(root + workdir)
         result["output"] = output.kept.decode("utf-8", "replace")
         result["seconds"] = round(time.monotonic() - start, 3)
         send(verdicts, result)
-
-
-_CLONE_NEWIPC = 0x08000000
-
-
-def _fresh_ipc_namespace() -> bool:
-    """Move the judge, and so the worker it spawns next, into a new IPC namespace: SysV shared memory,
-    semaphores and message queues of earlier programs are out of reach, and freed with their namespace
-    once their last process is gone."""
-    return _libc().unshare(_CLONE_NEWIPC) == 0
 
 
 def remove_ipc_objects(uid: int) -> None:
@@ -513,37 +562,13 @@ def _compiled_copy(directory: str) -> str:
     return os.path.join(directory, "sandbox_worker.pyc")
 
 
-def _spawn_worker(config: dict, env: dict, code: str) -> tuple[int, int, int, int]:
-    """Start the worker as a fresh interpreter (not a fork: it must not inherit the tests in memory)."""
-    req_r, req_w = os.pipe()
-    resp_r, resp_w = os.pipe()
-    out_r, out_w = os.pipe()
-    config = {**config, "fds": [req_r, resp_w]}
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    for fd in (req_r, resp_w):
-        os.set_inheritable(fd, True)
-    pid = os.posix_spawn(
-        sys.executable,
-        [sys.executable, "-I", "-S", "-B", code, dumps(config)],
-        env,
-        file_actions=[
-            (os.POSIX_SPAWN_DUP2, devnull, 0),
-            (os.POSIX_SPAWN_DUP2, out_w, 1),
-            (os.POSIX_SPAWN_DUP2, out_w, 2),
-        ],
-    )
-    for fd in (req_r, resp_w, out_w, devnull):
-        os.close(fd)
-    return pid, req_w, resp_r, out_r
-
-
-def _run_tests(job: dict, config: dict, env: dict, output: Output, worker_code: str, meter: Meter) -> dict:
+def _run_tests(job: dict, config: dict, output: Output, spawner: Spawner, meter: Meter) -> dict:
     import signal
 
-    pid, req_w, resp_r, out_r = _spawn_worker(config, env, worker_code)
+    meter.start(_rlimit(job, "RLIMIT_AS"), _rlimit(job, "RLIMIT_NPROC") or 1 << 20)
+    pid, req_w, resp_r, out_r = spawner.spawn(config)
     output.fd = output.source = out_r
-    meter.start(pid, _rlimit(job, "RLIMIT_AS"), _rlimit(job, "RLIMIT_NPROC") or 1 << 20)
-    link = WorkerLink(pid, req_w, resp_r, output, job, meter)
+    link = WorkerLink(spawner, pid, req_w, resp_r, output, job, meter)
     tests = job["tests"]
     try:
         loaded = link.exchange(job["program"])
@@ -574,7 +599,10 @@ def _run_tests(job: dict, config: dict, env: dict, output: Output, worker_code: 
         for fd in (req_w, resp_r):
             os.close(fd)
         if link.wait(0) is None:
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it ended and the spawner reaped it; its status is on the way
             link.wait(5)
     return {"passed": True, "result": "passed"}
 

@@ -5,8 +5,9 @@ judge meters the program as a whole, in the best way the machine allows:
 
 - a cgroup of its own, where the judge can make one (root, cgroupfs writable): the kernel caps the
   program's memory (memory.max / memory.limit_in_bytes; the OOM killer acts inside the group) and
-  processes (pids.max), counts its CPU (cpu.stat / cpuacct.usage), and kills it whole (cgroup.kill).
-  Works on cgroup v2, v1 and the v1/v2 hybrid (each resource from the hierarchy that has it);
+  processes (pids.max), and counts its CPU (cpu.stat / cpuacct.usage). Works on cgroup v2, v1 and
+  the v1/v2 hybrid (each resource from the hierarchy that has it). The judge's spawner lives in the
+  group, so every worker is born there (it would cost milliseconds of waiting to move one in);
 - otherwise, polling: the CPU and resident memory of every live descendant of the judge (orphans
   come back to it: it is pid 1 of its pid namespace or a child subreaper), plus the CPU of the ones
   it reaped during this program; the judge kills the program when a sum passes its cap.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -70,7 +70,7 @@ class ProgramGroup:
     def __init__(self, name: str):
         self.name = name
         self.dirs: list[str] = []
-        self.cpu = self.memory = self.pids = self.kill_file = None
+        self.cpu = self.memory = self.pids = None
         self.v2_cpu = False
         for version, controllers, parent in hierarchies():
             wanted = (
@@ -91,8 +91,6 @@ class ProgramGroup:
             if version == "v2":
                 if "cpu.stat" in files:
                     self.cpu, self.v2_cpu = path, True
-                if "cgroup.kill" in files:
-                    self.kill_file = os.path.join(path, "cgroup.kill")
                 if "memory.max" in files:
                     self.memory = path
             elif "cpuacct.usage" in files and not self.v2_cpu:
@@ -108,15 +106,18 @@ class ProgramGroup:
         """Whether the kernel caps memory and counts CPU for the whole program."""
         return self.cpu is not None and self.memory is not None
 
-    def start(self, pid: int, memory_bytes: int, processes: int) -> None:
-        """Put the worker (before it runs the program) into the group, with this program's caps."""
+    def add(self, pid: int) -> None:
+        """Move `pid` (the spawner, once) into the group; what it forks is born there."""
+        for path in self.dirs:
+            _write(os.path.join(path, "cgroup.procs"), str(pid))
+
+    def start(self, memory_bytes: int, processes: int) -> None:
+        """This program's caps (the group also holds the idle spawner: one process, a few MB)."""
         if self.memory is not None:
             v2 = os.path.exists(os.path.join(self.memory, "memory.max"))
             _write(os.path.join(self.memory, "memory.max" if v2 else "memory.limit_in_bytes"), str(memory_bytes))
         if self.pids is not None:
-            _write(os.path.join(self.pids, "pids.max"), str(processes))
-        for path in self.dirs:
-            _write(os.path.join(path, "cgroup.procs"), str(pid))
+            _write(os.path.join(self.pids, "pids.max"), str(processes + 1))
         self._cpu0 = self._oom0 = 0
         self._cpu0, self._oom0 = self.cpu_seconds(), self.oom_kills()
 
@@ -134,21 +135,6 @@ class ProgramGroup:
         name = "memory.events" if os.path.exists(os.path.join(self.memory, "memory.events")) else "memory.oom_control"
         stat = dict(line.split() for line in _read(os.path.join(self.memory, name)).splitlines())
         return int(stat.get("oom_kill", 0)) - int(self._oom0)
-
-    def kill(self) -> None:
-        """Kill every process in the group, also ones forked while killing (cgroup.kill is atomic)."""
-        if self.kill_file is not None:
-            _write(self.kill_file, "1")
-            return
-        for _ in range(1000):
-            pids = [int(p) for path in self.dirs for p in _read(os.path.join(path, "cgroup.procs")).split()]
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
     def remove(self) -> None:
         for path in self.dirs:
@@ -171,31 +157,43 @@ def make_group(name: str) -> ProgramGroup | None:
 
 
 class Meter:
-    """The program's summed CPU and memory, from its cgroup or by polling the judge's descendants."""
+    """The program's summed CPU and memory, from its cgroup or by polling the judge's descendants.
 
-    def __init__(self, group: ProgramGroup | None, judge_pid: int):
-        self.group, self.judge_pid = group, judge_pid
-        self._reaped0 = 0.0
+    `spawner` (with a `pid`) is the judge's long-lived worker factory: it is a descendant of the
+    judge but not the program's, so polling leaves out its memory and counts its CPU from the start
+    of each program (a worker's CPU moves into the spawner's once the spawner reaps it)."""
 
-    def start(self, pid: int, memory_bytes: int, processes: int) -> None:
+    def __init__(self, group: ProgramGroup | None, judge_pid: int, spawner):
+        self.group, self.judge_pid, self.spawner = group, judge_pid, spawner
+        self._cpu0 = 0.0
+
+    def adopt(self, pid: int) -> None:
+        if self.group is not None:
+            self.group.add(pid)
+
+    def start(self, memory_bytes: int, processes: int) -> None:
+        """Before the program's worker is forked: its caps, and the CPU counted so far."""
         self.memory_bytes = memory_bytes
         if self.group is not None:
-            self.group.start(pid, memory_bytes, processes)
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self._reaped0 = usage.ru_utime + usage.ru_stime
+            self.group.start(memory_bytes, processes)
+        else:
+            self._cpu0 = 0.0
+            self._cpu0 = self.cpu_seconds()
 
     def cpu_seconds(self) -> float:
         if self.group is not None:
             return self.group.cpu_seconds()
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        reaped = usage.ru_utime + usage.ru_stime - self._reaped0
-        return reaped + sum(cpu for cpu, _ in _descendants(self.judge_pid).values())
+        reaped = usage.ru_utime + usage.ru_stime
+        return reaped + sum(cpu for cpu, _ in _descendants(self.judge_pid).values()) - self._cpu0
 
     def memory_exceeded(self) -> bool:
         """Over the memory cap: OOM kills in the cgroup, or summed resident memory when polling."""
         if self.group is not None:
             return self.group.oom_kills() > 0
-        return sum(rss for _, rss in _descendants(self.judge_pid).values()) > self.memory_bytes
+        found = _descendants(self.judge_pid)
+        found.pop(self.spawner.pid, None)
+        return sum(rss for _, rss in found.values()) > self.memory_bytes
 
 
 def _descendants(root: int) -> dict[int, tuple[float, int]]:

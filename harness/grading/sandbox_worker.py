@@ -1,11 +1,12 @@
-"""The worker: the one process that runs the untrusted program, a fresh interpreter per program.
+"""The worker: the one process that runs the untrusted program, a fresh one per program.
 
-Started by the judge (sandbox_judge.py) as `python -I -S -B sandbox_worker.pyc '<config>'`, from a
-compiled copy in the program's root. It sets its rlimits, enters the minimal read-only root (when
-there is a mount namespace), drops to the program's uid, installs an audit hook, loads the program,
+Forked by the spawner (below), a clean interpreter the judge (sandbox_judge.py) starts once as
+`python -I -S -B sandbox_worker.pyc`, from a compiled copy in the program's root, which it enters
+(the minimal read-only root, when there is a mount namespace). A worker sets its rlimits, moves into
+the program's directory, drops to the program's uid, installs an audit hook, loads the program,
 and then only answers calls ("call the entry point with these arguments") with values encoded as
-plain data. It never holds the tests (it is exec'd, not forked from the judge) and it cannot write
-the verdict (the judge owns that pipe).
+plain data. It never holds the tests (the spawner is exec'd, not forked from the judge, and never
+sees them) and it cannot write the verdict (the judge owns that pipe).
 
 What a program may import: the standard library, and nothing else, in every mode. The interpreter
 runs with `-I -S` (no site-packages on sys.path); in the full sandbox every site-packages and
@@ -24,8 +25,9 @@ from sandbox_protocol import Decoder, dumps, encode, loads, recv, send, send_tex
 
 sys.path.pop()
 
-# Imported before dropping privileges when the interpreter's files are unreadable to the program's
-# uid and no mount namespace can expose them (e.g. Python under /root, mode 700).
+# Imported by the spawner, before any program, as root: programs import them often (a fork shares
+# them for free), and they stay importable where the interpreter's files are unreadable to the
+# program's uid and no mount namespace can expose them (e.g. Python under /root, mode 700).
 PREIMPORT = [
     "math",
     "cmath",
@@ -162,19 +164,14 @@ def _describe(exc: BaseException) -> list:
 
 
 def _enter(config: dict) -> None:
-    """Limits, root, directory, uid and audit hook, in that order (the later ones take powers away)."""
+    """Limits, directory, uid and audit hook, in that order (the later ones take powers away)."""
     import resource
 
     for name, soft, hard in config["rlimits"]:
         resource.setrlimit(getattr(resource, name), (soft, hard))
-    if config["root"]:
-        os.chroot(config["root"])
     workdir = config["workdir"]
     os.chdir(workdir)
     os.environ.update(HOME=workdir, TMPDIR=workdir)
-    if config["preimport"]:
-        for module in PREIMPORT:
-            __import__(module)
     uid = config["uid"]
     if uid is None and os.geteuid() == 0:
         _drop_capabilities()  # root of a user namespace (the harness is not root): keep none of its powers
@@ -263,7 +260,78 @@ def serve(req: int, resp: int) -> None:
         send_text(resp, reply)
 
 
+def spawner(channel: int, root: str | None) -> None:
+    """Fork one worker per program, on the judge's request, from this clean interpreter.
+
+    Started once per judge (exec'd, so it never holds any tests), it imports the standard library
+    modules programs use most, then waits. Forking it costs about a millisecond, where a fresh
+    interpreter that imports `typing` costs ten or more: most of the sandbox's price per program.
+    Each request carries the worker's config and its three pipes; the reply is the worker's pid, and
+    later its exit status and CPU time. A worker closes this channel before it does anything else.
+    """
+    import socket
+
+    for module in PREIMPORT:
+        __import__(module)
+    if root:
+        os.chroot(root)
+        os.chdir("/")
+    link = socket.socket(fileno=channel)
+    while True:
+        message, fds, _, _ = socket.recv_fds(link, 1 << 16, 3)
+        if not message:
+            return
+        config = loads(message)
+        fresh_ipc = config["fresh_ipc"] and _unshare_ipc()
+        pid = os.fork()
+        if pid == 0:
+            link.close()
+            _worker(config, *fds)
+        for fd in fds:
+            os.close(fd)
+        link.send(dumps({"pid": pid, "fresh_ipc": fresh_ipc}).encode())
+        _, status, usage = os.wait4(pid, 0)
+        cpu = usage.ru_utime + usage.ru_stime
+        link.send(dumps({"pid": pid, "status": os.waitstatus_to_exitcode(status), "cpu": cpu}).encode())
+
+
+def _unshare_ipc() -> bool:
+    """Move the spawner, and so the worker it forks next, into a new IPC namespace: SysV shared
+    memory, semaphores and message queues of earlier programs are out of reach, and freed with their
+    namespace once their last process is gone. ctypes is forgotten again afterwards (see
+    _drop_capabilities)."""
+    import ctypes
+
+    done = ctypes.CDLL(None, use_errno=True).unshare(0x08000000) == 0  # CLONE_NEWIPC
+    for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
+        del sys.modules[name]
+    return done
+
+
+def _worker(config: dict, req: int, resp: int, out: int) -> None:
+    """The forked worker: output to its pipe, then limits, uid, hook, and the program. Never returns."""
+    code = 1
+    try:
+        for fd in (1, 2):
+            os.dup2(out, fd)
+        os.close(out)
+        _enter(config)
+        serve(req, resp)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - the set-up failed: say why on the program's output
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:  # noqa: BLE001, S110 - a program may have replaced or closed them
+                pass
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    config = loads(sys.argv[1])
-    _enter(config)
-    serve(*config["fds"])
+    spawner(int(sys.argv[1]), sys.argv[2] or None)
