@@ -383,6 +383,19 @@ def test_the_program_does_not_see_the_tests(sandbox):
     assert not judge(sandbox, program, "assert f(0) is True, 'SECRET-EXPECTED-4'\n").passed
 
 
+def test_a_spawner_that_was_killed_is_replaced(sandbox):
+    """Where a program shares the spawner's uid (no root), it could kill it; the judge starts another."""
+    assert_still_grading(sandbox)
+    spawners = []
+    for pid in judge_processes(sandbox):
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            if b"sandbox_worker.pyc" in fh.read():
+                spawners.append(pid)
+    assert len(spawners) == 1
+    os.kill(spawners[0], 9)
+    assert_still_grading(sandbox)
+
+
 def test_the_harness_grades_again_after_every_attack(sandbox):
     assert_still_grading(sandbox)
 
@@ -602,18 +615,25 @@ def test_a_reply_of_many_empty_lists_is_refused_before_it_is_built(sandbox):
     assert_still_grading(sandbox)
 
 
-def test_the_judge_runs_under_an_address_space_limit(sandbox):
-    assert_still_grading(sandbox)
-    expected = LIMITS.memory_bytes + 16 * LIMITS.message_bytes
+def judge_processes(sandbox: Sandbox) -> list[int]:
+    """The idle judge's process and its descendants (unshare, the judge, its spawner)."""
     (judge_process,) = sandbox._idle
-    pids, limits = [judge_process.proc.pid], []
+    pids, found = [judge_process.proc.pid], []
     while pids:
         pid = pids.pop()
-        with open(f"/proc/{pid}/limits") as fh:
-            limits += [line.split()[3] for line in fh if line.startswith("Max address space")]
+        found.append(pid)
         with open(f"/proc/{pid}/task/{pid}/children") as fh:
             pids += [int(p) for p in fh.read().split()]
-    assert str(expected) in limits
+    return found
+
+
+def test_the_judge_runs_under_an_address_space_limit(sandbox):
+    assert_still_grading(sandbox)
+    limits = []
+    for pid in judge_processes(sandbox):
+        with open(f"/proc/{pid}/limits") as fh:
+            limits += [line.split()[3] for line in fh if line.startswith("Max address space")]
+    assert str(LIMITS.memory_bytes + 16 * LIMITS.message_bytes) in limits
 
 
 # --- CPU and memory are capped per program, over all of its processes (item 5) -------------------

@@ -203,20 +203,26 @@ class WorkerLink:
 
 class Spawner:
     """The judge's side of the spawner (sandbox_worker.spawner): a clean interpreter, started once,
-    that forks each program's worker. It lives in the program cgroup, so that a worker is born there
-    (moving a process between cgroups costs milliseconds of waiting, per hierarchy)."""
+    that forks each program's worker. It lives in the program cgroup (`adopt` puts it there), so that
+    a worker is born there: moving a process between cgroups costs milliseconds of waiting, per
+    hierarchy. Where a program shares its uid (no root) it could kill the spawner: then the next
+    spawn starts another."""
 
-    def __init__(self, code: str, env: dict, root: str | None):
+    def __init__(self, code: str, env: dict, root: str | None, adopt):
+        self.code, self.env, self.root, self.adopt = code, env, root, adopt
+        self.fresh_ipc = False  # whether the last worker got an IPC namespace of its own
+        self._start()
+
+    def _start(self) -> None:
         import socket
 
-        self.fresh_ipc = False  # whether the last worker got an IPC namespace of its own
         self.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         theirs.set_inheritable(True)
         devnull = os.open(os.devnull, os.O_RDWR)
         self.pid = os.posix_spawn(
             sys.executable,
-            [sys.executable, "-I", "-S", "-B", code, str(theirs.fileno()), root or ""],
-            env,
+            [sys.executable, "-I", "-S", "-B", self.code, str(theirs.fileno()), self.root or ""],
+            self.env,
             file_actions=[(os.POSIX_SPAWN_DUP2, devnull, fd) for fd in (0, 1, 2)],
         )
         theirs.close()
@@ -226,9 +232,18 @@ class Spawner:
                 fh.write("-1000")
         except OSError:
             pass
+        self.adopt(self.pid)
 
     def spawn(self, config: dict) -> tuple[int, int, int, int]:
         """A new worker: its pid and the judge's ends of its request, reply and output pipes."""
+        try:
+            return self._spawn(config)
+        except (OSError, ValueError, KeyError):
+            self.close()
+            self._start()
+            return self._spawn(config)
+
+    def _spawn(self, config: dict) -> tuple[int, int, int, int]:
         import socket
 
         req_r, req_w = os.pipe()
@@ -238,6 +253,10 @@ class Spawner:
             socket.send_fds(self.channel, [dumps(config).encode()], [req_r, resp_w, out_w])
             reply = loads(self.channel.recv(1 << 16))
             pid, self.fresh_ipc = reply["pid"], reply["fresh_ipc"] is True
+        except BaseException:
+            for fd in (req_w, resp_r, out_r):
+                os.close(fd)
+            raise
         finally:
             for fd in (req_r, resp_w, out_w):
                 os.close(fd)
@@ -251,22 +270,18 @@ class Spawner:
             return None
         message = self.channel.recv(1 << 16)
         if not message:
-            return None  # the spawner is gone (the judge starts another)
+            return None  # the spawner is gone (the next spawn starts another)
         reply = loads(message)
         if reply.get("pid") != pid:
             raise OSError(f"the spawner answered for {reply.get('pid')}, not {pid}")
         return int(reply["status"]), float(reply["cpu"])
 
-    def alive(self) -> bool:
-        try:
-            return os.waitpid(self.pid, os.WNOHANG)[0] == 0
-        except ChildProcessError:  # reaped by the sweep after it died
-            return False
-
     def close(self) -> None:
         self.channel.close()
-        if self.alive():
+        try:
             os.waitpid(self.pid, 0)
+        except ChildProcessError:  # reaped by the sweep after it died
+            pass
 
 
 _LIBC = []
@@ -492,9 +507,8 @@ def judge() -> None:
         root = setup["root"]
         minimal_root(root, setup["interpreter"], setup["hide"])
     worker_code = _compiled_copy(setup["root"])
-    spawner = Spawner(worker_code, setup["env"], root)
-    meter = Meter(make_group(setup["cgroup"]) if setup["cgroup"] else None, os.getpid(), spawner)
-    meter.adopt(spawner.pid)
+    meter = Meter(make_group(setup["cgroup"]) if setup["cgroup"] else None, os.getpid())
+    meter.spawner = spawner = Spawner(worker_code, setup["env"], root, meter.adopt)
     while True:
         try:
             job = recv(requests)
@@ -519,10 +533,6 @@ def judge() -> None:
             result = {"passed": False, "result": f"failed: sandbox error ({type(exc).__name__}: {exc})"}
         finally:
             kill_everything(uid, spawner.pid)
-            if not spawner.alive():  # a program that shares its uid could kill it: start another
-                spawner = Spawner(worker_code, setup["env"], root)
-                meter.spawner = spawner
-                meter.adopt(spawner.pid)
             output.drain()
             if not spawner.fresh_ipc and uid is not None:
                 remove_ipc_objects(uid)

@@ -159,12 +159,15 @@ def make_group(name: str) -> ProgramGroup | None:
 class Meter:
     """The program's summed CPU and memory, from its cgroup or by polling the judge's descendants.
 
-    `spawner` (with a `pid`) is the judge's long-lived worker factory: it is a descendant of the
-    judge but not the program's, so polling leaves out its memory and counts its CPU from the start
-    of each program (a worker's CPU moves into the spawner's once the spawner reaps it)."""
+    `spawner` (with a `pid`, which changes if it is restarted) is the judge's long-lived worker
+    factory: a descendant of the judge but not the program's, so polling leaves out its memory and
+    counts its CPU from the start of each program (a worker's CPU moves into the spawner's once the
+    spawner reaps it)."""
 
-    def __init__(self, group: ProgramGroup | None, judge_pid: int, spawner):
-        self.group, self.judge_pid, self.spawner = group, judge_pid, spawner
+    spawner = None  # set by the judge once it has started one
+
+    def __init__(self, group: ProgramGroup | None, judge_pid: int):
+        self.group, self.judge_pid = group, judge_pid
         self._cpu0 = 0.0
 
     def adopt(self, pid: int) -> None:
