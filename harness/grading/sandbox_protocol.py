@@ -27,6 +27,10 @@ _CHECK_EVERY = 256  # values decoded between two looks at the clock
 _FRACTION_BITS = 1 << 20  # Fraction(n, d) normalises with a gcd, quadratic in the size of n and d
 
 
+_CONTAINERS = {list, dict}  # what JSON parsing gives besides scalars
+_PLAIN, _NUMBERS = {float, str, bool, type(None)}, {int, float, bool}  # scalars that travel as themselves
+
+
 def _stdlib(module: str, name: str):
     """A standard-library class if its module is loaded (a worker imports none it does not need)."""
     loaded = sys.modules.get(module)
@@ -41,6 +45,9 @@ def encode(x, other):
     if t is int:  # big ints travel in hex: linear to convert both ways, unlike decimal
         return x if -(1 << 62) < x < 1 << 62 else {"i": format(x, "x")}
     if t is list:
+        kinds = set(map(type, x))  # a million floats is a common reply: leave such a list as it is
+        if kinds <= _PLAIN or (kinds <= _NUMBERS and -(1 << 62) < min(x, default=0) and max(x, default=0) < 1 << 62):
+            return x
         return [encode(v, other) for v in x]
     if t is tuple:
         return {"t": [encode(v, other) for v in x]}
@@ -88,6 +95,8 @@ class Decoder:
     def __call__(self, x):
         self._tick()
         if isinstance(x, list):
+            if not _CONTAINERS & set(map(type, x)):  # plain scalars (a million floats): nothing to rebuild
+                return x
             for i, v in enumerate(x):  # in place: the parsed list is ours, and a copy would double the memory
                 x[i] = self(v)
             return x
