@@ -546,17 +546,22 @@ def judge() -> None:
 def remove_ipc_objects(uid: int) -> None:
     """Without an IPC namespace per program: remove the SysV IPC objects the program's uid owns or made."""
     libc = _libc()
-    for kind, remove in (("shm", libc.shmctl), ("sem", libc.semctl), ("msg", libc.msgctl)):
+    for kind, id_column in (("shm", "shmid"), ("sem", "semid"), ("msg", "msqid")):
         try:
-            lines = open(f"/proc/sysvipc/{kind}").read().splitlines()
+            with open(f"/proc/sysvipc/{kind}") as fh:
+                lines = fh.read().splitlines()
         except OSError:
             continue
         header = lines[0].split()
         for line in lines[1:]:
             row = dict(zip(header, line.split()))
-            if str(uid) in (row.get("uid"), row.get("cuid")):
-                ident = int(row["shmid" if kind == "shm" else "semid" if kind == "sem" else "msqid"])
-                remove(ident, 0, None) if kind != "sem" else remove(ident, 0, 0, None)  # IPC_RMID is 0
+            if str(uid) not in (row.get("uid"), row.get("cuid")):
+                continue
+            ident = int(row[id_column])  # IPC_RMID is command 0
+            if kind == "sem":
+                libc.semctl(ident, 0, 0, None)
+            else:
+                (libc.shmctl if kind == "shm" else libc.msgctl)(ident, 0, None)
 
 
 def _compiled_copy(directory: str) -> str:
