@@ -32,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from harness.grading.sandbox_protocol import Timeout, recv, send
-from harness.grading.sandbox_usage import make_group, remove_groups
+from harness.grading.sandbox_usage import make_group, remove_groups, remove_stale_groups
 
 JUDGE = Path(__file__).with_name("sandbox_judge.py")
 GiB, MiB = 1 << 30, 1 << 20
@@ -179,9 +179,13 @@ def probe_isolation() -> Isolation:
     return Isolation(False, separate_uid, cgroup=cgroup)
 
 
+CGROUP_PREFIX = "score-eval-"  # + the harness's pid + "-" + the judge's root directory
+
+
 def _cgroups_available() -> bool:
     """Whether a cgroup that counts CPU and caps memory can be made here (then removed again)."""
-    name = f"score-eval-probe-{os.getpid()}"
+    remove_stale_groups(CGROUP_PREFIX)
+    name = f"{CGROUP_PREFIX}{os.getpid()}-probe"
     group = make_group(name)
     remove_groups(name)
     return group is not None
@@ -225,7 +229,7 @@ class _Judge:
         self.isolation = isolation
         self.uid = _UIDS.take() if isolation.separate_uid else None
         self.root = tempfile.mkdtemp(prefix="score-eval-root-")
-        self.cgroup = f"score-eval-{os.getpid()}-{os.path.basename(self.root)}" if isolation.cgroup else None
+        self.cgroup = f"{CGROUP_PREFIX}{os.getpid()}-{os.path.basename(self.root)}" if isolation.cgroup else None
         self.proc = subprocess.Popen(
             [*isolation.unshare, sys.executable, "-I", "-S", "-B", str(JUDGE), "judge"],
             stdin=subprocess.PIPE,

@@ -223,11 +223,36 @@ def _descendants(root: int) -> dict[int, tuple[float, int]]:
     return found
 
 
-def remove_groups(name: str) -> None:
-    """Remove the (empty) cgroup `name` under this process's group in every hierarchy: the harness
-    does this for a judge it had to kill."""
+def remove_groups(name: str, wait_s: float = 2.0) -> None:
+    """Remove the cgroup `name` under this process's group in every hierarchy: the harness does this
+    for a judge it had to kill, whose processes may take a moment to leave it (EBUSY until then)."""
+    import errno
+    import time
+
+    end = time.monotonic() + wait_s
+    for _, _, parent in hierarchies():
+        while True:
+            try:
+                os.rmdir(os.path.join(parent, name))
+            except OSError as exc:
+                if exc.errno == errno.EBUSY and time.monotonic() < end:
+                    time.sleep(0.02)
+                    continue
+            break
+
+
+def remove_stale_groups(prefix: str) -> None:
+    """Remove groups `<prefix><pid>-...` left by harness processes that are gone (killed before they
+    could clean up); a group still in use is never empty, so rmdir leaves it."""
     for _, _, parent in hierarchies():
         try:
-            os.rmdir(os.path.join(parent, name))
+            names = os.listdir(parent)
         except OSError:
-            pass
+            continue
+        for name in names:
+            pid = name[len(prefix) :].split("-", 1)[0]
+            if name.startswith(prefix) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                try:
+                    os.rmdir(os.path.join(parent, name))
+                except OSError:
+                    pass
