@@ -35,14 +35,17 @@ def _write(path: str, value: str) -> None:
         fh.write(value)
 
 
-def hierarchies() -> list[tuple[str, set[str], str]]:
-    """(version, controllers, this process's cgroup directory) for each mounted cgroup hierarchy."""
+def hierarchies(cgroup: str | None = None, mountinfo: str | None = None) -> list[tuple[str, set[str], str]]:
+    """(version, controllers, this process's cgroup directory) for each mounted cgroup hierarchy, from
+    /proc/self/cgroup and /proc/self/mountinfo (or the given texts of those files)."""
+    cgroup = _read("/proc/self/cgroup") if cgroup is None else cgroup
+    mountinfo = _read("/proc/self/mountinfo") if mountinfo is None else mountinfo
     own: dict = {}
-    for line in _read("/proc/self/cgroup").splitlines():
+    for line in cgroup.splitlines():
         _, controllers, path = line.split(":", 2)
         own[frozenset(controllers.split(",")) if controllers else "v2"] = path
     found = []
-    for line in _read("/proc/self/mountinfo").splitlines():
+    for line in mountinfo.splitlines():
         fields = line.split()
         dash = fields.index("-")
         root, mountpoint, fstype, options = fields[3].rstrip("/"), fields[4], fields[dash + 1], fields[dash + 3]
