@@ -369,6 +369,26 @@ def test_the_dataset_and_the_harness_files_are_not_readable(sandbox):
     assert outcome.passed
 
 
+INOTIFY = """
+import subprocess, sys
+CODE = '''
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(0)
+print(fd >= 0 and libc.inotify_add_watch(fd, b"/usr/bin", 0xFFF) >= 0, os.strerror(ctypes.get_errno()))
+'''
+def f(x):
+    return subprocess.run([sys.executable, "-S", "-c", CODE], capture_output=True, text=True).stdout.strip()
+"""
+
+
+def test_a_program_cannot_watch_host_files_with_inotify(sandbox):
+    outcome = judge(sandbox, INOTIFY, "assert f(0) == 'False Operation not permitted'\n")
+    if not sandbox.isolation.namespaces and "Permission denied" in outcome.result:
+        pytest.skip("the program's uid cannot run this interpreter here (under /root)")
+    assert (outcome.passed, outcome.result) == (True, "passed")
+
+
 def test_the_program_does_not_see_the_tests(sandbox):
     program = """
         import gc, os

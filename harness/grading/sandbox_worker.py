@@ -163,8 +163,47 @@ def _describe(exc: BaseException) -> list:
     return [type(exc).__name__, str(exc)[:500]]
 
 
-def _enter(config: dict) -> None:
-    """Limits, directory, uid and audit hook, in that order (the later ones take powers away)."""
+def inotify_filter():
+    """A function that forbids inotify and fanotify to this process and all it starts (a seccomp
+    filter: EPERM), or None on an architecture not listed here. Watching the host's files that the
+    full sandbox binds read-only (/usr, the interpreter) would show other processes' activity.
+
+    Built once, in the spawner: ctypes is then forgotten again (see _drop_capabilities)."""
+    import ctypes
+    import platform
+
+    arches = {"x86_64": (0xC000003E, (253, 294, 300)), "aarch64": (0xC00000B7, (26, 262))}
+    if platform.machine() not in arches:
+        return None
+    arch, calls = arches[platform.machine()]
+    load, equal, at_least, give = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    n = len(calls)
+    program = [(load, 0, 0, 4), (equal, 0, n + 2, arch), (load, 0, 0, 0), (at_least, n + 1, 0, 0x40000000)]
+    program += [(equal, n - i, 0, call) for i, call in enumerate(calls)]  # x32 numbers above: denied too
+    program += [(give, 0, 0, allow), (give, 0, 0, deny)]
+
+    class Instruction(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Instruction))]
+
+    instructions = (Instruction * len(program))(*program)
+    compiled = Program(len(program), instructions)
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    mode = ctypes.c_ulong(2)  # SECCOMP_MODE_FILTER
+    for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
+        del sys.modules[name]
+
+    def install() -> bool:
+        return prctl(22, mode, ctypes.byref(compiled), 0, 0) == 0  # PR_SET_SECCOMP
+
+    return install
+
+
+def _enter(config: dict, forbid_inotify=None) -> None:
+    """Limits, directory, uid, seccomp filter and audit hook, in that order (each takes powers away)."""
     import resource
 
     for name, soft, hard in config["rlimits"]:
@@ -181,6 +220,8 @@ def _enter(config: dict) -> None:
         os.setuid(uid)
         if os.getuid() != uid or os.geteuid() != uid:
             raise SystemExit("could not drop privileges")
+    if forbid_inotify is not None and not forbid_inotify():
+        raise SystemExit("could not install the seccomp filter")
     sys.addaudithook(audit_hook(workdir))
 
 
@@ -273,6 +314,7 @@ def spawner(channel: int, root: str | None) -> None:
 
     for module in PREIMPORT:
         __import__(module)
+    forbid_inotify = inotify_filter()
     if root:
         os.chroot(root)
         os.chdir("/")
@@ -286,7 +328,7 @@ def spawner(channel: int, root: str | None) -> None:
         pid = os.fork()
         if pid == 0:
             link.close()
-            _worker(config, *fds)
+            _worker(config, forbid_inotify, *fds)
         for fd in fds:
             os.close(fd)
         link.send(dumps({"pid": pid, "fresh_ipc": fresh_ipc}).encode())
@@ -308,14 +350,14 @@ def _unshare_ipc() -> bool:
     return done
 
 
-def _worker(config: dict, req: int, resp: int, out: int) -> None:
+def _worker(config: dict, forbid_inotify, req: int, resp: int, out: int) -> None:
     """The forked worker: output to its pipe, then limits, uid, hook, and the program. Never returns."""
     code = 1
     try:
         for fd in (1, 2):
             os.dup2(out, fd)
         os.close(out)
-        _enter(config)
+        _enter(config, forbid_inotify)
         serve(req, resp)
         code = 0
     except SystemExit as exc:
