@@ -148,6 +148,7 @@ class Isolation:
             ),
             "ipc": ipc,
             "imports": "standard library only",
+            "seccomp": "inotify and fanotify refused (x86_64, aarch64)",
             "audit_hook": True,
             "wall_clock": "enforced by the judge and, as a backstop, by the harness",
         }
