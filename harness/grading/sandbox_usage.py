@@ -64,7 +64,7 @@ def hierarchies(cgroup: str | None = None, mountinfo: str | None = None) -> list
 
 
 class ProgramGroup:
-    """A cgroup per judge, in every hierarchy that gives one of: CPU time, memory cap, process cap, kill.
+    """A cgroup per judge, in each hierarchy that gives one of: CPU time, a memory cap, a process cap.
 
     Made once per judge (named by the harness, so that it can remove it after killing a judge) and
     reused by each of its programs, one at a time; CPU time and OOM kills are counted from each
@@ -102,6 +102,10 @@ class ProgramGroup:
                 self.memory = path
             if "pids.max" in files and self.pids is None:
                 self.pids = path
+        used = {self.cpu, self.memory, self.pids}
+        for path in [d for d in self.dirs if d not in used]:  # e.g. cpuacct, where v2 counts CPU
+            self.dirs.remove(path)
+            os.rmdir(path)
         self._cpu0 = self._oom0 = 0.0
 
     @property
