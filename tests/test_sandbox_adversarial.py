@@ -19,7 +19,7 @@ import time
 import pytest
 
 from harness.grading.code import humaneval_job, mbpp_job
-from harness.grading.sandbox import SANDBOX_UIDS, Isolation, Job, Limits, Outcome, Sandbox, probe_isolation
+from harness.grading.sandbox import OWN_UIDS, Isolation, Job, Limits, Outcome, Sandbox, probe_isolation
 from tests.conftest import SHARED_DATA
 
 MBPP_FILES = [SHARED_DATA / "mbpp" / "mbpp.jsonl", SHARED_DATA / "mbpp" / "sanitized-mbpp.json"]
@@ -46,7 +46,7 @@ def sandbox(request):
 
 
 def program_uid_processes() -> list[int]:
-    """Live processes running as a sandbox program uid, anywhere on the machine."""
+    """Live processes running as a program uid of this harness process, anywhere on the machine."""
     found = []
     for entry in os.listdir("/proc"):
         try:
@@ -54,7 +54,7 @@ def program_uid_processes() -> list[int]:
                 status = dict(line.split(":", 1) for line in fh if ":" in line)
         except (OSError, ValueError):
             continue
-        if int(status["Uid"].split()[0]) in SANDBOX_UIDS and not status["State"].strip().startswith("Z"):
+        if int(status["Uid"].split()[0]) in OWN_UIDS and not status["State"].strip().startswith("Z"):
             found.append(int(entry))
     return found
 
@@ -551,7 +551,9 @@ def test_a_program_that_kills_itself_crashes_after_earlier_programs_used_cpu(san
 
 # --- SysV IPC does not outlive the program (item 3) ----------------------------------------------
 
-SYSV_OBJECTS = """
+SYSV_OBJECTS = (
+    f"OWN = range({OWN_UIDS.start}, {OWN_UIDS.stop})  # this harness's program uids\n"
+    + """
 import subprocess
 def f(x):
     for flag in ("-M 1048576", "-Q", "-S 1"):
@@ -561,9 +563,10 @@ def sandbox_objects():
     found = []
     for kind, uid_column in (("shm", 7), ("msg", 7), ("sem", 4)):
         with open("/proc/sysvipc/" + kind) as fh:
-            found += [kind for line in fh.read().splitlines()[1:] if int(line.split()[uid_column]) >= 1 << 20]
+            found += [kind for line in fh.read().splitlines()[1:] if int(line.split()[uid_column]) in OWN]
     return found
 """
+)
 
 SHM_MARKER = """
 import subprocess, sys
@@ -593,7 +596,7 @@ def test_sysv_ipc_objects_of_one_program_are_gone_before_the_next(sandbox):
     for kind, uid_column in (("shm", 7), ("msg", 7), ("sem", 4)):
         with open(f"/proc/sysvipc/{kind}") as fh:
             owners = [int(line.split()[uid_column]) for line in fh.read().splitlines()[1:]]
-        assert not [uid for uid in owners if uid in SANDBOX_UIDS]
+        assert not [uid for uid in owners if uid in OWN_UIDS]
 
 
 def test_a_shared_memory_marker_does_not_reach_the_next_program(sandbox):
