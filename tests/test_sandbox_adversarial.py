@@ -540,12 +540,14 @@ def test_an_honest_subclass_of_a_standard_type_passes_by_its_value(sandbox, base
 # --- the right reason (item 6) -------------------------------------------------------------------
 
 
-def test_a_program_that_kills_itself_crashes_after_earlier_programs_used_cpu(sandbox):
+def test_a_program_that_kills_itself_crashes_after_earlier_programs_used_cpu(roomy):
+    """Three programs of 0.4 CPU-seconds each in the same judge: the CPU of all its workers together
+    passes the CPU limit (1 s), which is what used to turn the fourth one's SIGKILL into "timed out"."""
     burn = "import time\ndef f(x):\n    end = time.process_time() + 0.4\n"
     burn += "    while time.process_time() < end:\n        pass\n    return x * 2\n"
     for _ in range(3):
-        assert judge(sandbox, burn).passed
-    outcome = judge(sandbox, "import os, signal\ndef f(x):\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+        assert judge(roomy, burn).passed
+    outcome = judge(roomy, "import os, signal\ndef f(x):\n    os.kill(os.getpid(), signal.SIGKILL)\n")
     assert outcome.result == "crashed (signal 9: SIGKILL)"
 
 
