@@ -106,3 +106,20 @@ def test_the_full_sandbox_is_in_force_where_it_is_required():
     from harness.grading.sandbox import probe_isolation
 
     assert probe_isolation().namespaces
+
+
+def test_no_cgroup_is_left_behind_by_a_judge_that_was_killed():
+    from harness.grading.sandbox import probe_isolation
+    from harness.grading.sandbox_usage import hierarchies
+
+    if not probe_isolation().cgroup:
+        pytest.skip("no cgroup can be made here; the judge polls instead")
+    box = Sandbox(Limits(wall_s=10), workers=1)
+    (outcome,) = box.run([Job("def f(x):\n    return x\n", "assert f(3) == 3\n", "f")])
+    (judge,) = box._idle
+    name = judge.cgroup
+    assert any(os.path.isdir(os.path.join(parent, name)) for *_, parent in hierarchies())
+    judge.close(wait_s=0)  # killed at once, as the backstop does: the harness removes its cgroup
+    box.close()
+    assert outcome.passed
+    assert not any(os.path.exists(os.path.join(parent, name)) for *_, parent in hierarchies())

