@@ -24,8 +24,7 @@ GRADED = [c for c in CASES if public.distinct(c) and public.sound(c)]
 # What the grader misses today (ids of cases), by kind; `python benchmarks/bench_math_grading.py
 # --list-disagreements` prints each with its gold, response and extracted answer.
 KNOWN_MISSES = {
-    # no answer extracted: the response states its answer in a form the extractor does not read (3)
-    "math_verify/test_all:86",
+    # no answer extracted: the response states its answer in a form the extractor does not read (2)
     "math_verify/test_numina_cases:121",
     "lighteval/test_extractive_match:246",
     # wrong equivalence: an answer is extracted but compared wrongly with the gold (8)

@@ -79,8 +79,10 @@ _WORD = re.compile(r"[A-Za-z]{3,}")
 _CURRENCY = re.compile(r"^\$(?=-?\d[\d,.]*$)|(?<=\d)\$$")
 _TEMPLATE_TOKENS = re.compile(r"<\|[a-z_]+\|>\w*|</s>|<eos>")
 _HOPE = re.compile(r"\s*I hope it is correct\.?\s*$", re.IGNORECASE)
-_NEGATION = re.compile(r"\b(?:not|never|no longer|isn't|aren't|cannot|can't|wrong|incorrect)\b", re.IGNORECASE)
-_NEGATION_WINDOW = 12  # characters before a value that may deny it: "the answer is not 5"
+_NEGATION_WORDS = r"(?:not|never|no longer|isn't|aren't|cannot|can't|wrong|incorrect)"
+_NEGATION = re.compile(rf"\b{_NEGATION_WORDS}\b", re.IGNORECASE)
+# A value denied by the words just before it ("is not 5", "is not equal to 5"; not "not 10, it's 5").
+_DENIED = re.compile(rf"\b{_NEGATION_WORDS}(?:\s+[A-Za-z]+){{0,2}}[\s$]*$", re.IGNORECASE)
 # A sentence that states a value: "... the probability is 2/3.", "We find that $x < 3$."
 _STATES = re.compile(r"\b(?:is|are|it's|equals|be|find|get|obtain)\b", re.IGNORECASE)
 _CONCLUDED_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?%?")
@@ -318,11 +320,11 @@ def _concluding_answer(text: str) -> str | None:
     )
     states = _CONCLUDES.search(sentence) or _STATES.search(plain)
     if ends_with_math and (states or sentence[: spans[-1][0]].rstrip().endswith(":")):
-        if not _NEGATION.search(sentence[max(0, spans[-1][0] - _NEGATION_WINDOW) : spans[-1][0]]):
+        if not _DENIED.search(sentence[: spans[-1][0]]):
             return spans[-1][2]
     numbers = list(_CONCLUDED_NUMBER.finditer(plain))
     if numbers and states and _TRAILER.fullmatch(plain, numbers[-1].end()):
-        if not _NEGATION.search(plain[max(0, numbers[-1].start() - _NEGATION_WINDOW) : numbers[-1].start()]):
+        if not _DENIED.search(plain[: numbers[-1].start()]):
             return numbers[-1].group(0)
     if _CONCLUDES.search(sentence) and not _NEGATION.search(sentence):
         found = [c for _, _, c in spans] + [m.group(0) for m in numbers]
