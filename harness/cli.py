@@ -46,6 +46,7 @@ class BatchSize(click.ParamType):
 @click.option("--task", default="math", show_default=True, help=_help("task"))
 @click.option("--backend", default="hf", show_default=True, help=_help("backend"))
 @click.option("--data", default=None, help=_help("data"))
+@click.option("--split", default=None, help=_help("split"))
 @click.option("--limit", type=int, default=None, help=_help("limit"))
 @click.option("--turns", type=int, default=2, show_default=True, help=_help("turns"))
 @click.option("--samples", type=int, default=1, show_default=True, help=_help("samples"))

@@ -22,6 +22,13 @@ class RunConfig:
     data: str | None = field(
         default=None, metadata={"help": "local .jsonl/.json/.parquet; default: the task's hub dataset"}
     )
+    split: str | None = field(
+        default=None,
+        metadata={
+            "help": "the data's split (mbpp: test, train, validation, prompt, or all); default: the task's, "
+            "the same for a local file as for the hub"
+        },
+    )
     limit: int | None = field(default=None, metadata={"help": "use only the first N problems"})
     turns: int = field(default=2, metadata={"help": "attempts per episode (1 + corrections)"})
     samples: int = field(default=1, metadata={"help": "independent episodes per problem"})

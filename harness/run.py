@@ -87,7 +87,7 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
         "model": config["model"],
         "engine": {k: v for k, v in config["engine"].items() if k not in ("batch_size", "device", "concurrency")},
         "task": config["task"],
-        "data": config["data"]["sha256"],
+        "data": {k: config["data"].get(k) for k in ("sha256", "split")},
         "limit": settings["limit"],
         "turns": settings["turns"],
         "samples": settings["samples"],
@@ -107,10 +107,10 @@ def execute_run(config: RunConfig, progress: Progress | None = None, engine: Eng
     config.validate()
     task = load_task(config.task)
     grader = get_grader(task.grader)
-    problems, source = load_problems(task, config.data, config.limit)
-    if config.limit is not None and config.limit > source.records:
+    problems, source = load_problems(task, config.data, config.limit, config.split)
+    if config.limit is not None and config.limit > source.selected:
         log.warning(
-            "--limit %d is larger than the %d problems in the data; using all of them", config.limit, source.records
+            "--limit %d is larger than the %d problems in the data; using all of them", config.limit, source.selected
         )
     if engine is None:
         with progress.step("loading model", None):

@@ -33,6 +33,20 @@ class Prompts:
 
 
 @dataclass(frozen=True)
+class Splits:
+    """A dataset's splits as ranges of one integer field, so that a local file is cut exactly as the
+    hub cuts it (MBPP: task_id 1-10 prompt, 11-510 test, 511-600 validation, 601-974 train)."""
+
+    field: str
+    default: str
+    ranges: dict[str, tuple[int, int]]
+
+    def holds(self, split: str, record: dict[str, Any]) -> bool:
+        low, high = self.ranges[split]
+        return low <= int(record[self.field]) <= high
+
+
+@dataclass(frozen=True)
 class DataSpec:
     required_fields: tuple[str, ...]
     answer_field: str
@@ -41,6 +55,7 @@ class DataSpec:
     hub: dict[str, Any] | None = None
     package: dict[str, Any] | None = None  # {module, file}: data shipped inside an installed package
     optional_fields: tuple[str, ...] = ()  # fields a template may use when a record has them
+    splits: Splits | None = None  # how a local file is split; without it a file is used whole
 
 
 @dataclass(frozen=True)
@@ -118,6 +133,7 @@ def _parse(raw: dict[str, Any], source: str) -> Task:
             hub=data.get("hub"),
             package=data.get("package"),
             optional_fields=tuple(data.get("optional_fields") or ()),
+            splits=_splits(data.get("splits")),
         ),
         prompts=Prompts(
             first_turn=str(prompts["first_turn"]),
@@ -125,6 +141,8 @@ def _parse(raw: dict[str, Any], source: str) -> Task:
             system=prompts.get("system"),
         ),
     )
+    if task.data.splits and task.data.hub and task.data.hub.get("split", "test") != task.data.splits.default:
+        raise ValueError("data.hub.split and data.splits.default differ; a local file must give the hub's split")
     for template in (task.prompts.first_turn, task.prompts.correction):
         used = jinja2.meta.find_undeclared_variables(_JINJA.parse(template))
         unknown = used - set(task.data.required_fields) - set(task.data.optional_fields)
@@ -133,3 +151,12 @@ def _parse(raw: dict[str, Any], source: str) -> Task:
                 f"a prompt uses {sorted(unknown)}, which are not in data.required_fields (or optional_fields)"
             )
     return task
+
+
+def _splits(raw: dict[str, Any] | None) -> Splits | None:
+    if raw is None:
+        return None
+    ranges = {str(name): (int(low), int(high)) for name, (low, high) in raw["ranges"].items()}
+    if raw["default"] not in ranges:
+        raise ValueError(f"data.splits.default '{raw['default']}' is not one of data.splits.ranges")
+    return Splits(field=str(raw["field"]), default=str(raw["default"]), ranges=ranges)
