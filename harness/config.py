@@ -94,8 +94,13 @@ class RunConfig:
                 raise HarnessError(message)
         if self.resume and self.run_name is None:
             raise HarnessError("--resume needs --run-name: the name of the run directory to continue")
-        if self.run_name is not None and not re.fullmatch(r"[\w.-]+", self.run_name):
-            raise HarnessError(f"--run-name '{self.run_name}' may use only letters, digits, '.', '_' and '-'")
+        # A name is one directory below --output-dir: no separators, and no leading '.', which would
+        # allow '.' and '..' (the output directory itself, or its parent) and hide the run from `runs`.
+        if self.run_name is not None and not re.fullmatch(r"\w[\w.-]*", self.run_name):
+            raise HarnessError(
+                f"--run-name {self.run_name!r} is not a plain name; use letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit (the run goes to --output-dir/NAME)"
+            )
         return self
 
     def resolved_run_name(self, model_name: str) -> str:

@@ -122,6 +122,16 @@ def test_bad_input_is_one_line_nonzero_and_leaves_nothing(tmp_path, math500, arg
     assert not (tmp_path / "out" / "bad").exists()
 
 
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "/tmp/escape", "../up", ".hidden", "a\\b"])
+def test_a_run_name_that_is_not_one_plain_directory_name_is_refused(tmp_path, math500, name):
+    out = tmp_path / "out"
+    result = run_cli(["run", "--data", str(math500), "--limit", "1", "--output-dir", str(out), "--run-name", name])
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --run-name") and "not a plain name" in lines[0]
+    assert list(tmp_path.iterdir()) == []  # nothing in --output-dir, nor in its parent
+
+
 def test_no_data_offline_fails_fast_naming_data(tmp_path):
     result = run_cli(["run", "--output-dir", str(tmp_path), "--limit", "1"], env={"HF_HUB_OFFLINE": "1"}, timeout=60)
     assert result.returncode == 2
