@@ -87,9 +87,13 @@ def run(**options) -> None:
         with RichProgress(console) as progress:
             result = execute_run(config, progress)
     except KeyboardInterrupt:
+        started = (Path(config.output_dir) / config.run_name / "config.json").is_file()
         console.print(
-            f"[yellow]interrupted[/yellow]; finished work is saved. Resume with:\n  {_resume_command(config)}"
+            "[yellow]interrupted[/yellow]; "
+            + ("finished work is saved. Resume with:" if started else "run again with:")
         )
+        # Plain, never wrapped, so that pasting it runs exactly this command.
+        click.echo("  " + _resume_command(config, resume=started), err=True)
         sys.exit(130)
     _show_summary(result.summary, console)
     console.print(
@@ -103,13 +107,15 @@ def _console():
     return Console(stderr=True)
 
 
-def _resume_command(config: RunConfig) -> str:
+def _resume_command(config: RunConfig, resume: bool) -> str:
+    """This command with its run name fixed, and --resume once the run directory exists (before,
+    there is nothing to resume, and --resume would be refused)."""
     import shlex
 
     args = [a for a in sys.argv[1:] if a != "--resume"]
     if "--run-name" not in args:
         args += ["--run-name", config.run_name or ""]
-    return shlex.join(["score-eval", *args, "--resume"])
+    return shlex.join(["score-eval", *args, *(["--resume"] if resume else [])])
 
 
 @cli.command()

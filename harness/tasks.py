@@ -8,7 +8,7 @@ prompt variant is adding a YAML file; no code changes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,8 @@ class Task:
         return _JINJA.from_string(self.prompts.correction).render(**fields)
 
     def as_dict(self) -> dict[str, Any]:
-        """Everything that shapes the prompts and grading, for config.json."""
+        """Everything that shapes the prompts, the problems and the grading, for config.json (and, but
+        for `source`, a resume's identity)."""
         return {
             "name": self.name,
             "grader": self.grader,
@@ -86,6 +87,16 @@ class Task:
                 "correction": self.prompts.correction,
             },
             "generation": dict(self.generation),
+            "data": {
+                "required_fields": list(self.data.required_fields),
+                "answer_field": self.data.answer_field,
+                "id_field": self.data.id_field,
+                "keep_fields": list(self.data.keep_fields),
+                "optional_fields": list(self.data.optional_fields),
+                "hub": self.data.hub,
+                "package": self.data.package,
+                "splits": asdict(self.data.splits) if self.data.splits else None,
+            },
         }
 
 
