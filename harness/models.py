@@ -74,10 +74,20 @@ def gguf_to_checkpoint(gguf: Path, name: str | None = None) -> Path:
     target = cache_dir() / f"{name or gguf.stem}-{key}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
+    import struct
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (ValueError, struct.error, KeyError, IndexError, EOFError, OSError) as exc:
+        # The GGUF readers fail on a garbage or truncated file with whatever the byte they hit causes.
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        raise HarnessError(
+            f"model file {gguf} is not a readable GGUF file ({reason}); "
+            "check the file (a download cut short?) or pass another --model"
+        ) from exc
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

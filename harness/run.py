@@ -8,6 +8,7 @@ that shapes the results is unchanged.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import platform
@@ -179,17 +180,27 @@ def execute_run(config: RunConfig, progress: Progress | None = None, engine: Eng
         "git_commit": git_commit(),
     }
     with open_run_dir(config.output_dir, run_name) as (run_dir, previous):
-        if previous is not None and not _continue(run_dir, previous, run_config):
-            log.info("run %s is already complete; nothing to do", run_dir)
-            return RunResult(run_dir, read_json(run_dir / "summary.json"), resumed=True)
-        if previous is None:
-            write_json(run_dir / "config.json", run_config)
         try:
+            if previous is not None and not _continue(run_dir, previous, run_config):
+                log.info("run %s is already complete; nothing to do", run_dir)
+                return RunResult(run_dir, read_json(run_dir / "summary.json"), resumed=True)
+            if previous is None:
+                write_json(run_dir / "config.json", run_config)
             document = _generate(config, task, grader, problems, engine, settings, run_dir, run_name, progress)
-        except Exception:
-            if previous is None and not (run_dir / JOURNAL).exists():
+        except Exception as exc:
+            saved = previous is not None or (run_dir / JOURNAL).exists()
+            if not saved:
                 # Nothing was generated (e.g. the server went away): leave no run behind.
                 shutil.rmtree(run_dir, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise HarnessError(
+                    f"the disk holding {run_dir} is full ({exc.strerror}); "
+                    + (
+                        "the finished work is saved: free space, then run the same command with --resume"
+                        if saved
+                        else "nothing was saved: free space, then run the command again"
+                    )
+                ) from exc
             raise
     return RunResult(run_dir, document, resumed=previous is not None)
 

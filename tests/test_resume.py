@@ -290,6 +290,37 @@ def test_an_unreachable_openai_server_is_one_line_and_leaves_no_run_directory(tm
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_is_one_line_the_journal_survives_and_resume_finishes_the_run(tmp_path, math500_path, monkeypatch):
+    import errno
+
+    base = dict(data=str(math500_path), limit=3, run_name="d")
+    execute_run(RunConfig(**base, output_dir=str(tmp_path / "whole")), engine=ScriptedEngine(_reply_by_turn))
+    real_append = Journal.append
+
+    def append_until_the_disk_fills(self, events):
+        events = list(events)
+        if any(e["turn"] == 1 for e in events):  # the disk fills as turn 2 starts
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(self, events)
+
+    monkeypatch.setattr(Journal, "append", append_until_the_disk_fills)
+    config = RunConfig(**base, output_dir=str(tmp_path / "full"))
+    with pytest.raises(HarnessError) as info:
+        execute_run(config, engine=ScriptedEngine(_reply_by_turn))
+    run_dir = tmp_path / "full" / "d"
+    assert str(info.value) == (
+        f"the disk holding {run_dir} is full (No space left on device); "
+        "the finished work is saved: free space, then run the same command with --resume"
+    )
+    assert len(Journal(run_dir / "journal.jsonl").replay()) == 6  # three generations, three grades
+    monkeypatch.setattr(Journal, "append", real_append)
+    engine = ScriptedEngine(_reply_by_turn)
+    execute_run(RunConfig(**base, output_dir=str(tmp_path / "full"), resume=True), engine=engine)
+    assert [len(call) for call in engine.calls] == [3]  # turn 2 only
+    for name in ("samples.jsonl", "summary.json"):
+        assert (run_dir / name).read_bytes() == (tmp_path / "whole" / "d" / name).read_bytes()
+
+
 def test_a_run_directory_in_use_is_refused(tmp_path, math500_path):
     from harness.store import open_run_dir
 
