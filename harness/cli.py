@@ -194,7 +194,16 @@ def _show_summary(document: dict, console) -> None:
     from harness.reports.summary import metric_label
 
     run = document["run"]
-    table = Table(title=f"{run['name']}: {run['task']} · {run['model']} · n={document['n']}")
+    samples = run.get("samples", 1)
+    # A line of its own, never wrapped: a table title wraps at the table's width, mid-phrase.
+    console.print(
+        f"{run['name']}: {run['task']} · {run['model']} · {document['n']} episodes "
+        f"({run.get('problems', document['n'])} problems × {samples} sample{'s' * (samples != 1)})",
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
+    )
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("95% CI", justify="right")

@@ -125,10 +125,45 @@ def load_task(name_or_path: str) -> Task:
         raw = yaml.safe_load(path.read_text())
         return _parse(raw, source=str(path))
     except (yaml.YAMLError, jinja2.TemplateError, KeyError, TypeError, ValueError) as exc:
-        raise HarnessError(f"task file {path} is malformed ({exc}); compare it with tasks/math.yaml") from exc
+        raise HarnessError(f"task file {path} is malformed: {exc}; compare it with tasks/math.yaml") from exc
+
+
+# The keys each section of a task file may hold, (required, optional): a key outside them is a typo
+# (`max_new_token`) that would otherwise be ignored without a word.
+SCHEMA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "the file": (("name", "grader", "data", "prompts"), ("description", "generation")),
+    "data": (
+        ("answer_field", "required_fields"),
+        ("hub", "package", "id_field", "keep_fields", "optional_fields", "splits"),
+    ),
+    "data.splits": (("field", "default", "ranges"), ()),
+    "prompts": (("first_turn", "correction"), ("system",)),
+    "generation": ((), ("max_new_tokens",)),
+}
+
+
+def _check_keys(section: str, value: Any) -> None:
+    required, optional = SCHEMA[section]
+    if not isinstance(value, dict):
+        raise ValueError(f"{section} must be a mapping of keys to values")
+    unknown = [k for k in value if k not in required + optional]
+    if unknown:
+        raise ValueError(
+            f"{section} has the unknown key{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; "
+            f"valid keys: {', '.join(required + optional)}"
+        )
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise ValueError(f"{section} lacks {', '.join(map(repr, missing))}")
 
 
 def _parse(raw: dict[str, Any], source: str) -> Task:
+    _check_keys("the file", raw)
+    for section in ("data", "prompts", "generation"):
+        if raw.get(section) is not None or section != "generation":
+            _check_keys(section, raw[section])
+    if raw["data"].get("splits") is not None:
+        _check_keys("data.splits", raw["data"]["splits"])
     data, prompts = raw["data"], raw["prompts"]
     task = Task(
         name=str(raw["name"]),

@@ -89,6 +89,29 @@ def test_summaries_agree_with_samples_on_a_scripted_run(tmp_path, math500):
     assert "| Accuracy@t2 | 62.5% |" in md and "| Δi→c(t1,t2) | 37.5% |" in md
 
 
+def test_the_console_summary_heading_is_one_line_and_counts_one_sample_in_the_singular(tmp_path, math500):
+    import io
+
+    from rich.console import Console
+
+    from harness.cli import _show_summary
+
+    result = execute_run(
+        RunConfig(
+            data=str(math500),
+            limit=2,
+            output_dir=str(tmp_path),
+            run_name="a-rather-long-run-name-for-a-narrow-terminal",
+        ),
+        engine=ScriptedEngine(lambda c: "x"),
+    )
+    out = io.StringIO()
+    _show_summary(result.summary, Console(file=out, width=60))
+    assert out.getvalue().splitlines()[0] == (
+        "a-rather-long-run-name-for-a-narrow-terminal: math · scripted · 2 episodes (2 problems × 1 sample)"
+    )
+
+
 def test_rerunning_a_finished_run_keeps_it_as_it_is(tmp_path, math500):
     config = RunConfig(data=str(math500), limit=1, output_dir=str(tmp_path), run_name="once")
     execute_run(config, engine=ScriptedEngine(lambda c: "x"))

@@ -53,3 +53,10 @@ def test_a_gguf_file_that_cannot_be_read_is_one_line(tmp_path, monkeypatch, kind
     assert message.startswith(f"model file {path} is not a readable GGUF file (") and "\n" not in message
     assert message.endswith("check the file (a download cut short?) or pass another --model")
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("config.json"))
+
+
+def test_loading_a_model_draws_no_loading_weights_bar(tiny_model_dir, capfd):
+    from harness.engines.hf import HFEngine
+
+    HFEngine.from_model(str(tiny_model_dir))
+    assert "Loading weights" not in capfd.readouterr().err

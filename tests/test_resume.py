@@ -3,6 +3,7 @@ determinism, and the bad inputs that remain after test_cli_run.py."""
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -131,10 +132,26 @@ def test_ctrl_c_keeps_finished_work_and_prints_the_resume_command(tmp_path, math
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert "Resume with:" in stderr and "--run-name r" in stderr and "--resume" in stderr
+    assert "Resume with:" in stderr
+    # The command is one line however long (never wrapped at 80 columns), so pasting it runs it.
+    command = stderr.rstrip().splitlines()[-1]
+    assert len(command) > 80 and shlex.split(command) == ["score-eval", *args, "--resume"]
     assert _journal_lines(tmp_path / "r") >= 5
     assert run_cli(args + ["--resume"]).returncode == 0
     assert (tmp_path / "r" / "samples.jsonl").read_bytes() == (baseline / "samples.jsonl").read_bytes()
+
+
+def test_results_and_journal_are_created_with_the_same_mode_from_the_umask(tmp_path):
+    from harness.store import write_json
+
+    old = os.umask(0o027)
+    try:
+        write_json(tmp_path / "summary.json", {})
+        Journal(tmp_path / "journal.jsonl").append([{"a": 1}])
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"summary.json": 0o640, "journal.jsonl": 0o640}
 
 
 def test_torn_last_line_is_dropped_and_the_file_truncated(tmp_path):
