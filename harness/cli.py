@@ -72,7 +72,8 @@ class BatchSize(click.ParamType):
 def run(**options) -> None:
     """Run k turns of intrinsic self-correction and write results/<run>/.
 
-    Rerunning a command whose run directory exists continues that run; finished work is kept.
+    Rerunning a command whose run directory exists continues that run; finished work is kept. With
+    --resume and a larger --turns, --limit or --samples, a finished run is extended.
     """
     from harness.progress import RichProgress
     from harness.run import execute_run

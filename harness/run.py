@@ -3,7 +3,8 @@
 Every input is checked (task, data, model) before the run directory is created, so a bad input
 leaves nothing on disk. A run directory without summary.json is unfinished: running the same
 command again (or with --resume) continues it from its journal, after checking that every setting
-that shapes the results is unchanged.
+that shapes the results is unchanged, but for more turns, problems or samples, which extend it. The
+run directory is locked while a process works in it.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def redact_command(argv: list[str]) -> list[str]:
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings that shape a run's results, except those a run may grow by (GROWABLE).
+    """The settings that shape a run's results, except those a run may grow by (`growable`).
 
     The task counts by its content (prompts, grader, fields, generation defaults), not by the path
     of its file, so a moved or freshly cloned checkout still resumes its runs; the data counts by
