@@ -46,6 +46,7 @@ class BatchSize(click.ParamType):
 @click.option("--task", default="math", show_default=True, help=_help("task"))
 @click.option("--backend", default="hf", show_default=True, help=_help("backend"))
 @click.option("--data", default=None, help=_help("data"))
+@click.option("--split", default=None, help=_help("split"))
 @click.option("--limit", type=int, default=None, help=_help("limit"))
 @click.option("--turns", type=int, default=2, show_default=True, help=_help("turns"))
 @click.option("--samples", type=int, default=1, show_default=True, help=_help("samples"))
@@ -71,7 +72,8 @@ class BatchSize(click.ParamType):
 def run(**options) -> None:
     """Run k turns of intrinsic self-correction and write results/<run>/.
 
-    Rerunning a command whose run directory exists continues that run; finished work is kept.
+    Rerunning a command whose run directory exists continues that run; finished work is kept. With
+    --resume and a larger --turns, --limit or --samples, a finished run is extended.
     """
     from harness.progress import RichProgress
     from harness.run import execute_run
@@ -86,9 +88,13 @@ def run(**options) -> None:
         with RichProgress(console) as progress:
             result = execute_run(config, progress)
     except KeyboardInterrupt:
+        started = (Path(config.output_dir) / config.run_name / "config.json").is_file()
         console.print(
-            f"[yellow]interrupted[/yellow]; finished work is saved. Resume with:\n  {_resume_command(config)}"
+            "[yellow]interrupted[/yellow]; "
+            + ("finished work is saved. Resume with:" if started else "run again with:")
         )
+        # Plain, never wrapped, so that pasting it runs exactly this command.
+        click.echo("  " + _resume_command(config, resume=started), err=True)
         sys.exit(130)
     _show_summary(result.summary, console)
     console.print(
@@ -102,13 +108,15 @@ def _console():
     return Console(stderr=True)
 
 
-def _resume_command(config: RunConfig) -> str:
+def _resume_command(config: RunConfig, resume: bool) -> str:
+    """This command with its run name fixed, and --resume once the run directory exists (before,
+    there is nothing to resume, and --resume would be refused)."""
     import shlex
 
     args = [a for a in sys.argv[1:] if a != "--resume"]
     if "--run-name" not in args:
         args += ["--run-name", config.run_name or ""]
-    return shlex.join(["score-eval", *args, "--resume"])
+    return shlex.join(["score-eval", *args, *(["--resume"] if resume else [])])
 
 
 @cli.command()
@@ -187,7 +195,16 @@ def _show_summary(document: dict, console) -> None:
     from harness.reports.summary import metric_label
 
     run = document["run"]
-    table = Table(title=f"{run['name']}: {run['task']} · {run['model']} · n={document['n']}")
+    samples = run.get("samples", 1)
+    # A line of its own, never wrapped: a table title wraps at the table's width, mid-phrase.
+    console.print(
+        f"{run['name']}: {run['task']} · {run['model']} · {document['n']} episodes "
+        f"({run.get('problems', document['n'])} problems × {samples} sample{'s' * (samples != 1)})",
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
+    )
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("95% CI", justify="right")

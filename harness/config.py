@@ -22,6 +22,13 @@ class RunConfig:
     data: str | None = field(
         default=None, metadata={"help": "local .jsonl/.json/.parquet; default: the task's hub dataset"}
     )
+    split: str | None = field(
+        default=None,
+        metadata={
+            "help": "the data's split (mbpp: test, train, validation, prompt, or all); default: the task's, "
+            "the same for a local file as for the hub"
+        },
+    )
     limit: int | None = field(default=None, metadata={"help": "use only the first N problems"})
     turns: int = field(default=2, metadata={"help": "attempts per episode (1 + corrections)"})
     samples: int = field(default=1, metadata={"help": "independent episodes per problem"})
@@ -87,8 +94,13 @@ class RunConfig:
                 raise HarnessError(message)
         if self.resume and self.run_name is None:
             raise HarnessError("--resume needs --run-name: the name of the run directory to continue")
-        if self.run_name is not None and not re.fullmatch(r"[\w.-]+", self.run_name):
-            raise HarnessError(f"--run-name '{self.run_name}' may use only letters, digits, '.', '_' and '-'")
+        # A name is one directory below --output-dir: no separators, and no leading '.', which would
+        # allow '.' and '..' (the output directory itself, or its parent) and hide the run from `runs`.
+        if self.run_name is not None and not re.fullmatch(r"\w[\w.-]*", self.run_name):
+            raise HarnessError(
+                f"--run-name {self.run_name!r} is not a plain name; use letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit (the run goes to --output-dir/NAME)"
+            )
         return self
 
     def resolved_run_name(self, model_name: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,39 @@ class DataSource:
     location: str
     sha256: str | None
     records: int
+    split: str | None = None  # the task's split that was used; None: the whole file (a task without splits)
+    selected: int | None = None  # records in that split, before --limit
 
 
-def load_problems(task: Task, data_path: str | None, limit: int | None = None) -> tuple[list[Problem], DataSource]:
+ALL = "all"  # the split name that means every record of a local file
+
+
+def split_names(task: Task) -> list[str]:
+    """The names --split accepts for `task` (its declared splits, then 'all')."""
+    return [*(task.data.splits.ranges if task.data.splits else ()), ALL]
+
+
+def _choose_split(task: Task, split: str | None, hub: bool) -> str | None:
+    if split is None:
+        return (task.data.hub or {}).get("split", "test") if hub else (task.data.splits and task.data.splits.default)
+    if (task.data.splits or not hub) and split not in split_names(task):
+        raise HarnessError(f"task '{task.name}' has no split '{split}'; choose one of: {', '.join(split_names(task))}")
+    return split
+
+
+def load_problems(
+    task: Task, data_path: str | None, limit: int | None = None, split: str | None = None
+) -> tuple[list[Problem], DataSource]:
+    """The problems of `split` (default: the task's, which for a local file is the split the hub
+    gives), in file order, the first `limit` of them."""
+    hub = data_path is None and not task.data.package
+    split = _choose_split(task, split, hub)
     if data_path is not None:
         records, lines, source = _read_file(Path(data_path))
     elif task.data.package:
         records, lines, source = _read_package(task)
     else:
-        records, source = _read_hub(task)
+        records, source = _read_hub(task, split)
         lines = None
     if not records:
         raise HarnessError(f"data file {source.location} holds no records; point --data at a non-empty file")
@@ -56,9 +80,31 @@ def load_problems(task: Task, data_path: str | None, limit: int | None = None) -
         if p.id in seen:
             raise HarnessError(f"{source.location}: id '{p.id}' appears twice; ids must be unique")
         seen.add(p.id)
+    if not hub and split not in (None, ALL):
+        problems = _in_split(task, problems, split, source.location)
+    source = replace(source, split=split, selected=len(problems))
     if limit is not None:
         problems = problems[:limit]
     return problems, source
+
+
+def _in_split(task: Task, problems: list[Problem], split: str, location: str) -> list[Problem]:
+    splits = task.data.splits
+    assert splits is not None  # _choose_split gives a named split only to tasks that declare splits
+    try:
+        kept = [p for p in problems if splits.holds(split, p.fields)]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HarnessError(
+            f"{location}: a record has no integer '{splits.field}' ({exc}), which task '{task.name}' splits by; "
+            f"fix the record or pass --split {ALL}"
+        ) from exc
+    if not kept:
+        low, high = splits.ranges[split]
+        raise HarnessError(
+            f"{location} holds no record of split '{split}' ({splits.field} {low}-{high}); "
+            f"pass --split with one of: {', '.join(split_names(task))}"
+        )
+    return kept
 
 
 def _to_problem(task: Task, record: Any, index: int, where: str) -> Problem:
@@ -156,15 +202,17 @@ def _read_package(task: Task) -> tuple[list[Any], list[int] | None, DataSource]:
     return records, lines, DataSource("package", f"{module}:{spec['file']}", source.sha256, source.records)
 
 
-def _read_hub(task: Task) -> tuple[list[Any], DataSource]:
+def _read_hub(task: Task, split: str) -> tuple[list[Any], DataSource]:
     hub = task.data.hub
     if not hub:
         raise HarnessError(f"task '{task.name}' names no hub dataset; pass --data PATH to a local file")
+    if split == ALL:
+        raise HarnessError(f"--split {ALL} is for local files; pass --data PATH, or name one split of the hub dataset")
     name = hub["path"]
     require_hub(f"dataset {name}", "pass --data PATH to a local .jsonl/.json/.parquet copy instead")
     import datasets
 
-    ds = datasets.load_dataset(name, hub.get("name"), split=hub.get("split", "test"))
+    ds = datasets.load_dataset(name, hub.get("name"), split=split)
     records = [dict(r) for r in ds]
     digest = hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()
-    return records, DataSource("hub", f"{name}:{hub.get('split', 'test')}", digest, len(records))
+    return records, DataSource("hub", f"{name}:{split}", digest, len(records))

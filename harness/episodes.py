@@ -125,6 +125,23 @@ def _restore(episodes: list[Episode], events: list[dict]) -> None:
             episode.turns[turn].detail = grade.get("detail")
 
 
+def journal_events(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The journal lines that rebuild a samples.jsonl record: a finished run is reopened (to add turns,
+    problems or samples) by writing its records back as a journal, which `run_episodes` replays."""
+    key = {"id": record["id"], "sample": record["sample"]}
+    events: list[dict[str, Any]] = []
+    for t, turn in enumerate(record["turns"]):
+        generated = {k: turn[k] for k in ("response", "finish_reason", "completion_tokens")}
+        grade = {"extracted": turn["extracted"], "correct": turn["correct"], "detail": turn.get("detail")}
+        events += [{**key, "turn": t, **generated}, {**key, "turn": t, "grade": grade}]
+    if record.get("skipped"):
+        skipped = len(record["turns"])
+        events.append(
+            {**key, "turn": skipped, "response": "", "finish_reason": PROMPT_TOO_LONG, "completion_tokens": 0}
+        )
+    return events
+
+
 def _too_long(turn: int) -> str:
     return f"turn {turn + 1}: prompt longer than the model's context"
 

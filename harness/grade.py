@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.data import Problem, load_problems, read_jsonl_lines
+from harness.data import ALL, Problem, load_problems, read_jsonl_lines
 from harness.errors import HarnessError
 from harness.grading import Grader, get_grader
 from harness.metrics import Graded, pass_at_k_by_turn
@@ -112,7 +112,8 @@ def grade_code_file(
     """Grade every sample, write OUT.jsonl, and return pass@k over the file (k up to the samples per task)."""
     task = load_task(task_name)
     samples = read_code_samples(input_path)
-    problems = {p.id: p for p in load_problems(task, data)[0]}
+    # Samples are looked up by id, so a local file is read whole (every split), as it was written.
+    problems = {p.id: p for p in load_problems(task, data, split=ALL if data else None)[0]}
     unknown = sorted({str(s["task_id"]) for s in samples} - problems.keys())
     if unknown:
         raise HarnessError(

@@ -45,8 +45,27 @@ def embedded_gguf() -> Path:
     return path
 
 
+def hide_loading_bar() -> None:
+    """Keep transformers' "Loading weights" bar off the screen: it is drawn on every load, under our
+    own progress display. Hub downloads keep their bars (transformers.utils.logging.set_tqdm_hook
+    sees each bar's description; transformers before 5 has no such bar, and no hook)."""
+    from transformers.utils import logging as hf_logging
+
+    if not hasattr(hf_logging, "set_tqdm_hook"):
+        return
+
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") == "Loading weights":
+            return hf_logging.EmptyTqdm(*args, **kwargs)
+        return factory(*args, **kwargs)
+
+    hf_logging.set_tqdm_hook(hook)
+
+
 def resolve_model(spec: str | None) -> tuple[str, str]:
-    """Return (display name, local directory or hub id) for a --model value."""
+    """Return (display name, local directory or hub id) for a --model value, ready to load (every
+    model the harness loads comes through here, so this is where the loading bar is hidden)."""
+    hide_loading_bar()
     if spec is None:
         return DEFAULT_MODEL_NAME, str(gguf_to_checkpoint(embedded_gguf(), DEFAULT_MODEL_NAME))
     path = Path(spec).expanduser()
@@ -74,10 +93,20 @@ def gguf_to_checkpoint(gguf: Path, name: str | None = None) -> Path:
     target = cache_dir() / f"{name or gguf.stem}-{key}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
+    import struct
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (ValueError, struct.error, KeyError, IndexError, EOFError, OSError) as exc:
+        # The GGUF readers fail on a garbage or truncated file with whatever the byte they hit causes.
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        raise HarnessError(
+            f"model file {gguf} is not a readable GGUF file ({reason}); "
+            "check the file (a download cut short?) or pass another --model"
+        ) from exc
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.data import load_problems
+from harness.data import ALL, load_problems
 from harness.errors import HarnessError
 from harness.grading import get_grader
 from harness.run import finish_run
@@ -26,7 +26,11 @@ def regrade_run(run_dir: Path) -> tuple[dict, dict[str, int]]:
     source = config["task"].get("source") or ""
     task = load_task(source if Path(source).is_file() else config["task"]["name"])
     data = config["data"]
-    problems, now = load_problems(task, data["location"] if data["kind"] == "file" else None)
+    # Responses are matched to problems by id, so a local file is read whole; the hub gives the run's split.
+    hub = data["kind"] == "hub"
+    problems, now = load_problems(
+        task, data["location"] if data["kind"] == "file" else None, split=data.get("split") if hub else ALL
+    )
     if now.sha256 != data["sha256"]:
         raise HarnessError(
             f"the data at {data['location']} changed since the run (sha256 differs); restore the original file"

@@ -6,23 +6,25 @@ half-written summary that looks complete.
 
 from __future__ import annotations
 
+import fcntl
 import json
-import logging
 import os
-import tempfile
-from collections.abc import Iterable
+import secrets
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
 
-log = logging.getLogger("score_eval")
-
 RUN_FILES = ("config.json", "samples.jsonl", "summary.json", "summary.csv", "summary.md")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Created as open() creates files (0666 less the umask), so results get the journal's mode,
+    # not mkstemp's private 0600.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -30,7 +32,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -51,23 +53,57 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def prepare_run_dir(output_dir: str, run_name: str, resume: bool) -> tuple[Path, dict | None]:
-    """Make results/<run_name>/ and return it with the config.json of the run already there, if any.
+def unfinished_runs(output_dir: str | Path) -> list[str]:
+    """Names of the runs under `output_dir` that were started and never finished."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "config.json").is_file() and not (p / "summary.json").exists())
+
+
+def require_resumable(output_dir: str, run_name: str) -> None:
+    """--resume names a run that was started; a typo must not silently start a new one."""
+    if (Path(output_dir) / run_name / "config.json").is_file():
+        return
+    waiting = unfinished_runs(output_dir)
+    listed = f"unfinished runs there: {', '.join(waiting)}" if waiting else "it holds no unfinished run"
+    raise HarnessError(
+        f"--resume: there is no run '{run_name}' in {output_dir} ({listed}); "
+        "check --run-name and --output-dir, or drop --resume to start a new run"
+    )
+
+
+def _lock(fd: int, path: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        raise HarnessError(
+            f"run {path} is in use by another score-eval process; wait for it to end, or choose another --run-name"
+        ) from exc
+
+
+def require_not_in_use(output_dir: str, run_name: str) -> None:
+    """Fail before the model loads when another process holds this run (open_run_dir locks it for good)."""
+    path = Path(output_dir) / run_name
+    if path.is_dir():
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            _lock(fd, path)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def open_run_dir(output_dir: str, run_name: str) -> Iterator[tuple[Path, dict | None]]:
+    """Make (or open) results/<run_name>/, hold it locked, and yield it with the config.json of the
+    run already there, if any.
 
     A directory that holds a config.json is an earlier run of the same name: the caller continues
-    it (after comparing settings). With `resume`, a missing directory is not an error: a run killed
-    while loading its model never made one, and starts afresh.
+    it (after comparing settings). The lock is an exclusive flock on the directory itself, so two
+    processes never write one run, it leaves no file behind, and the kernel drops it when the
+    process ends, a crash included.
     """
     path = Path(output_dir) / run_name
-    if (path / "config.json").is_file():
-        try:
-            return path, read_json(path / "config.json")
-        except (OSError, json.JSONDecodeError) as exc:
-            raise HarnessError(f"{path}/config.json is unreadable ({exc}); remove {path} to start over") from exc
-    if any((path / f).exists() for f in RUN_FILES):
-        raise HarnessError(f"{path} holds run files but no config.json; remove it or choose another --run-name")
-    if resume:
-        log.info("nothing to resume in %s; starting the run", path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -77,7 +113,23 @@ def prepare_run_dir(output_dir: str, run_name: str, resume: bool) -> tuple[Path,
         raise HarnessError(
             f"cannot write to output directory {path} ({exc.strerror}); pass a writable --output-dir"
         ) from exc
-    return path, None
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _lock(fd, path)
+        yield path, _earlier_config(path)
+    finally:
+        os.close(fd)
+
+
+def _earlier_config(path: Path) -> dict | None:
+    if (path / "config.json").is_file():
+        try:
+            return read_json(path / "config.json")
+        except (OSError, json.JSONDecodeError) as exc:
+            raise HarnessError(f"{path}/config.json is unreadable ({exc}); remove {path} to start over") from exc
+    if any((path / f).exists() for f in RUN_FILES):
+        raise HarnessError(f"{path} holds run files but no config.json; remove it or choose another --run-name")
+    return None
 
 
 JOURNAL = "journal.jsonl"

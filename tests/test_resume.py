@@ -4,6 +4,7 @@ determinism, and the bad inputs that remain after test_cli_run.py."""
 import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -115,7 +116,14 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_byte_for_byte(
     if not reached:
         pytest.skip(f"the run finished before the kill point '{point}' was seen")
     assert not (tmp_path / "r" / "summary.json").exists() or point == "while writing results"
-    resumed = run_cli(args + ["--resume"])
+    if not (tmp_path / "r" / "config.json").exists():
+        # Killed before the run directory existed: there is nothing to resume, so --resume is refused
+        # and the same command without it starts the run.
+        refused = run_cli(args + ["--resume"])
+        assert refused.returncode == 2 and "there is no run 'r'" in refused.stderr
+        resumed = run_cli(args)
+    else:
+        resumed = run_cli(args + ["--resume"])
     assert resumed.returncode == 0, resumed.stderr
     for name in ("samples.jsonl", "summary.json", "summary.md"):
         assert (tmp_path / "r" / name).read_bytes() == (baseline / name).read_bytes(), name
@@ -133,10 +141,26 @@ def test_ctrl_c_keeps_finished_work_and_prints_the_resume_command(tmp_path, math
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert "Resume with:" in stderr and "--run-name r" in stderr and "--resume" in stderr
+    assert "Resume with:" in stderr
+    # The command is one line however long (never wrapped at 80 columns), so pasting it runs it.
+    command = stderr.rstrip().splitlines()[-1]
+    assert len(command) > 80 and shlex.split(command) == ["score-eval", *args, "--resume"]
     assert _journal_lines(tmp_path / "r") >= 5
     assert run_cli(args + ["--resume"]).returncode == 0
     assert (tmp_path / "r" / "samples.jsonl").read_bytes() == (baseline / "samples.jsonl").read_bytes()
+
+
+def test_results_and_journal_are_created_with_the_same_mode_from_the_umask(tmp_path):
+    from harness.store import write_json
+
+    old = os.umask(0o027)
+    try:
+        write_json(tmp_path / "summary.json", {})
+        Journal(tmp_path / "journal.jsonl").append([{"a": 1}])
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"summary.json": 0o640, "journal.jsonl": 0o640}
 
 
 def test_torn_last_line_is_dropped_and_the_file_truncated(tmp_path):
@@ -156,12 +180,201 @@ def test_corrupt_line_in_the_middle_is_an_error_not_a_silent_loss(tmp_path):
 
 
 def test_resuming_with_other_settings_is_refused_naming_the_differences(tmp_path, math500_path):
-    base = dict(data=str(math500_path), limit=3, output_dir=str(tmp_path), run_name="x")
-    execute_run(RunConfig(**base), engine=ScriptedEngine(lambda c: "x"))
+    base = dict(data=str(math500_path), output_dir=str(tmp_path), run_name="x")
+    execute_run(RunConfig(**base, limit=3), engine=ScriptedEngine(lambda c: "x"))
     with pytest.raises(HarnessError) as info:
-        execute_run(RunConfig(**base, turns=3, temperature=0.7), engine=ScriptedEngine(lambda c: "x"))
+        execute_run(
+            RunConfig(**base, limit=2, turns=1, temperature=0.7, max_new_tokens=5), engine=ScriptedEngine(lambda c: "x")
+        )
     message = str(info.value)
-    assert "turns (2 -> 3)" in message and "sampling.temperature (0.0 -> 0.7)" in message
+    assert "sampling.temperature (0.0 -> 0.7)" in message and "sampling.max_new_tokens (1024 -> 5)" in message
+    assert "turns (2 -> 1; a run can be extended, not cut back)" in message and "limit (3 -> 2 problems" in message
+    # A growth that comes with another change is refused too, naming only the change.
+    with pytest.raises(HarnessError, match=r"settings: sampling.seed \(0 -> 1\); rerun"):
+        execute_run(RunConfig(**base, limit=3, turns=3, seed=1), engine=ScriptedEngine(lambda c: "x"))
+
+
+def _reply_by_turn(conversation):
+    return f"attempt {(len(conversation) + 1) // 2}"
+
+
+def test_more_turns_on_a_finished_run_generate_only_the_new_turn(tmp_path, math500_path):
+    base = dict(data=str(math500_path), limit=3, output_dir=str(tmp_path), run_name="e")
+    execute_run(RunConfig(**base), engine=ScriptedEngine(_reply_by_turn))
+    engine = ScriptedEngine(_reply_by_turn)
+    result = execute_run(RunConfig(**base, turns=3, resume=True), engine=engine)
+    assert [len(call) for call in engine.calls] == [3] and all(len(c) == 5 for c in engine.calls[0])
+    records = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [[t["response"] for t in r["turns"]] for r in records] == [["attempt 1", "attempt 2", "attempt 3"]] * 3
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["run"]["turns"] == 3 and "acc_t3" in summary and "delta_t2_t3" in summary
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["settings"]["turns"] == 3 and config["extended"][0]["grown"] == ["turns 2 -> 3"]
+    assert not (result.run_dir / "journal.jsonl").exists()
+
+
+def test_a_larger_limit_adds_problems_and_more_samples_add_episodes(tmp_path, math500_path):
+    base = dict(data=str(math500_path), output_dir=str(tmp_path), run_name="g", temperature=1.0)
+    execute_run(RunConfig(**base, limit=2), engine=ScriptedEngine(_reply_by_turn))
+    engine = ScriptedEngine(_reply_by_turn)
+    execute_run(RunConfig(**base, limit=3), engine=engine)
+    assert [len(call) for call in engine.calls] == [1, 1]  # turns 1 and 2 of the one new problem
+    engine = ScriptedEngine(_reply_by_turn)
+    result = execute_run(RunConfig(**base, limit=3, samples=2), engine=engine)
+    assert [len(call) for call in engine.calls] == [3, 3]  # sample 1 of each problem, two turns
+    records = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [r["sample"] for r in records] == [0, 1] * 3
+    assert result.summary["n"] == 6 and result.summary["run"]["samples"] == 2
+
+
+def test_extending_a_greedy_run_to_three_turns_equals_a_three_turn_run(tmp_path, math500_path, tiny_model_dir):
+    from harness.engines.hf import HFEngine
+
+    engine = HFEngine.from_model(str(tiny_model_dir), batch_size=4)
+    base = dict(data=str(math500_path), limit=6, max_new_tokens=10, run_name="t")
+    execute_run(RunConfig(**base, turns=3, output_dir=str(tmp_path / "scratch")), engine=engine)
+    execute_run(RunConfig(**base, turns=2, output_dir=str(tmp_path / "grown")), engine=engine)
+    execute_run(RunConfig(**base, turns=3, output_dir=str(tmp_path / "grown"), resume=True), engine=engine)
+    for name in ("samples.jsonl", "summary.json", "summary.csv", "summary.md"):
+        assert (tmp_path / "grown" / "t" / name).read_bytes() == (tmp_path / "scratch" / "t" / name).read_bytes(), name
+
+
+def test_resume_of_a_run_that_does_not_exist_lists_the_unfinished_runs(tmp_path, math500_path):
+    execute_run(
+        RunConfig(data=str(math500_path), limit=1, output_dir=str(tmp_path), run_name="done"),
+        engine=ScriptedEngine(lambda c: "x"),
+    )
+    for name in ("b-run", "a-run"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    args = ["run", "--data", str(math500_path), "--limit", "1", "--output-dir", str(tmp_path), "--resume"]
+    result = run_cli([*args, "--run-name", "a-rnu"], timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: --resume: there is no run 'a-rnu' in {tmp_path} (unfinished runs there: a-run, b-run); "
+        "check --run-name and --output-dir, or drop --resume to start a new run"
+    ]
+    assert not (tmp_path / "a-rnu").exists()
+
+
+class _FailsAtTurn(ScriptedEngine):
+    """Answers until `turn`, then fails as a lost server does."""
+
+    def __init__(self, turn):
+        super().__init__(_reply_by_turn)
+        self.turn = turn
+
+    def chat(self, conversations, settings, on_done=None, seeds=None):
+        if (len(conversations[0]) + 1) // 2 == self.turn:
+            raise HarnessError("the server went away")
+        return super().chat(conversations, settings, on_done, seeds)
+
+
+def test_a_moved_checkout_resumes_and_a_finished_run_is_complete(tmp_path, math500_path, caplog):
+    """The task file and the data file move (a new clone); the run's identity is their content."""
+    import shutil
+
+    from harness.tasks import load_task
+
+    def checkout(name):
+        root = tmp_path / name
+        (root / "tasks").mkdir(parents=True)
+        shutil.copy(load_task("math").source, root / "tasks" / "math.yaml")
+        shutil.copy(math500_path, root / "math500.jsonl")
+        return dict(task=str(root / "tasks" / "math.yaml"), data=str(root / "math500.jsonl"))
+
+    out = dict(limit=2, output_dir=str(tmp_path / "results"), run_name="m")
+    with pytest.raises(HarnessError, match="went away"):
+        execute_run(RunConfig(**checkout("a"), **out), engine=_FailsAtTurn(2))
+    engine = ScriptedEngine(_reply_by_turn)
+    execute_run(RunConfig(**checkout("b"), **out, resume=True), engine=engine)
+    assert [len(call) for call in engine.calls] == [2] and len(engine.calls[0][0]) == 3  # turn 2 only
+    engine = ScriptedEngine(_reply_by_turn)
+    with caplog.at_level("INFO", logger="score_eval"):
+        again = execute_run(RunConfig(**checkout("c"), **out, resume=True), engine=engine)
+    assert again.resumed and engine.calls == [] and "is already complete" in caplog.text
+
+
+def test_a_run_that_fails_before_generating_anything_leaves_no_directory(tmp_path, math500_path):
+    config = RunConfig(data=str(math500_path), limit=2, output_dir=str(tmp_path), run_name="f")
+    with pytest.raises(HarnessError, match="went away"):
+        execute_run(config, engine=_FailsAtTurn(1))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unreachable_openai_server_is_one_line_and_leaves_no_run_directory(tmp_path, math500_path):
+    import socket
+
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["run", "--backend", "openai", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "m"]
+    result = run_cli([*args, "--data", str(math500_path), "--limit", "1", "--output-dir", str(tmp_path)], timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach the server at http://127.0.0.1:{port}/v1")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_one_line_the_journal_survives_and_resume_finishes_the_run(tmp_path, math500_path, monkeypatch):
+    import errno
+
+    base = dict(data=str(math500_path), limit=3, run_name="d")
+    execute_run(RunConfig(**base, output_dir=str(tmp_path / "whole")), engine=ScriptedEngine(_reply_by_turn))
+    real_append = Journal.append
+
+    def append_until_the_disk_fills(self, events):
+        events = list(events)
+        if any(e["turn"] == 1 for e in events):  # the disk fills as turn 2 starts
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(self, events)
+
+    monkeypatch.setattr(Journal, "append", append_until_the_disk_fills)
+    config = RunConfig(**base, output_dir=str(tmp_path / "full"))
+    with pytest.raises(HarnessError) as info:
+        execute_run(config, engine=ScriptedEngine(_reply_by_turn))
+    run_dir = tmp_path / "full" / "d"
+    assert str(info.value) == (
+        f"the disk holding {run_dir} is full (No space left on device); "
+        "the finished work is saved: free space, then run the same command with --resume"
+    )
+    assert len(Journal(run_dir / "journal.jsonl").replay()) == 6  # three generations, three grades
+    monkeypatch.setattr(Journal, "append", real_append)
+    engine = ScriptedEngine(_reply_by_turn)
+    execute_run(RunConfig(**base, output_dir=str(tmp_path / "full"), resume=True), engine=engine)
+    assert [len(call) for call in engine.calls] == [3]  # turn 2 only
+    for name in ("samples.jsonl", "summary.json"):
+        assert (run_dir / name).read_bytes() == (tmp_path / "whole" / "d" / name).read_bytes()
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path, math500_path):
+    from harness.store import open_run_dir
+
+    config = RunConfig(data=str(math500_path), limit=1, output_dir=str(tmp_path), run_name="busy")
+    with open_run_dir(str(tmp_path), "busy"):
+        with pytest.raises(HarnessError, match="in use by another score-eval process"):
+            execute_run(config, engine=ScriptedEngine(lambda c: "x"))
+    assert execute_run(config, engine=ScriptedEngine(lambda c: "x")).summary["n"] == 1
+
+
+def test_a_second_process_with_the_same_run_name_gets_one_line_and_exit_2(tmp_path, math500_path, tiny_model_dir):
+    args = _run_args(math500_path, tiny_model_dir, tmp_path, "r", ["--limit", "200", "--max-new-tokens", "64"])
+    first = _start(args)
+    try:
+        assert _wait_for(lambda: _journal_lines(tmp_path / "r") >= 2, first)
+        second = run_cli(args)
+        assert first.poll() is None  # the two really overlapped
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines() == [
+            f"error: run {tmp_path / 'r'} is in use by another score-eval process; "
+            "wait for it to end, or choose another --run-name"
+        ]
+    finally:
+        first.kill()
+        first.communicate()
+    from harness.store import require_not_in_use
+
+    require_not_in_use(str(tmp_path), "r")  # the lock died with the killed process
 
 
 def test_same_command_twice_writes_identical_samples(tmp_path, math500_path, tiny_model_dir):

@@ -48,6 +48,24 @@ def test_prompt_using_an_undeclared_field_is_rejected(tmp_path):
         load_task(str(bad))
 
 
+def test_a_misspelled_key_in_a_task_file_is_named_with_the_valid_ones(tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(Path(load_task("math").source).read_text().replace("max_new_tokens:", "max_new_token:"))
+    with pytest.raises(HarnessError) as info:
+        load_task(str(bad))
+    assert str(info.value) == (
+        f"task file {bad} is malformed: generation has the unknown key 'max_new_token'; valid keys: max_new_tokens; "
+        "compare it with tasks/math.yaml"
+    )
+
+
+def test_a_task_file_without_its_sections_names_the_missing_ones(tmp_path):
+    bad = tmp_path / "bare.yaml"
+    bad.write_text("name: bare\ngrader: math\n")
+    with pytest.raises(HarnessError, match=r"is malformed: the file lacks 'data', 'prompts'; compare it with"):
+        load_task(str(bad))
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet"])
 def test_local_formats_load_the_same_problems(tmp_path, fmt):
     path = tmp_path / f"d.{fmt}"

@@ -42,13 +42,19 @@ class OpenAIEngine:
         client = openai.OpenAI(
             base_url=base_url, api_key=api_key or "EMPTY", timeout=request_timeout, max_retries=max_retries
         )
-        if model is None:
-            try:
-                served = [m.id for m in client.models.list()]
-            except openai.APIError as exc:
+        # Ask the server for its models even when --model names one: an unreachable server must stop
+        # the run here, before a run directory exists, not after retries at the first request.
+        try:
+            served = [m.id for m in client.with_options(max_retries=1, timeout=min(request_timeout, 30)).models.list()]
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            raise HarnessError(f"cannot reach the server at {base_url} ({exc}); start it or check --base-url") from exc
+        except openai.APIError as exc:
+            if model is None:
                 raise HarnessError(
                     f"cannot list the models of the server at {base_url} ({exc}); check --base-url"
                 ) from exc
+            served = [model]  # a server without /models still serves the model it was given
+        if model is None:
             if len(served) != 1:
                 raise HarnessError(
                     f"the server at {base_url} serves {len(served)} models "

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
 
@@ -73,11 +76,45 @@ def _stop_all(workers: list[_Worker]) -> None:
     workers.clear()
 
 
+@contextmanager
+def _child_start() -> Iterator[None]:
+    """The conditions a worker (and the forkserver, started with the first one) is created under.
+
+    SIGINT is blocked in this thread, and a blocked signal stays blocked across fork and exec: a
+    terminal's Ctrl-C, sent to the whole process group, then reaches only the parent, which stops
+    the workers itself, instead of printing a KeyboardInterrupt traceback from every worker. And
+    `harness` is imported from where this process imported it: Python 3.11's forkserver runs
+    `python -c`, which puts the current directory first on sys.path (and disregards the parent's
+    sys.path), so a `harness/` folder there would otherwise shadow the installed package.
+    """
+    from multiprocessing import resource_tracker
+
+    import harness
+
+    # Started first, as starting it unblocks SIGINT in this thread again.
+    resource_tracker.ensure_running()
+    root = str(Path(harness.__file__).resolve().parent.parent)
+    env = {"PYTHONSAFEPATH": "1", "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class _Worker:
     def __init__(self, ctx: Any, fn: Callable[..., Any], memory_limit: int | None) -> None:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_serve, args=(fn, child, memory_limit), daemon=True)
-        self.process.start()
+        with _child_start():
+            self.process.start()
         child.close()
         self.ready = False
         self.job: int | None = None

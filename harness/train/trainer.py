@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from harness.config import RunConfig
-from harness.data import Problem, load_problems
+from harness.data import ALL, Problem, load_problems
 from harness.engines.base import Engine, SamplingSettings
 from harness.engines.hf import HFEngine, stop_token_ids
 from harness.episodes import run_episodes
@@ -86,7 +86,8 @@ def train(
     progress = progress or SilentProgress()
     config.validate()
     task = load_task(config.task)
-    problems, source = load_problems(task, config.data, config.limit)
+    # Training reads a local file whole, as before tasks declared splits (MBPP's file holds every split).
+    problems, source = load_problems(task, config.data, config.limit, split=ALL if config.data else None)
     if config.eval_every:
         load_problems(task, config.eval_data, config.eval_limit)  # fail now, not at the first evaluation
     if config.rollout_backend == "vllm":
