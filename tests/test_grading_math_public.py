@@ -27,12 +27,10 @@ KNOWN_MISSES = {
     # no answer extracted: the response states its answer in a form the extractor does not read (2)
     "math_verify/test_numina_cases:121",
     "lighteval/test_extractive_match:246",
-    # wrong equivalence: an answer is extracted but compared wrongly with the gold (8)
-    "math_verify/test_all:138",
+    # wrong equivalence: an answer is extracted but compared wrongly with the gold (6)
     "math_verify/test_all:211",
     "math_verify/test_all:512",
     "math_verify/test_all:518",
-    "math_verify/test_yujianll:20",
     "math_verify/test_numina_cases:9",
     "math_verify/test_numina_cases:24",
     "lighteval/test_extractive_match:1105",
@@ -42,7 +40,8 @@ KNOWN_MISS = pytest.mark.xfail(strict=True, reason="known miss: remove the id fr
 
 @pytest.fixture(scope="module")
 def verdicts() -> dict:
-    with MathGrader(processes=2) as grader:
+    # A long time limit: this test is about verdicts, and a loaded machine must not turn one into a timeout.
+    with MathGrader(processes=2, timeout=60) as grader:
         found = grader.grade([(c["response"], Problem(c["id"], c["gold"], {})) for c in GRADED])
     return {c["id"]: v for c, v in zip(GRADED, found)}
 

@@ -219,6 +219,18 @@ def as_rational(s: str) -> Fraction | None:
 _BASE = re.compile(r"(\w+)_\{?(\d+)\}?")
 _WORDS = re.compile(r"[A-Za-z]{3,}")
 _RELATION = re.compile(r"\\leq|\\geq|\\lt|\\gt|\\ne|<|>|=")
+
+
+def top_relations(s: str) -> list[re.Match[str]]:
+    """The relations of s outside brackets and braces (`\\sum_{k=0}` holds no relation of the answer's)."""
+    masked, depth = [], 0
+    for c in s:
+        depth += c in _OPEN
+        masked.append(c if depth == 0 else " ")
+        depth -= c in _CLOSE and depth > 0
+    return list(_RELATION.finditer("".join(masked)))
+
+
 _CLOCK = re.compile(r"\d{1,2}:\d{2}")  # a time of day, not a ratio or a division: compared as text
 
 
@@ -233,8 +245,7 @@ def scalars_equal(a: str, b: str) -> bool:
     if not a or not b or a.count("'") != b.count("'"):
         return False  # f' is not f (the parser drops primes)
     a, b = _chain_value(a), _chain_value(b)
-    rel_a, rel_b = _RELATION.findall(a), _RELATION.findall(b)
-    if rel_a and rel_b and _relations_equal(a, b, rel_a, rel_b):
+    if top_relations(a) and top_relations(b) and _relations_equal(a, b):
         return True
     a, b = strip_prefix(a), strip_prefix(b)
     if a == b:
@@ -251,9 +262,9 @@ def scalars_equal(a: str, b: str) -> bool:
         da, ba = (base_a.group(1), base_a.group(2)) if base_a else (a, None)
         db, bb = (base_b.group(1), base_b.group(2)) if base_b else (b, None)
         return da == db and (ba is None or bb is None or ba == bb)
-    rel_a, rel_b = _RELATION.findall(a), _RELATION.findall(b)
+    rel_a, rel_b = top_relations(a), top_relations(b)
     if rel_a or rel_b:
-        return bool(rel_a and rel_b) and _relations_equal(a, b, rel_a, rel_b)
+        return bool(rel_a and rel_b) and _relations_equal(a, b)
     return expressions_equal(a, b)
 
 
@@ -276,9 +287,12 @@ def _machine_decimal_equal(text: str, value: Fraction, other: Fraction) -> bool:
 
 
 def _chain_value(s: str) -> str:
-    """`x = 5+5+1 = 11` states 11: a chain of equalities ends in its value."""
+    """`x = 5+5+1 = 11` states 11: a chain of equalities ends in its value, as does `\\frac12 = \\frac{10}{9}`
+    (an equality of two numbers; `7 = 11a + c` is an equation in unknowns and stays whole)."""
     parts = split_top(s, "=")
-    if len(parts) > 2 and not any(_RELATION.search(p) for p in parts):
+    if len(parts) < 2 or any(top_relations(p) for p in parts):
+        return s
+    if len(parts) > 2 or not any(re.search(r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", p)) for p in parts):
         return parts[-1]
     return s
 
@@ -297,20 +311,21 @@ _CANONICAL = {
 }
 
 
-def _relations_equal(a: str, b: str, rel_a: list[str], rel_b: list[str]) -> bool:
+def _relations_equal(a: str, b: str) -> bool:
     """One relation each, the same set of points: `y = 2x + 3` is `2x - y = -3`, `x < 1` is `-x > -1`.
 
     Both become d REL 0 (see _CANONICAL); they are equal when REL is the same and d_a / d_b is one
     constant, non-zero for = and \\ne, positive for < and \\leq (a negative factor flips the sign).
     Chains (`1 < x < 3`) are not read; they compare as text.
     """
+    rel_a, rel_b = top_relations(a), top_relations(b)
     if len(rel_a) != 1 or len(rel_b) != 1:
         return False
-    (sign_a, op_a), (sign_b, op_b) = _CANONICAL[rel_a[0]], _CANONICAL[rel_b[0]]
+    (sign_a, op_a), (sign_b, op_b) = _CANONICAL[rel_a[0].group()], _CANONICAL[rel_b[0].group()]
     if op_a != op_b:
         return False
-    la, ra = _RELATION.split(a, maxsplit=1)
-    lb, rb = _RELATION.split(b, maxsplit=1)
+    la, ra = a[: rel_a[0].start()], a[rel_a[0].end() :]
+    lb, rb = b[: rel_b[0].start()], b[rel_b[0].end() :]
     ratio = constant_ratio(f"{sign_a}*(({la})-({ra}))", f"{sign_b}*(({lb})-({rb}))")
     if ratio is None:
         return False
@@ -436,6 +451,8 @@ def constant_ratio(a: str, b: str) -> Any | None:
     x, y = to_sympy(a), to_sympy(b)
     if x is None or y is None or x.free_symbols != y.free_symbols or not _finite(x) or not _finite(y):
         return None
+    if x == y:
+        return 1  # the same expression up to sympy's own ordering (sums whose terms commute)
     pairs = _values_at_points(x, y)
     if not pairs or any(vy == 0 or vx == 0 for vx, vy in pairs):
         return None
@@ -479,6 +496,6 @@ def grade_math_answer(extracted: str | None, gold: str, problem: str | None = No
     if quick is not None:
         return quick
     a, b = normalize(extracted or ""), normalize(str(gold))
-    if bool(_RELATION.search(a)) != bool(_RELATION.search(b)):  # `(p,q)=(3,2)` names the pair (3,2)
+    if bool(top_relations(a)) != bool(top_relations(b)):  # `(p,q)=(3,2)` names the pair (3,2)
         a, b = strip_prefix(a), strip_prefix(b)
     return shapes_equal(shape(a), shape(b), asks_for_order(problem))
