@@ -85,12 +85,14 @@ def _lock(fd: int, path: Path) -> None:
 def require_not_in_use(output_dir: str, run_name: str) -> None:
     """Fail before the model loads when another process holds this run (open_run_dir locks it for good)."""
     path = Path(output_dir) / run_name
-    if path.is_dir():
+    try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            _lock(fd, path)
-        finally:
-            os.close(fd)
+    except OSError:
+        return  # no run yet, or an unreadable one, which open_run_dir reports
+    try:
+        _lock(fd, path)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
