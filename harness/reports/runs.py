@@ -272,7 +272,7 @@ def problem_statements(run: RunData) -> dict[str, str]:
     source = ((run.config or {}).get("task") or {}).get("source")
     try:
         task = load_task(source if source and Path(source).is_file() else run.task)
-        problems, _ = load_problems(task, data["location"])
+        problems, _ = load_problems(task, data["location"], split="all")  # any split the run used
     except (HarnessError, OSError, ValueError):
         return {}
     text_fields = [f for f in task.data.required_fields if f != task.data.answer_field]

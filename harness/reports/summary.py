@@ -73,7 +73,8 @@ def markdown_text(document: dict) -> str:
         f"# {run['name']}",
         "",
         f"Task **{run['task']}**, model **{run['model']}** ({run['backend']}), {turns} turns, {decoding}; "
-        f"n = {document['n']} episodes ({run['problems']} problems × {run['samples']} samples).",
+        f"n = {document['n']} episodes ({run['problems']} problems × {run['samples']} "
+        f"sample{'s' * (run['samples'] != 1)}).",
         "",
         "| metric | value | 95% CI |",
         "|---|---:|---|",
