@@ -763,3 +763,26 @@ def test_honest_programs_in_a_batch_with_every_new_attack_keep_their_verdicts(sa
     assert time.monotonic() - start < 60
     assert [o.passed for o in outcomes] == [True, False] * len(attacks)
     assert program_uid_processes() == []
+
+
+# --- red-team round 2 (reproducers in notes/redteam/*.jsonl) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("program", "expected"),
+    [
+        ("def f(x):\n    raise ValueError(chr(0xd800))\n", "failed: ValueError: \\ud800"),
+        ("raise ValueError(chr(0xd800))\n", "failed: the program did not load (ValueError: \\ud800)"),
+    ],
+)
+def test_an_error_message_with_a_lone_surrogate_gives_a_verdict_that_can_be_written(
+    sandbox, program, expected, tmp_path
+):
+    # surrogate_result.jsonl: the verdict text held chr(0xd800), which UTF-8 cannot encode, and
+    # writing the batch's verdicts raised UnicodeEncodeError: every verdict of the batch was lost.
+    from harness.store import read_jsonl, write_jsonl
+
+    outcome = judge(sandbox, program)
+    assert (outcome.passed, outcome.result) == (False, expected)
+    write_jsonl(tmp_path / "out.jsonl", [{"result": outcome.result}, {"completion": "x = '" + chr(0xDC80) + "'"}])
+    assert read_jsonl(tmp_path / "out.jsonl") == [{"result": expected}, {"completion": "x = '" + chr(0xDC80) + "'"}]

@@ -462,6 +462,12 @@ def _reap() -> None:
             return
 
 
+def valid_text(text: str) -> str:
+    """`text` as valid Unicode: a lone surrogate (`raise ValueError(chr(0xd800))`) becomes its escape
+    `\\ud800`, so the verdict can be written as UTF-8 wherever it goes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _failure_line(exc: BaseException, tests: str) -> str:
     """`failed: <the first failing assertion or error>`, pointing at the test line that failed."""
     import traceback
@@ -538,6 +544,7 @@ def judge() -> None:
                 remove_ipc_objects(uid)
         if root is not None:
             _umount(root + workdir)
+        result["result"] = valid_text(result["result"])
         result["output"] = output.kept.decode("utf-8", "replace")
         result["seconds"] = round(time.monotonic() - start, 3)
         send(verdicts, result)
