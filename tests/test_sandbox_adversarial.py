@@ -786,3 +786,31 @@ def test_an_error_message_with_a_lone_surrogate_gives_a_verdict_that_can_be_writ
     assert (outcome.passed, outcome.result) == (False, expected)
     write_jsonl(tmp_path / "out.jsonl", [{"result": outcome.result}, {"completion": "x = '" + chr(0xDC80) + "'"}])
     assert read_jsonl(tmp_path / "out.jsonl") == [{"result": expected}, {"completion": "x = '" + chr(0xDC80) + "'"}]
+
+
+def test_trimming_prose_parses_a_long_unparsable_response_a_bounded_number_of_times(monkeypatch):
+    # extract_trim_prose_quadratic_stall.jsonl: `x = (` and 8000 lines of `1,` were parsed once per
+    # prefix (8000 parses of up to 24 KB: 110 s in the harness process, before any sandbox).
+    from harness.grading import code
+
+    parses = []
+    parse = code._quiet_parse
+    monkeypatch.setattr(code, "_quiet_parse", lambda text: parses.append(len(text)) or parse(text))
+    response = "x = (\n" + "1,\n" * 8000
+    assert code.extract_code(response, "x") == response.rstrip("\n")
+    assert len(parses) <= 2 + code._TRIM_TRIES
+    parses.clear()  # prose after code still goes, with one parse per place the parser stopped
+    response = "def f(x):\n    return (x +\n        1)\nThis adds one (see above.\nHope it helps!"
+    assert code.extract_code(response, "f") == "def f(x):\n    return (x +\n        1)\n"
+    assert len(parses) <= 4
+
+
+@pytest.mark.parametrize("response", ["`" * 300_000, "```" + "a" * 100_000 + "```", "```python\n" * 50_000])
+def test_fence_matching_is_linear_in_runs_of_backticks(response):
+    # extract_fence_regex_quadratic_stall.jsonl: 300,000 backticks and no newline took the fence
+    # regex 137 s (each start scanned to the end). A quadratic regex would not finish this test.
+    from harness.grading.code import _FENCE, extract_code
+
+    extract_code(response, "f")
+    assert len(list(_FENCE.finditer("```py `x`\nreturn 1\n```"))) == 0  # no backtick in an info string
+    assert [m.group(2) for m in _FENCE.finditer("```py3 run me\nreturn 1\n```")] == ["return 1\n"]
