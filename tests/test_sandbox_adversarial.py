@@ -754,6 +754,13 @@ def test_honest_programs_in_a_batch_with_every_new_attack_keep_their_verdicts(sa
     jobs = []
     for attack in attacks:
         jobs += [Job(honest, "assert f(2) == 4\n", "f"), Job(attack, "assert abs(f(2) - 4) < 1\n", "f")]
+    stalls = [  # values that make the tests' own work slow, each alone past the old 135 s backstop
+        ("def f(x):\n    return [((1 << 61) - 1) * k for k in range(1, 90001)]\n", "assert set(f(2)) == {4}\n"),
+        ("from decimal import Decimal\ndef f(x):\n    return Decimal('1e3000000')\n", "assert int(f(2)) == 4\n"),
+    ]
+    for attack, tests in stalls:
+        attacks.append(attack)
+        jobs += [Job(honest, "assert f(2) == 4\n", "f"), Job(attack, tests, "f")]
     box = Sandbox(LIMITS, workers=2, isolation=sandbox.isolation)
     start = time.monotonic()
     try:
@@ -814,3 +821,34 @@ def test_fence_matching_is_linear_in_runs_of_backticks(response):
     extract_code(response, "f")
     assert len(list(_FENCE.finditer("```py `x`\nreturn 1\n```"))) == 0  # no backtick in an info string
     assert [m.group(2) for m in _FENCE.finditer("```py3 run me\nreturn 1\n```")] == ["return 1\n"]
+
+
+@pytest.fixture
+def short_judge_share(monkeypatch):
+    """The judge's share of a job's wall clock, cut from 20 s so that a stalled test ends soon."""
+    from harness.grading import sandbox as sandbox_module
+
+    monkeypatch.setattr(sandbox_module, "JUDGE_OWN_S", 2.0)
+    return LIMITS.wall_s + 2.0
+
+
+def test_a_returned_list_that_makes_the_tests_set_quadratic_times_out(sandbox, short_judge_share):
+    # hashset_in_test_stall.jsonl: MBPP 2's test calls set() on the returned list, in the judge; 70,000
+    # ints that all hash to 0 made that set() take ~90 s, on no budget, stalling the batch.
+    program = "def similar_elements(a, b):\n    P = (1 << 61) - 1\n    return [P * k for k in range(1, 70001)]\n"
+    start = time.monotonic()
+    outcome = judge_job(sandbox, mbpp_job(program, mbpp_sanitized(2)))
+    assert (outcome.passed, outcome.result) == (False, "timed out")
+    assert time.monotonic() - start < short_judge_share + 10
+    assert_still_grading(sandbox)
+
+
+def test_a_returned_decimal_that_makes_the_tests_int_slow_times_out(sandbox, short_judge_share):
+    # decimal_int_in_test_stall.jsonl: MBPP 912's test calls int() on the returned value, in the judge;
+    # Decimal('1e1000000') (11 bytes) took it ~77 s.
+    program = "from decimal import Decimal\ndef f(n, m):\n    return Decimal('1e1000000')\n"
+    start = time.monotonic()
+    outcome = judge(sandbox, program, "assert int(f(5, 3)) == 35\n")
+    assert (outcome.passed, outcome.result) == (False, "timed out")
+    assert time.monotonic() - start < short_judge_share + 10
+    assert_still_grading(sandbox)

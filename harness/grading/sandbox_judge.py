@@ -211,9 +211,9 @@ class Spawner:
     def __init__(self, code: str, env: dict, root: str | None, adopt):
         self.code, self.env, self.root, self.adopt = code, env, root, adopt
         self.fresh_ipc = False  # whether the last worker got an IPC namespace of its own
-        self._start()
+        self.start()
 
-    def _start(self) -> None:
+    def start(self) -> None:
         import socket
 
         self.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -240,7 +240,7 @@ class Spawner:
             return self._spawn(config)
         except (OSError, ValueError, KeyError):
             self.close()
-            self._start()
+            self.start()
             return self._spawn(config)
 
     def _spawn(self, config: dict) -> tuple[int, int, int, int]:
@@ -534,7 +534,7 @@ def judge() -> None:
         config = {"rlimits": job["rlimits"], "workdir": workdir, "uid": uid, "fresh_ipc": root is not None}
         output = Output(-1, job["output_bytes"])
         try:
-            result = _run_tests(job, config, output, spawner, meter)
+            result = _judged(job, config, output, spawner, meter)
         except Exception as exc:  # noqa: BLE001 - a fault of the judge is reported, never a pass
             result = {"passed": False, "result": f"failed: sandbox error ({type(exc).__name__}: {exc})"}
         finally:
@@ -584,13 +584,80 @@ def _compiled_copy(directory: str) -> str:
     return os.path.join(directory, "sandbox_worker.pyc")
 
 
-def _run_tests(job: dict, config: dict, output: Output, spawner: Spawner, meter: Meter) -> dict:
+def _judged(job: dict, config: dict, output: Output, spawner: Spawner, meter: Meter) -> dict:
+    """The verdict on one program, its tests run by a runner forked from the judge, killed at the deadline.
+
+    Why a process: the tests' own work on a returned value is C code no signal interrupts (`set()`
+    of 70,000 ints that all hash alike, `int()` of `Decimal('1e1000000')`: minutes each). So the job
+    ends at the program's wall clock plus the judge's share (`judge_s`), however its time was spent:
+    "timed out" for that program only, and the judge goes on with the next. The runner is a fork of
+    the judge (its uid, non-dumpable), so the program can no more reach it than the judge.
+    """
     import signal
+    import time
 
     meter.start(_rlimit(job, "RLIMIT_AS"), _rlimit(job, "RLIMIT_NPROC") or 1 << 20)
     pid, req_w, resp_r, out_r = spawner.spawn(config)
     output.fd = output.source = out_r
+    results_r, results_w = os.pipe()
+    deadline = time.monotonic() + job["wall_s"] + job["judge_s"]
     link = WorkerLink(spawner, pid, req_w, resp_r, output, job, meter)
+    runner = os.fork()
+    if runner == 0:
+        os.close(results_r)
+        _runner(results_w, job, link)
+    for fd in (results_w, req_w, resp_r):
+        os.close(fd)
+    reported = False  # whether the runner took the worker's exit report off the spawner's channel
+    try:
+        result = recv(results_r, deadline, cap=8 * job["output_bytes"] + (1 << 20))
+        output.kept[:0] = result.pop("kept").encode("latin-1")
+        reported = result.pop("reported") is True
+        return result
+    except Timeout:
+        return {"passed": False, "result": "timed out"}
+    except (EOFError, ValueError, KeyError, AttributeError):
+        return {"passed": False, "result": "failed: sandbox error (the test runner ended without a verdict)"}
+    finally:
+        os.close(results_r)
+        os.kill(runner, signal.SIGKILL)
+        os.waitpid(runner, 0)
+        if not reported:
+            _forget_worker(spawner, pid)
+
+
+def _runner(results: int, job: dict, link: WorkerLink) -> None:
+    """The forked runner: the tests against the worker; the verdict, and the output it read, to the judge."""
+    code = 1
+    try:
+        result = _run_tests(job, link)
+        kept = bytes(link.output.kept).decode("latin-1")
+        send(results, {**result, "kept": kept, "reported": link.status is not None})
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _forget_worker(spawner: Spawner, pid: int) -> None:
+    """After a runner was killed: end the worker, and take its exit report off the spawner's channel (or,
+    where that fails, start a new spawner), so that the next spawn reads its own reply."""
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        spawner.ended(pid, 2.0)
+    except OSError:
+        spawner.close()
+        spawner.start()
+
+
+def _run_tests(job: dict, link: WorkerLink) -> dict:
+    import signal
+
+    pid, req_w, resp_r = link.pid, link.req, link.resp
     tests = job["tests"]
     try:
         loaded = link.exchange(job["program"])
