@@ -852,3 +852,32 @@ def test_a_returned_decimal_that_makes_the_tests_int_slow_times_out(sandbox, sho
     assert (outcome.passed, outcome.result) == (False, "timed out")
     assert time.monotonic() - start < short_judge_share + 10
     assert_still_grading(sandbox)
+
+
+KEYRING = """
+import os
+import subprocess
+import sys
+
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+CALL = "import ctypes; libc = ctypes.CDLL(None, use_errno=True); print(libc.syscall({}), ctypes.get_errno())"
+CALLS = {  # x86_64: add_key(2) to the user keyring (-4), keyctl(2) KEYCTL_SEARCH (10) in it
+    "add": "248, b'user', b'se-mark', b'from-a-program', 14, ctypes.c_int(-4)",
+    "find": "250, 10, ctypes.c_int(-4), b'user', b'se-mark', 0",
+}
+
+
+def f(which):
+    done = subprocess.run([PYTHON, "-c", CALL.format(CALLS[which])], capture_output=True, text=True, timeout=10)
+    return done.stdout.strip() or done.stderr.strip()[-200:]
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the key system calls are numbered for x86_64 here")
+def test_a_key_added_to_the_uids_keyring_does_not_reach_the_next_program(sandbox):
+    # keyring_persists*.jsonl: a child's add_key(@u) stayed in the kernel, per uid and not namespaced,
+    # and a later program of the same recycled uid found it. The key calls are refused (EPERM = 1).
+    added = judge(sandbox, KEYRING, "assert f('add') == '-1 1', f('add')\n")
+    assert (added.passed, added.result) == (True, "passed")
+    found = judge(sandbox, KEYRING, "assert f('find') == '-1 1', f('find')\n")
+    assert (found.passed, found.result) == (True, "passed")
