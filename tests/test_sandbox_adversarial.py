@@ -881,3 +881,50 @@ def test_a_key_added_to_the_uids_keyring_does_not_reach_the_next_program(sandbox
     assert (added.passed, added.result) == (True, "passed")
     found = judge(sandbox, KEYRING, "assert f('find') == '-1 1', f('find')\n")
     assert (found.passed, found.result) == (True, "passed")
+
+
+@pytest.mark.parametrize(
+    ("task", "program"),
+    [  # stdlib_equal_types_fail.jsonl: correct in plain Python, failed as handles that equal only themselves
+        (
+            "HumanEval/29",
+            "from collections import UserList\n\n\ndef filter_by_prefix(strings, prefix):\n"
+            "    return UserList([x for x in strings if x.startswith(prefix)])\n",
+        ),
+        (
+            "HumanEval/27",
+            "from collections import UserString\n\n\ndef flip_case(string):\n"
+            "    return UserString(string.swapcase())\n",
+        ),
+        (
+            "HumanEval/111",
+            "from collections import ChainMap, Counter\n\n\ndef histogram(test):\n"
+            "    c = Counter(test.split())\n    m = max(c.values(), default=0)\n"
+            "    return ChainMap({k: v for k, v in c.items() if v == m and k})\n",
+        ),
+        (
+            "HumanEval/111",
+            "import types\nfrom collections import Counter\n\n\ndef histogram(test):\n"
+            "    c = Counter(test.split())\n    m = max(c.values(), default=0)\n"
+            "    return types.MappingProxyType({k: v for k, v in c.items() if v == m and k})\n",
+        ),
+    ],
+)
+def test_standard_library_wrappers_pass_as_the_value_they_wrap(sandbox, task, program):
+    outcome = judge_job(sandbox, humaneval_job(program, humaneval(task)))
+    assert (outcome.passed, outcome.result) == (True, "passed")
+
+
+def test_a_memoryview_of_bytes_equals_the_bytes_and_a_wrapper_cannot_lie_about_its_value(sandbox):
+    program = """
+        from collections import UserList
+
+        class Liar(UserList):
+            def __eq__(self, other):
+                return True
+
+        def f(x):
+            return memoryview(b"ab") if x == 1 else Liar([x])
+    """
+    assert judge(sandbox, program, "assert f(1) == b'ab'\nassert f(2) == [2]\n").passed
+    assert judge(sandbox, program, "assert f(2) == [3]\n").result == "failed: assert f(2) == [3]"

@@ -240,6 +240,26 @@ _BASES = [
 ]
 
 
+def _unwrapped(x):
+    """The value a standard-library wrapper stands for, or None: each of these compares equal to it in
+    Python (`UserList([1]) == [1]`, `MappingProxyType(d) == d`, `memoryview(b"a") == b"a"`), so it
+    crosses as that value. Dict views stay handles: a keys view equals a set but iterates in order,
+    and no one plain type does both."""
+    collections = sys.modules.get("collections")
+    if collections is not None:
+        if isinstance(x, collections.UserList):
+            return list(x.data)
+        if isinstance(x, collections.UserString):
+            return str(x.data)
+        if isinstance(x, (collections.UserDict, collections.ChainMap)):
+            return dict(x.items())
+    if isinstance(x, type(type.__dict__)):  # types.MappingProxyType
+        return dict(x)
+    if isinstance(x, memoryview) and x.format == "B" and x.ndim == 1:
+        return x.tobytes()
+    return None
+
+
 def serve(req: int, resp: int) -> None:
     """Load the program, then answer the judge's requests until it closes the channel."""
     refs: list = []
@@ -267,6 +287,9 @@ def serve(req: int, resp: int) -> None:
             return {"d": [[encode(k, plain), encode(v, plain)] for k, v in dict.items(x)]}
         if isinstance(x, complex):
             return encode(complex(complex.real.__get__(x), complex.imag.__get__(x)), plain)
+        wrapped = _unwrapped(x)
+        if wrapped is not None:
+            return encode(wrapped, plain)
         refs.append(x)
         return {"r": len(refs) - 1}
 
