@@ -928,3 +928,38 @@ def test_a_memoryview_of_bytes_equals_the_bytes_and_a_wrapper_cannot_lie_about_i
     """
     assert judge(sandbox, program, "assert f(1) == b'ab'\nassert f(2) == [2]\n").passed
     assert judge(sandbox, program, "assert f(2) == [3]\n").result == "failed: assert f(2) == [3]"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the kill helper takes the program's uid only under root")
+def test_a_stopped_kill_helper_is_killed_in_time_and_the_judge_kills_the_uid_itself():
+    # sigstop_kill_helper_stall.jsonl: a program's leftover children SIGSTOPped the kill helper (which
+    # had taken their uid to signal -1), and the judge waited on it until the harness killed the judge.
+    import signal
+
+    from harness.grading import sandbox_judge
+    from harness.grading.sandbox import _UIDS
+
+    uid = _UIDS.take()
+    try:
+        victim = os.fork()
+        if victim == 0:
+            os.setgid(uid)
+            os.setuid(uid)
+            time.sleep(60)
+            os._exit(0)
+        helper = os.fork()
+        if helper == 0:
+            os.kill(os.getpid(), signal.SIGSTOP)  # as the children do to the helper
+            os._exit(0)
+        start = time.monotonic()
+        assert sandbox_judge._ended_in_time(helper, 0.5) is False
+        assert time.monotonic() - start < 5
+        for _ in range(200):  # the victim has taken its uid
+            if sandbox_judge._processes_of(uid):
+                break
+            time.sleep(0.01)
+        sandbox_judge._kill_each_process_of(uid)
+        assert os.waitpid(victim, 0)[1] == signal.SIGKILL
+        assert sandbox_judge._processes_of(uid) == []
+    finally:
+        _UIDS.give(uid)

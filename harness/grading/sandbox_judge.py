@@ -384,29 +384,17 @@ def _under(path: str, directory: str) -> bool:
 def kill_everything(uid: int | None, spare: int | None = None) -> None:
     """Kill every process the program started, wherever it went (other group, other session).
 
-    With a uid of its own, a helper of that uid signals -1: all processes of that uid. Without, the
-    judge is a child subreaper (or pid 1), so orphans of the program are re-parented to it and swept
-    here (all of its children but `spare`, the spawner; the worker itself is dead by now).
+    With a uid of its own, a helper of that uid signals -1: all processes of that uid. Being of that
+    uid, the helper can be stopped by them (SIGSTOP), so it gets HELPER_S; past that the judge kills
+    it and, as root, each process of the uid it finds. Without a uid of its own, the judge is a child
+    subreaper (or pid 1), so orphans of the program are re-parented to it and swept here (all of its
+    children but `spare`, the spawner; the worker itself is dead by now).
     """
     import signal
 
     if uid is not None:
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
-                for _ in range(10_000):  # a fork bomb may add processes while we kill; NPROC bounds it
-                    try:
-                        os.kill(-1, signal.SIGKILL)  # only processes of this uid: nothing else is ours to kill
-                    except ProcessLookupError:
-                        break
-                    if not _processes_of(uid):
-                        break
-            finally:
-                os._exit(0)
-        os.waitpid(pid, 0)
+        if not _ended_in_time(_kill_helper(uid), HELPER_S):
+            _kill_each_process_of(uid)
     for _ in range(1000):
         children = [child for child in _children() if child != spare]
         if not children:
@@ -418,6 +406,61 @@ def kill_everything(uid: int | None, spare: int | None = None) -> None:
                 pass
         _reap()
     _reap()
+
+
+HELPER_S = 1.0  # how long the kill helper may take before the judge kills by itself
+
+
+def _kill_helper(uid: int) -> int:
+    """A child that becomes `uid` and signals -1 until no process of the uid is left."""
+    import signal
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            for _ in range(10_000):  # a fork bomb may add processes while we kill; NPROC bounds it
+                try:
+                    os.kill(-1, signal.SIGKILL)  # only processes of this uid: nothing else is ours to kill
+                except ProcessLookupError:
+                    break
+                if not _processes_of(uid):
+                    break
+        finally:
+            os._exit(0)
+    return pid
+
+
+def _ended_in_time(pid: int, timeout: float) -> bool:
+    """Reap child `pid`; if it has not ended within `timeout` (stopped, or slow), kill it first."""
+    import signal
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return False
+
+
+def _kill_each_process_of(uid: int) -> None:
+    """As root: SIGKILL every live process of `uid`, again until none is left (NPROC bounds a fork bomb)."""
+    import signal
+
+    for _ in range(1000):
+        found = _processes_of(uid)
+        if not found:
+            return
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _processes_of(uid: int) -> list[int]:
