@@ -963,3 +963,18 @@ def test_a_stopped_kill_helper_is_killed_in_time_and_the_judge_kills_the_uid_its
         assert sandbox_judge._processes_of(uid) == []
     finally:
         _UIDS.give(uid)
+
+
+def test_decoding_big_fractions_looks_at_the_clock_before_each_gcd():
+    # fraction_gcd_decode_stall.jsonl: 20 unnormalised Fractions of 2^20 bits cost the judge ~4 s of
+    # gcd each, and the decoder looked at the clock only every 256 values. Now a Fraction counts by
+    # its gcd's cost (one of 2^16 bits, the most allowed, is a look at the clock) and 2^20 is refused.
+    from harness.grading.sandbox_protocol import Decoder, Timeout
+
+    big = format((1 << (1 << 16)) - 1, "x")
+    fraction = {"q": [{"i": big}, {"i": big}]}
+    assert Decoder(None, time.monotonic() + 60)([fraction]) == [1]
+    with pytest.raises(Timeout):
+        Decoder(None, time.monotonic() - 1)([fraction, fraction])
+    with pytest.raises(ValueError, match="too large"):
+        Decoder(None)({"q": [{"i": "1" + big}, 3]})
