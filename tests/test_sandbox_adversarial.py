@@ -302,9 +302,9 @@ def test_writes_to_absolute_paths_do_not_land(sandbox, tmp_path):
     escaped_to_tmp = os.path.exists("/tmp/score-eval-test-pwned")
     if escaped_to_tmp:
         os.remove("/tmp/score-eval-test-pwned")
-    if not sandbox.isolation.namespaces:
-        pytest.xfail("without a mount namespace a child process of the program can write to world-writable /tmp")
-    assert not escaped_to_tmp
+    if not sandbox.isolation.namespaces and not sandbox.isolation.separate_uid:
+        pytest.xfail("without a mount namespace or a uid of its own, a child of the program can leave files in /tmp")
+    assert not escaped_to_tmp  # never written (full sandbox), or removed after the program (fallback, own uid)
 
 
 def test_a_connection_to_a_listening_socket_on_localhost_is_refused(sandbox):
@@ -978,3 +978,23 @@ def test_decoding_big_fractions_looks_at_the_clock_before_each_gcd():
         Decoder(None, time.monotonic() - 1)([fraction, fraction])
     with pytest.raises(ValueError, match="too large"):
         Decoder(None)({"q": [{"i": "1" + big}, 3]})
+
+
+def test_files_a_child_leaves_in_shared_directories_do_not_reach_the_next_program(sandbox):
+    # fallback_dev_shm_left_behind.jsonl: in the fallback a child process wrote /dev/shm and /tmp
+    # files that stayed on the host, and a later program read them.
+    if not sandbox.isolation.namespaces and not sandbox.isolation.separate_uid:
+        pytest.skip("without a uid of its own, the program's files cannot be told from the harness's")
+    program = """
+        import subprocess
+        def f(x):
+            if x == "write":
+                subprocess.run(["/bin/sh", "-c", "echo mark > /dev/shm/se-mark; mkdir -p /tmp/se-dir; echo mark > /tmp/se-dir/m"])
+            found = subprocess.run(["/bin/cat", "/dev/shm/se-mark", "/tmp/se-dir/m"], capture_output=True, text=True)
+            return found.stdout.split()
+    """
+    written = judge(sandbox, program, "assert f('write') == []\n")
+    assert written.result.startswith("failed: assert f('write') == []")  # the files were there for it
+    outcome = judge(sandbox, program, "assert f('read') == []\n")
+    assert (outcome.passed, outcome.result) == (True, "passed")
+    assert not os.path.exists("/dev/shm/se-mark") and not os.path.exists("/tmp/se-dir")

@@ -585,6 +585,8 @@ def judge() -> None:
             output.drain()
             if not spawner.fresh_ipc and uid is not None:
                 remove_ipc_objects(uid)
+            if root is None and uid is not None:
+                remove_files_of(uid)
         if root is not None:
             _umount(root + workdir)
         result["result"] = valid_text(result["result"])
@@ -612,6 +614,40 @@ def remove_ipc_objects(uid: int) -> None:
                 libc.semctl(ident, 0, 0, None)
             else:
                 (libc.shmctl if kind == "shm" else libc.msgctl)(ident, 0, None)
+
+
+SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")  # world-writable on most hosts
+
+
+def remove_files_of(uid: int) -> None:
+    """Without a mount namespace: remove what the program's uid (dead by now) left in the host's shared
+    writable directories (a child process's /tmp or /dev/shm file for a later program to read). Only
+    world-writable directories are searched, the only ones of other owners where the uid could write."""
+    import shutil
+    import stat
+
+    pending = [d for d in SHARED_DIRS if os.path.isdir(d)]
+    while pending:
+        directory = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if info.st_uid == uid:
+                if stat.S_ISDIR(info.st_mode):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    try:
+                        os.unlink(entry.path)
+                    except OSError:
+                        pass
+            elif stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH:
+                pending.append(entry.path)
 
 
 def _compiled_copy(directory: str) -> str:
@@ -769,6 +805,7 @@ def reap(uid: int) -> None:
     """Run by the harness after it had to kill a judge: sweep the processes of the program's uid."""
     kill_everything(uid)
     remove_ipc_objects(uid)
+    remove_files_of(uid)
 
 
 if __name__ == "__main__":
