@@ -364,6 +364,9 @@ def minimal_root(root: str, keep: list[str], hide: list[str]) -> None:
     # where temporary files go.
     if not os.path.lexists(root + "/tmp"):
         os.symlink("/program", root + "/tmp")
+    # POSIX shared memory and semaphores (multiprocessing's locks) live in the program's directory too.
+    os.makedirs(root + "/dev", exist_ok=True)
+    os.symlink("/program", root + "/dev/shm")
 
 
 def fresh_workdir(path: str, uid: int | None, disk_bytes: int) -> None:

@@ -294,7 +294,12 @@ def serve(req: int, resp: int) -> None:
         return {"r": len(refs) - 1}
 
     decode = Decoder(refs.__getitem__)
-    namespace = {"__name__": "solution", "__builtins__": builtins}
+    # The program is module `solution`, importable by name: pickle finds its functions there, so that
+    # multiprocessing can send them to a pool's processes (forked from this one).
+    module = type(sys)("solution")
+    module.__builtins__ = builtins
+    sys.modules["solution"] = module
+    namespace = module.__dict__
     program = recv(req)
     try:
         exec(compile(program, "<program>", "exec"), namespace)  # noqa: S102 - running it is the point
