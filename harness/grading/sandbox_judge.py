@@ -18,7 +18,9 @@ program can only ever make it fail.
 
 Per program the judge also: gives it a fresh IPC namespace (or removes its SysV IPC objects), meters
 its CPU and memory over all of its processes (sandbox_usage.py), counts the time spent decoding its
-replies against its budget, and kills everything it started before the next job begins.
+replies against its budget, runs the tests in a runner forked for it and killed at the job's deadline
+(so no value can make the tests' own work stall the judge), and kills everything it started before
+the next job begins.
 """
 
 from __future__ import annotations
