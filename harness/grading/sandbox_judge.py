@@ -395,7 +395,6 @@ def kill_everything(uid: int | None, spare: int | None = None) -> None:
     subreaper (or pid 1), so orphans of the program are re-parented to it and swept here (all of its
     children but `spare`, the spawner; the worker itself is dead by now).
     """
-    import signal
 
     if uid is not None:
         if not _ended_in_time(_kill_helper(uid), HELPER_S):
@@ -404,13 +403,19 @@ def kill_everything(uid: int | None, spare: int | None = None) -> None:
         children = [child for child in _children() if child != spare]
         if not children:
             break
-        for child in children:
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _sigkill(children)
         _reap()
     _reap()
+
+
+def _sigkill(pids: list[int]) -> None:
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 HELPER_S = 1.0  # how long the kill helper may take before the judge kills by itself
@@ -455,17 +460,11 @@ def _ended_in_time(pid: int, timeout: float) -> bool:
 
 def _kill_each_process_of(uid: int) -> None:
     """As root: SIGKILL every live process of `uid`, again until none is left (NPROC bounds a fork bomb)."""
-    import signal
-
     for _ in range(1000):
         found = _processes_of(uid)
         if not found:
             return
-        for pid in found:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _sigkill(found)
 
 
 def _processes_of(uid: int) -> list[int]:
