@@ -36,12 +36,24 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def json_text(obj: Any, **options: Any) -> str:
+    """JSON as readable UTF-8 where it can be; \\u escapes where a string holds a lone surrogate (a
+    program's error message, a completion read from a file), which UTF-8 cannot encode: such text
+    must never cost the run its results, and the escapes read back as the same string."""
+    text = json.dumps(obj, ensure_ascii=False, default=str, **options)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True, default=str, **options)
+    return text
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    atomic_write_text(path, json_text(obj, indent=2) + "\n")
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records))
+    atomic_write_text(path, "".join(json_text(r) + "\n" for r in records))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -175,7 +187,7 @@ class Journal:
         return events
 
     def append(self, events: Iterable[dict]) -> None:
-        text = "".join(json.dumps(e, ensure_ascii=False, default=str) + "\n" for e in events)
+        text = "".join(json_text(e) + "\n" for e in events)
         if not text:
             return
         with self._lock, self.path.open("a", encoding="utf-8") as fh:

@@ -302,9 +302,9 @@ def test_writes_to_absolute_paths_do_not_land(sandbox, tmp_path):
     escaped_to_tmp = os.path.exists("/tmp/score-eval-test-pwned")
     if escaped_to_tmp:
         os.remove("/tmp/score-eval-test-pwned")
-    if not sandbox.isolation.namespaces:
-        pytest.xfail("without a mount namespace a child process of the program can write to world-writable /tmp")
-    assert not escaped_to_tmp
+    if not sandbox.isolation.namespaces and not sandbox.isolation.separate_uid:
+        pytest.xfail("without a mount namespace or a uid of its own, a child of the program can leave files in /tmp")
+    assert not escaped_to_tmp  # never written (full sandbox), or removed after the program (fallback, own uid)
 
 
 def test_a_connection_to_a_listening_socket_on_localhost_is_refused(sandbox):
@@ -754,6 +754,13 @@ def test_honest_programs_in_a_batch_with_every_new_attack_keep_their_verdicts(sa
     jobs = []
     for attack in attacks:
         jobs += [Job(honest, "assert f(2) == 4\n", "f"), Job(attack, "assert abs(f(2) - 4) < 1\n", "f")]
+    stalls = [  # values that make the tests' own work slow, each alone past the old 135 s backstop
+        ("def f(x):\n    return [((1 << 61) - 1) * k for k in range(1, 90001)]\n", "assert set(f(2)) == {4}\n"),
+        ("from decimal import Decimal\ndef f(x):\n    return Decimal('1e3000000')\n", "assert int(f(2)) == 4\n"),
+    ]
+    for attack, tests in stalls:
+        attacks.append(attack)
+        jobs += [Job(honest, "assert f(2) == 4\n", "f"), Job(attack, tests, "f")]
     box = Sandbox(LIMITS, workers=2, isolation=sandbox.isolation)
     start = time.monotonic()
     try:
@@ -763,3 +770,251 @@ def test_honest_programs_in_a_batch_with_every_new_attack_keep_their_verdicts(sa
     assert time.monotonic() - start < 60
     assert [o.passed for o in outcomes] == [True, False] * len(attacks)
     assert program_uid_processes() == []
+
+
+# --- red-team round 2 (reproducers in notes/redteam/*.jsonl) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("program", "expected"),
+    [
+        ("def f(x):\n    raise ValueError(chr(0xd800))\n", "failed: ValueError: \\ud800"),
+        ("raise ValueError(chr(0xd800))\n", "failed: the program did not load (ValueError: \\ud800)"),
+    ],
+)
+def test_an_error_message_with_a_lone_surrogate_gives_a_verdict_that_can_be_written(
+    sandbox, program, expected, tmp_path
+):
+    # surrogate_result.jsonl: the verdict text held chr(0xd800), which UTF-8 cannot encode, and
+    # writing the batch's verdicts raised UnicodeEncodeError: every verdict of the batch was lost.
+    from harness.store import read_jsonl, write_jsonl
+
+    outcome = judge(sandbox, program)
+    assert (outcome.passed, outcome.result) == (False, expected)
+    write_jsonl(tmp_path / "out.jsonl", [{"result": outcome.result}, {"completion": "x = '" + chr(0xDC80) + "'"}])
+    assert read_jsonl(tmp_path / "out.jsonl") == [{"result": expected}, {"completion": "x = '" + chr(0xDC80) + "'"}]
+
+
+def test_trimming_prose_parses_a_long_unparsable_response_a_bounded_number_of_times(monkeypatch):
+    # extract_trim_prose_quadratic_stall.jsonl: `x = (` and 8000 lines of `1,` were parsed once per
+    # prefix (8000 parses of up to 24 KB: 110 s in the harness process, before any sandbox).
+    from harness.grading import code
+
+    parses = []
+    parse = code._quiet_parse
+    monkeypatch.setattr(code, "_quiet_parse", lambda text: parses.append(len(text)) or parse(text))
+    response = "x = (\n" + "1,\n" * 8000
+    assert code.extract_code(response, "x") == response.rstrip("\n")
+    assert len(parses) <= 2 + code._TRIM_TRIES
+    parses.clear()  # prose after code still goes, with one parse per place the parser stopped
+    response = "def f(x):\n    return (x +\n        1)\nThis adds one (see above.\nHope it helps!"
+    assert code.extract_code(response, "f") == "def f(x):\n    return (x +\n        1)\n"
+    assert len(parses) <= 4
+
+
+@pytest.mark.parametrize("response", ["`" * 300_000, "```" + "a" * 100_000 + "```", "```python\n" * 50_000])
+def test_fence_matching_is_linear_in_runs_of_backticks(response):
+    # extract_fence_regex_quadratic_stall.jsonl: 300,000 backticks and no newline took the fence
+    # regex 137 s (each start scanned to the end). A quadratic regex would not finish this test.
+    from harness.grading.code import _FENCE, extract_code
+
+    extract_code(response, "f")
+    assert len(list(_FENCE.finditer("```py `x`\nreturn 1\n```"))) == 0  # no backtick in an info string
+    assert [m.group(2) for m in _FENCE.finditer("```py3 run me\nreturn 1\n```")] == ["return 1\n"]
+
+
+@pytest.fixture
+def short_judge_share(monkeypatch):
+    """The judge's share of a job's wall clock, cut from 20 s so that a stalled test ends soon."""
+    from harness.grading import sandbox as sandbox_module
+
+    monkeypatch.setattr(sandbox_module, "JUDGE_OWN_S", 2.0)
+    return LIMITS.wall_s + 2.0
+
+
+def test_a_returned_list_that_makes_the_tests_set_quadratic_times_out(sandbox, short_judge_share):
+    # hashset_in_test_stall.jsonl: MBPP 2's test calls set() on the returned list, in the judge; 70,000
+    # ints that all hash to 0 made that set() take ~90 s, on no budget, stalling the batch.
+    program = "def similar_elements(a, b):\n    P = (1 << 61) - 1\n    return [P * k for k in range(1, 70001)]\n"
+    start = time.monotonic()
+    outcome = judge_job(sandbox, mbpp_job(program, mbpp_sanitized(2)))
+    assert (outcome.passed, outcome.result) == (False, "timed out")
+    assert time.monotonic() - start < short_judge_share + 10
+    assert_still_grading(sandbox)
+
+
+def test_a_returned_decimal_that_makes_the_tests_int_slow_times_out(sandbox, short_judge_share):
+    # decimal_int_in_test_stall.jsonl: MBPP 912's test calls int() on the returned value, in the judge;
+    # Decimal('1e1000000') (11 bytes) took it ~77 s.
+    program = "from decimal import Decimal\ndef f(n, m):\n    return Decimal('1e1000000')\n"
+    start = time.monotonic()
+    outcome = judge(sandbox, program, "assert int(f(5, 3)) == 35\n")
+    assert (outcome.passed, outcome.result) == (False, "timed out")
+    assert time.monotonic() - start < short_judge_share + 10
+    assert_still_grading(sandbox)
+
+
+KEYRING = """
+import os
+import subprocess
+import sys
+
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+CALL = "import ctypes; libc = ctypes.CDLL(None, use_errno=True); print(libc.syscall({}), ctypes.get_errno())"
+CALLS = {  # x86_64: add_key(2) to the user keyring (-4), keyctl(2) KEYCTL_SEARCH (10) in it
+    "add": "248, b'user', b'se-mark', b'from-a-program', 14, ctypes.c_int(-4)",
+    "find": "250, 10, ctypes.c_int(-4), b'user', b'se-mark', 0",
+}
+
+
+def f(which):
+    done = subprocess.run([PYTHON, "-c", CALL.format(CALLS[which])], capture_output=True, text=True, timeout=10)
+    return done.stdout.strip() or done.stderr.strip()[-200:]
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the key system calls are numbered for x86_64 here")
+def test_a_key_added_to_the_uids_keyring_does_not_reach_the_next_program(sandbox):
+    # keyring_persists*.jsonl: a child's add_key(@u) stayed in the kernel, per uid and not namespaced,
+    # and a later program of the same recycled uid found it. The key calls are refused (EPERM = 1).
+    added = judge(sandbox, KEYRING, "assert f('add') == '-1 1', f('add')\n")
+    assert (added.passed, added.result) == (True, "passed")
+    found = judge(sandbox, KEYRING, "assert f('find') == '-1 1', f('find')\n")
+    assert (found.passed, found.result) == (True, "passed")
+
+
+@pytest.mark.parametrize(
+    ("task", "program"),
+    [  # stdlib_equal_types_fail.jsonl: correct in plain Python, failed as handles that equal only themselves
+        (
+            "HumanEval/29",
+            "from collections import UserList\n\n\ndef filter_by_prefix(strings, prefix):\n"
+            "    return UserList([x for x in strings if x.startswith(prefix)])\n",
+        ),
+        (
+            "HumanEval/27",
+            "from collections import UserString\n\n\ndef flip_case(string):\n"
+            "    return UserString(string.swapcase())\n",
+        ),
+        (
+            "HumanEval/111",
+            "from collections import ChainMap, Counter\n\n\ndef histogram(test):\n"
+            "    c = Counter(test.split())\n    m = max(c.values(), default=0)\n"
+            "    return ChainMap({k: v for k, v in c.items() if v == m and k})\n",
+        ),
+        (
+            "HumanEval/111",
+            "import types\nfrom collections import Counter\n\n\ndef histogram(test):\n"
+            "    c = Counter(test.split())\n    m = max(c.values(), default=0)\n"
+            "    return types.MappingProxyType({k: v for k, v in c.items() if v == m and k})\n",
+        ),
+    ],
+)
+def test_standard_library_wrappers_pass_as_the_value_they_wrap(sandbox, task, program):
+    outcome = judge_job(sandbox, humaneval_job(program, humaneval(task)))
+    assert (outcome.passed, outcome.result) == (True, "passed")
+
+
+def test_a_memoryview_of_bytes_equals_the_bytes_and_a_wrapper_cannot_lie_about_its_value(sandbox):
+    program = """
+        from collections import UserList
+
+        class Liar(UserList):
+            def __eq__(self, other):
+                return True
+
+        def f(x):
+            return memoryview(b"ab") if x == 1 else Liar([x])
+    """
+    assert judge(sandbox, program, "assert f(1) == b'ab'\nassert f(2) == [2]\n").passed
+    assert judge(sandbox, program, "assert f(2) == [3]\n").result == "failed: assert f(2) == [3]"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the kill helper takes the program's uid only under root")
+def test_a_stopped_kill_helper_is_killed_in_time_and_the_judge_kills_the_uid_itself():
+    # sigstop_kill_helper_stall.jsonl: a program's leftover children SIGSTOPped the kill helper (which
+    # had taken their uid to signal -1), and the judge waited on it until the harness killed the judge.
+    import signal
+
+    from harness.grading import sandbox_judge
+    from harness.grading.sandbox import _UIDS
+
+    uid = _UIDS.take()
+    try:
+        victim = os.fork()
+        if victim == 0:
+            os.setgid(uid)
+            os.setuid(uid)
+            time.sleep(60)
+            os._exit(0)
+        helper = os.fork()
+        if helper == 0:
+            os.kill(os.getpid(), signal.SIGSTOP)  # as the children do to the helper
+            os._exit(0)
+        start = time.monotonic()
+        assert sandbox_judge._ended_in_time(helper, 0.5) is False
+        assert time.monotonic() - start < 5
+        for _ in range(200):  # the victim has taken its uid
+            if sandbox_judge._processes_of(uid):
+                break
+            time.sleep(0.01)
+        sandbox_judge._kill_each_process_of(uid)
+        assert os.waitpid(victim, 0)[1] == signal.SIGKILL
+        assert sandbox_judge._processes_of(uid) == []
+    finally:
+        _UIDS.give(uid)
+
+
+def test_decoding_big_fractions_looks_at_the_clock_before_each_gcd():
+    # fraction_gcd_decode_stall.jsonl: 20 unnormalised Fractions of 2^20 bits cost the judge ~4 s of
+    # gcd each, and the decoder looked at the clock only every 256 values. Now a Fraction counts by
+    # its gcd's cost (one of 2^16 bits, the most allowed, is a look at the clock) and 2^20 is refused.
+    from harness.grading.sandbox_protocol import Decoder, Timeout
+
+    big = format((1 << (1 << 16)) - 1, "x")
+    fraction = {"q": [{"i": big}, {"i": big}]}
+    assert Decoder(None, time.monotonic() + 60)([fraction]) == [1]
+    with pytest.raises(Timeout):
+        Decoder(None, time.monotonic() - 1)([fraction, fraction])
+    with pytest.raises(ValueError, match="too large"):
+        Decoder(None)({"q": [{"i": "1" + big}, 3]})
+
+
+def test_files_a_child_leaves_in_shared_directories_do_not_reach_the_next_program(sandbox):
+    # fallback_dev_shm_left_behind.jsonl: in the fallback a child process wrote /dev/shm and /tmp
+    # files that stayed on the host, and a later program read them.
+    if not sandbox.isolation.namespaces and not sandbox.isolation.separate_uid:
+        pytest.skip("without a uid of its own, the program's files cannot be told from the harness's")
+    program = """
+        import subprocess
+        def f(x):
+            if x == "write":
+                shell = "echo mark > /dev/shm/se-mark; mkdir -p /tmp/se-dir; echo mark > /tmp/se-dir/m"
+                subprocess.run(["/bin/sh", "-c", shell])
+            found = subprocess.run(["/bin/cat", "/dev/shm/se-mark", "/tmp/se-dir/m"], capture_output=True, text=True)
+            return found.stdout.split()
+    """
+    written = judge(sandbox, program, "assert f('write') == []\n")
+    assert written.result.startswith("failed: assert f('write') == []")  # the files were there for it
+    outcome = judge(sandbox, program, "assert f('read') == []\n")
+    assert (outcome.passed, outcome.result) == (True, "passed")
+    assert not os.path.exists("/dev/shm/se-mark") and not os.path.exists("/tmp/se-dir")
+
+
+def test_a_program_using_a_multiprocessing_pool_passes(sandbox):
+    # multiprocessing_fails_full_mode_only.jsonl: the pool's semaphore needs /dev/shm, which the full
+    # sandbox's root lacked (FileNotFoundError); it is now the program's own directory.
+    program = """
+        import multiprocessing
+
+        def half(x):
+            return x // 2
+
+        def f(x):
+            with multiprocessing.Pool(2) as pool:
+                return sum(pool.map(half, [x * 4, x * 4]))
+    """
+    outcome = judge(sandbox, program, "assert f(1) == 4\n")
+    if not sandbox.isolation.namespaces and "No module named 'multiprocessing'" in outcome.result:
+        pytest.skip("the program's uid cannot read this interpreter's library here (under /root; see the README)")
+    assert (outcome.passed, outcome.result) == (True, "passed")

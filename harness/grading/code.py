@@ -25,17 +25,27 @@ from harness.grading import Verdict, register
 from harness.grading.reasoning import answer_part
 from harness.grading.sandbox import Job, Limits, Sandbox
 
-_FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)```", re.DOTALL)
+# The info string may not hold a backtick (as in CommonMark), and the quantifiers are possessive: a run
+# of backticks with no newline then costs one step per start, not a scan to the end (quadratic).
+_FENCE = re.compile(r"```[ \t]*+([\w+.-]*+)[^\n`]*+\n(.*?)```", re.DOTALL)
 _PYTHON_TAGS = {"", "python", "python3", "py", "py3", "Python"}
+_TRIM_TRIES = 64  # parses of a shorter prefix, at most: each costs a parse of the whole response
 _CODE_START = re.compile(r"^(?:def |class |import |from |@|async def |[A-Za-z_]\w*\s*=)")
 
 
 def _parses(code: str) -> bool:
+    return _syntax_error_line(code) is None
+
+
+def _syntax_error_line(code: str) -> int | None:
+    """None if `code` parses, else the line of the error (0 where Python names none)."""
     try:
         _quiet_parse(code)
-    except (SyntaxError, ValueError):
-        return False
-    return True
+    except SyntaxError as exc:
+        return exc.lineno or 0
+    except ValueError:  # a NUL byte
+        return 0
+    return None
 
 
 def _quiet_parse(code: str) -> ast.Module:
@@ -80,10 +90,17 @@ def _trim_prose(text: str) -> str:
     if start is None:
         return text
     lines = lines[start:]
-    for end in range(len(lines), 0, -1):
+    end = len(lines)
+    for _ in range(_TRIM_TRIES):
+        if end <= 0:
+            break
         candidate = "\n".join(lines[:end])
-        if _parses(candidate):
+        error_line = _syntax_error_line(candidate)
+        if error_line is None:
             return candidate + "\n"
+        # No prefix that keeps the line of the error parses (its tokens up to there are the same), so
+        # the next try ends before it: one parse per sentence of prose, not one per line of code.
+        end = error_line - 1 if 0 < error_line <= end else end - 1
     return "\n".join(lines)
 
 

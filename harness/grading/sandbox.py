@@ -36,9 +36,11 @@ from harness.grading.sandbox_usage import make_group, remove_groups, remove_stal
 
 JUDGE = Path(__file__).with_name("sandbox_judge.py")
 GiB, MiB = 1 << 30, 1 << 20
-# The harness gives up on a judge after this many times the wall limit plus JUDGE_GRACE_S: the
-# program's own share is capped by the judge; the rest is the judge's trusted work (HumanEval+).
-JUDGE_BACKSTOP_FACTOR, JUDGE_GRACE_S = 4.0, 15.0
+# The judge ends a job at the program's wall limit plus JUDGE_OWN_S, its share for the tests' trusted
+# work: HumanEval+ runs the reference solution on every input, and its slowest canonical jobs took
+# 21-23 s, program and judge together (HumanEval/130, /139, /15; 2 shared cores at load 15-18,
+# 2026-11-29). The harness gives up on a judge that has not answered JUDGE_GRACE_S after that.
+JUDGE_OWN_S, JUDGE_GRACE_S = 20.0, 15.0
 JUDGE_DECODE_FACTOR = 16  # decoding a reply takes at most ~this many bytes of judge memory per byte
 
 # The environment a program sees: nothing inherited (no tokens, keys or proxies).
@@ -273,7 +275,7 @@ class _Judge:
             )
             verdict = recv(
                 self.proc.stdout.fileno(),
-                time.monotonic() + JUDGE_BACKSTOP_FACTOR * limits.wall_s + JUDGE_GRACE_S,
+                time.monotonic() + limits.wall_s + JUDGE_OWN_S + JUDGE_GRACE_S,
                 cap=limits.message_bytes + limits.output_bytes + (1 << 20),
             )
             return Outcome(
@@ -338,7 +340,7 @@ def _limits_message(limits: Limits, uid: int | None) -> dict:
         own = limits.processes + _processes_of_uid(os.geteuid())
         rlimits.append(["RLIMIT_NPROC", own, own])
     keys = ("wall_s", "cpu_s", "disk_bytes", "output_bytes", "message_bytes")
-    return {"rlimits": rlimits, **{k: getattr(limits, k) for k in keys}}
+    return {"rlimits": rlimits, "judge_s": JUDGE_OWN_S, **{k: getattr(limits, k) for k in keys}}
 
 
 class Sandbox:

@@ -18,7 +18,9 @@ program can only ever make it fail.
 
 Per program the judge also: gives it a fresh IPC namespace (or removes its SysV IPC objects), meters
 its CPU and memory over all of its processes (sandbox_usage.py), counts the time spent decoding its
-replies against its budget, and kills everything it started before the next job begins.
+replies against its budget, runs the tests in a runner forked for it and killed at the job's deadline
+(so no value can make the tests' own work stall the judge), and kills everything it started before
+the next job begins.
 """
 
 from __future__ import annotations
@@ -211,9 +213,9 @@ class Spawner:
     def __init__(self, code: str, env: dict, root: str | None, adopt):
         self.code, self.env, self.root, self.adopt = code, env, root, adopt
         self.fresh_ipc = False  # whether the last worker got an IPC namespace of its own
-        self._start()
+        self.start()
 
-    def _start(self) -> None:
+    def start(self) -> None:
         import socket
 
         self.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -240,7 +242,7 @@ class Spawner:
             return self._spawn(config)
         except (OSError, ValueError, KeyError):
             self.close()
-            self._start()
+            self.start()
             return self._spawn(config)
 
     def _spawn(self, config: dict) -> tuple[int, int, int, int]:
@@ -364,6 +366,9 @@ def minimal_root(root: str, keep: list[str], hide: list[str]) -> None:
     # where temporary files go.
     if not os.path.lexists(root + "/tmp"):
         os.symlink("/program", root + "/tmp")
+    # POSIX shared memory and semaphores (multiprocessing's locks) live in the program's directory too.
+    os.makedirs(root + "/dev", exist_ok=True)
+    os.symlink("/program", root + "/dev/shm")
 
 
 def fresh_workdir(path: str, uid: int | None, disk_bytes: int) -> None:
@@ -384,40 +389,82 @@ def _under(path: str, directory: str) -> bool:
 def kill_everything(uid: int | None, spare: int | None = None) -> None:
     """Kill every process the program started, wherever it went (other group, other session).
 
-    With a uid of its own, a helper of that uid signals -1: all processes of that uid. Without, the
-    judge is a child subreaper (or pid 1), so orphans of the program are re-parented to it and swept
-    here (all of its children but `spare`, the spawner; the worker itself is dead by now).
+    With a uid of its own, a helper of that uid signals -1: all processes of that uid. Being of that
+    uid, the helper can be stopped by them (SIGSTOP), so it gets HELPER_S; past that the judge kills
+    it and, as root, each process of the uid it finds. Without a uid of its own, the judge is a child
+    subreaper (or pid 1), so orphans of the program are re-parented to it and swept here (all of its
+    children but `spare`, the spawner; the worker itself is dead by now).
     """
-    import signal
 
     if uid is not None:
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
-                for _ in range(10_000):  # a fork bomb may add processes while we kill; NPROC bounds it
-                    try:
-                        os.kill(-1, signal.SIGKILL)  # only processes of this uid: nothing else is ours to kill
-                    except ProcessLookupError:
-                        break
-                    if not _processes_of(uid):
-                        break
-            finally:
-                os._exit(0)
-        os.waitpid(pid, 0)
+        if not _ended_in_time(_kill_helper(uid), HELPER_S):
+            _kill_each_process_of(uid)
     for _ in range(1000):
         children = [child for child in _children() if child != spare]
         if not children:
             break
-        for child in children:
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _sigkill(children)
         _reap()
     _reap()
+
+
+def _sigkill(pids: list[int]) -> None:
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+HELPER_S = 1.0  # how long the kill helper may take before the judge kills by itself
+
+
+def _kill_helper(uid: int) -> int:
+    """A child that becomes `uid` and signals -1 until no process of the uid is left."""
+    import signal
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            for _ in range(10_000):  # a fork bomb may add processes while we kill; NPROC bounds it
+                try:
+                    os.kill(-1, signal.SIGKILL)  # only processes of this uid: nothing else is ours to kill
+                except ProcessLookupError:
+                    break
+                if not _processes_of(uid):
+                    break
+        finally:
+            os._exit(0)
+    return pid
+
+
+def _ended_in_time(pid: int, timeout: float) -> bool:
+    """Reap child `pid`; if it has not ended within `timeout` (stopped, or slow), kill it first."""
+    import signal
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return False
+
+
+def _kill_each_process_of(uid: int) -> None:
+    """As root: SIGKILL every live process of `uid`, again until none is left (NPROC bounds a fork bomb)."""
+    for _ in range(1000):
+        found = _processes_of(uid)
+        if not found:
+            return
+        _sigkill(found)
 
 
 def _processes_of(uid: int) -> list[int]:
@@ -460,6 +507,12 @@ def _reap() -> None:
             return
         if pid == 0:
             return
+
+
+def valid_text(text: str) -> str:
+    """`text` as valid Unicode: a lone surrogate (`raise ValueError(chr(0xd800))`) becomes its escape
+    `\\ud800`, so the verdict can be written as UTF-8 wherever it goes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _failure_line(exc: BaseException, tests: str) -> str:
@@ -528,7 +581,7 @@ def judge() -> None:
         config = {"rlimits": job["rlimits"], "workdir": workdir, "uid": uid, "fresh_ipc": root is not None}
         output = Output(-1, job["output_bytes"])
         try:
-            result = _run_tests(job, config, output, spawner, meter)
+            result = _judged(job, config, output, spawner, meter)
         except Exception as exc:  # noqa: BLE001 - a fault of the judge is reported, never a pass
             result = {"passed": False, "result": f"failed: sandbox error ({type(exc).__name__}: {exc})"}
         finally:
@@ -536,8 +589,11 @@ def judge() -> None:
             output.drain()
             if not spawner.fresh_ipc and uid is not None:
                 remove_ipc_objects(uid)
+            if root is None and uid is not None:
+                remove_files_of(uid)
         if root is not None:
             _umount(root + workdir)
+        result["result"] = valid_text(result["result"])
         result["output"] = output.kept.decode("utf-8", "replace")
         result["seconds"] = round(time.monotonic() - start, 3)
         send(verdicts, result)
@@ -564,6 +620,40 @@ def remove_ipc_objects(uid: int) -> None:
                 (libc.shmctl if kind == "shm" else libc.msgctl)(ident, 0, None)
 
 
+SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")  # world-writable on most hosts
+
+
+def remove_files_of(uid: int) -> None:
+    """Without a mount namespace: remove what the program's uid (dead by now) left in the host's shared
+    writable directories (a child process's /tmp or /dev/shm file for a later program to read). Only
+    world-writable directories are searched, the only ones of other owners where the uid could write."""
+    import shutil
+    import stat
+
+    pending = [d for d in SHARED_DIRS if os.path.isdir(d)]
+    while pending:
+        directory = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if info.st_uid == uid:
+                if stat.S_ISDIR(info.st_mode):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    try:
+                        os.unlink(entry.path)
+                    except OSError:
+                        pass
+            elif stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH:
+                pending.append(entry.path)
+
+
 def _compiled_copy(directory: str) -> str:
     """The worker's files compiled once per judge into the program's root, so that a worker does not
     spend most of its start-up compiling them (bytecode caches are often disabled), and so that
@@ -577,13 +667,80 @@ def _compiled_copy(directory: str) -> str:
     return os.path.join(directory, "sandbox_worker.pyc")
 
 
-def _run_tests(job: dict, config: dict, output: Output, spawner: Spawner, meter: Meter) -> dict:
+def _judged(job: dict, config: dict, output: Output, spawner: Spawner, meter: Meter) -> dict:
+    """The verdict on one program, its tests run by a runner forked from the judge, killed at the deadline.
+
+    Why a process: the tests' own work on a returned value is C code no signal interrupts (`set()`
+    of 70,000 ints that all hash alike, `int()` of `Decimal('1e1000000')`: minutes each). So the job
+    ends at the program's wall clock plus the judge's share (`judge_s`), however its time was spent:
+    "timed out" for that program only, and the judge goes on with the next. The runner is a fork of
+    the judge (its uid, non-dumpable), so the program can no more reach it than the judge.
+    """
     import signal
+    import time
 
     meter.start(_rlimit(job, "RLIMIT_AS"), _rlimit(job, "RLIMIT_NPROC") or 1 << 20)
     pid, req_w, resp_r, out_r = spawner.spawn(config)
     output.fd = output.source = out_r
+    results_r, results_w = os.pipe()
+    deadline = time.monotonic() + job["wall_s"] + job["judge_s"]
     link = WorkerLink(spawner, pid, req_w, resp_r, output, job, meter)
+    runner = os.fork()
+    if runner == 0:
+        os.close(results_r)
+        _runner(results_w, job, link)
+    for fd in (results_w, req_w, resp_r):
+        os.close(fd)
+    reported = False  # whether the runner took the worker's exit report off the spawner's channel
+    try:
+        result = recv(results_r, deadline, cap=8 * job["output_bytes"] + (1 << 20))
+        output.kept[:0] = result.pop("kept").encode("latin-1")
+        reported = result.pop("reported") is True
+        return result
+    except Timeout:
+        return {"passed": False, "result": "timed out"}
+    except (EOFError, ValueError, KeyError, AttributeError):
+        return {"passed": False, "result": "failed: sandbox error (the test runner ended without a verdict)"}
+    finally:
+        os.close(results_r)
+        os.kill(runner, signal.SIGKILL)
+        os.waitpid(runner, 0)
+        if not reported:
+            _forget_worker(spawner, pid)
+
+
+def _runner(results: int, job: dict, link: WorkerLink) -> None:
+    """The forked runner: the tests against the worker; the verdict, and the output it read, to the judge."""
+    code = 1
+    try:
+        result = _run_tests(job, link)
+        kept = bytes(link.output.kept).decode("latin-1")
+        send(results, {**result, "kept": kept, "reported": link.status is not None})
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _forget_worker(spawner: Spawner, pid: int) -> None:
+    """After a runner was killed: end the worker, and take its exit report off the spawner's channel (or,
+    where that fails, start a new spawner), so that the next spawn reads its own reply."""
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        spawner.ended(pid, 2.0)
+    except OSError:
+        spawner.close()
+        spawner.start()
+
+
+def _run_tests(job: dict, link: WorkerLink) -> dict:
+    import signal
+
+    pid, req_w, resp_r = link.pid, link.req, link.resp
     tests = job["tests"]
     try:
         loaded = link.exchange(job["program"])
@@ -652,6 +809,7 @@ def reap(uid: int) -> None:
     """Run by the harness after it had to kill a judge: sweep the processes of the program's uid."""
     kill_everything(uid)
     remove_ipc_objects(uid)
+    remove_files_of(uid)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,10 @@ import time
 # reply with more containers than one per CONTAINER_BYTES of the message cap (an empty list costs the
 # judge ~60 bytes of memory for 3 bytes of JSON, so a bare cap on bytes does not bound memory).
 CONTAINER_BYTES = 32
-_CHECK_EVERY = 256  # values decoded between two looks at the clock
-_FRACTION_BITS = 1 << 20  # Fraction(n, d) normalises with a gcd, quadratic in the size of n and d
+_CHECK_EVERY = 256  # values decoded between two looks at the clock (a big Fraction counts as many)
+# Fraction(n, d) normalises with a gcd, quadratic in the size of n and d: at 2^20 bits ~4 s each (so
+# 256 of them between two looks at the clock), at 2^16 bits (19,728 digits) ~15 ms.
+_FRACTION_BITS = 1 << 16
 
 
 _CONTAINERS = {list, dict}  # what JSON parsing gives besides scalars
@@ -87,10 +89,11 @@ class Decoder:
     def __init__(self, ref, deadline: float | None = None):
         self.ref, self.deadline, self.count = ref, deadline, 0
 
-    def _tick(self) -> None:
-        self.count += 1
-        if self.deadline is not None and self.count % _CHECK_EVERY == 0 and time.monotonic() > self.deadline:
-            raise Timeout
+    def _tick(self, weight: int = 1) -> None:
+        before, self.count = self.count, self.count + weight
+        if self.deadline is not None and self.count // _CHECK_EVERY > before // _CHECK_EVERY:
+            if time.monotonic() > self.deadline:
+                raise Timeout
 
     def __call__(self, x):
         self._tick()
@@ -128,8 +131,10 @@ class Decoder:
             return range(*_typed([self(e) for e in v], int, 3))
         if tag == "q":
             n, d = _typed([self(e) for e in v], int, 2)
-            if max(n.bit_length(), d.bit_length()) > _FRACTION_BITS:
+            bits = max(n.bit_length(), d.bit_length())
+            if bits > _FRACTION_BITS:
                 raise ValueError("a fraction too large to normalise")
+            self._tick(bits * bits >> 20)  # its gcd costs as much as decoding that many small values
             return _import("fractions").Fraction(n, d)
         if tag == "D":
             return _import("decimal").Decimal(_typed([v], str, 1)[0])

@@ -19,7 +19,6 @@ about that much past its cap. Standard library only (the judge loads this file a
 from __future__ import annotations
 
 import os
-import resource
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -193,17 +192,30 @@ class Meter:
     def cpu_seconds(self) -> float:
         if self.group is not None:
             return self.group.cpu_seconds()
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        reaped = usage.ru_utime + usage.ru_stime
-        return reaped + sum(cpu for cpu, _ in _descendants(self.judge_pid).values()) - self._cpu0
+        found = self._program_processes()
+        return _reaped_cpu(self.judge_pid) + sum(cpu for cpu, _ in found.values()) - self._cpu0
 
     def memory_exceeded(self) -> bool:
         """Over the memory cap: OOM kills in the cgroup, or summed resident memory when polling."""
         if self.group is not None:
             return self.group.oom_kills() > 0
-        found = _descendants(self.judge_pid)
+        found = self._program_processes()
         found.pop(self.spawner.pid, None)
         return sum(rss for _, rss in found.values()) > self.memory_bytes
+
+    def _program_processes(self) -> dict[int, tuple[float, int]]:
+        """The judge's descendants but the one asking: the judge's test runner (a child it forks per
+        program, which calls this) works for the tests, not for the program."""
+        found = _descendants(self.judge_pid)
+        found.pop(os.getpid(), None)
+        return found
+
+
+def _reaped_cpu(pid: int) -> float:
+    """CPU seconds of the children `pid` has reaped (its cutime + cstime): the same from any process."""
+    stat = _read(f"/proc/{pid}/stat")
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return sum(int(f) for f in fields[13:15]) / _CLOCK_TICKS
 
 
 def _descendants(root: int) -> dict[int, tuple[float, int]]:

@@ -163,16 +163,20 @@ def _describe(exc: BaseException) -> list:
     return [type(exc).__name__, str(exc)[:500]]
 
 
-def inotify_filter():
-    """A function that forbids inotify and fanotify to this process and all it starts (a seccomp
-    filter: EPERM), or None on an architecture not listed here. Watching the host's files that the
-    full sandbox binds read-only (/usr, the interpreter) would show other processes' activity.
+def syscall_filter():
+    """A function that forbids some system calls to this process and all it starts (a seccomp filter:
+    EPERM), or None on an architecture not listed here. inotify and fanotify: watching the host's
+    files that the full sandbox binds read-only (/usr, the interpreter) would show other processes'
+    activity. The kernel key calls (add_key, request_key, keyctl): a uid's keyrings are not
+    namespaced and outlive its processes, so a key one program adds would be there for the next
+    program of the same (recycled) uid, and stay in the kernel after the harness exits.
 
     Built once, in the spawner: ctypes is then forgotten again (see _drop_capabilities)."""
     import ctypes
     import platform
 
-    arches = {"x86_64": (0xC000003E, (253, 294, 300)), "aarch64": (0xC00000B7, (26, 262))}
+    # inotify_init, inotify_init1, fanotify_init, add_key, request_key, keyctl (aarch64 has no inotify_init)
+    arches = {"x86_64": (0xC000003E, (253, 294, 300, 248, 249, 250)), "aarch64": (0xC00000B7, (26, 262, 217, 218, 219))}
     if platform.machine() not in arches:
         return None
     arch, calls = arches[platform.machine()]
@@ -202,7 +206,7 @@ def inotify_filter():
     return install
 
 
-def _enter(config: dict, forbid_inotify=None) -> None:
+def _enter(config: dict, forbid_syscalls=None) -> None:
     """Limits, directory, uid, seccomp filter and audit hook, in that order (each takes powers away)."""
     import resource
 
@@ -220,7 +224,7 @@ def _enter(config: dict, forbid_inotify=None) -> None:
         os.setuid(uid)
         if os.getuid() != uid or os.geteuid() != uid:
             raise SystemExit("could not drop privileges")
-    if forbid_inotify is not None and not forbid_inotify():
+    if forbid_syscalls is not None and not forbid_syscalls():
         raise SystemExit("could not install the seccomp filter")
     sys.addaudithook(audit_hook(workdir))
 
@@ -234,6 +238,26 @@ _BASES = [
     ("fractions", "Fraction"),
     ("decimal", "Decimal"),
 ]
+
+
+def _unwrapped(x):
+    """The value a standard-library wrapper stands for, or None: each of these compares equal to it in
+    Python (`UserList([1]) == [1]`, `MappingProxyType(d) == d`, `memoryview(b"a") == b"a"`), so it
+    crosses as that value. Dict views stay handles: a keys view equals a set but iterates in order,
+    and no one plain type does both."""
+    collections = sys.modules.get("collections")
+    if collections is not None:
+        if isinstance(x, collections.UserList):
+            return list(x.data)
+        if isinstance(x, collections.UserString):
+            return str(x.data)
+        if isinstance(x, (collections.UserDict, collections.ChainMap)):
+            return dict(x.items())
+    if isinstance(x, type(type.__dict__)):  # types.MappingProxyType
+        return dict(x)
+    if isinstance(x, memoryview) and x.format == "B" and x.ndim == 1:
+        return x.tobytes()
+    return None
 
 
 def serve(req: int, resp: int) -> None:
@@ -263,11 +287,19 @@ def serve(req: int, resp: int) -> None:
             return {"d": [[encode(k, plain), encode(v, plain)] for k, v in dict.items(x)]}
         if isinstance(x, complex):
             return encode(complex(complex.real.__get__(x), complex.imag.__get__(x)), plain)
+        wrapped = _unwrapped(x)
+        if wrapped is not None:
+            return encode(wrapped, plain)
         refs.append(x)
         return {"r": len(refs) - 1}
 
     decode = Decoder(refs.__getitem__)
-    namespace = {"__name__": "solution", "__builtins__": builtins}
+    # The program is module `solution`, importable by name: pickle finds its functions there, so that
+    # multiprocessing can send them to a pool's processes (forked from this one).
+    module = type(sys)("solution")
+    module.__builtins__ = builtins
+    sys.modules["solution"] = module
+    namespace = module.__dict__
     program = recv(req)
     try:
         exec(compile(program, "<program>", "exec"), namespace)  # noqa: S102 - running it is the point
@@ -314,7 +346,7 @@ def spawner(channel: int, root: str | None) -> None:
 
     for module in PREIMPORT:
         __import__(module)
-    forbid_inotify = inotify_filter()
+    forbid_syscalls = syscall_filter()
     if root:
         os.chroot(root)
         os.chdir("/")
@@ -328,7 +360,7 @@ def spawner(channel: int, root: str | None) -> None:
         pid = os.fork()
         if pid == 0:
             link.close()
-            _worker(config, forbid_inotify, *fds)
+            _worker(config, forbid_syscalls, *fds)
         for fd in fds:
             os.close(fd)
         link.send(dumps({"pid": pid, "fresh_ipc": fresh_ipc}).encode())
@@ -350,14 +382,14 @@ def _unshare_ipc() -> bool:
     return done
 
 
-def _worker(config: dict, forbid_inotify, req: int, resp: int, out: int) -> None:
+def _worker(config: dict, forbid_syscalls, req: int, resp: int, out: int) -> None:
     """The forked worker: output to its pipe, then limits, uid, hook, and the program. Never returns."""
     code = 1
     try:
         for fd in (1, 2):
             os.dup2(out, fd)
         os.close(out)
-        _enter(config, forbid_inotify)
+        _enter(config, forbid_syscalls)
         serve(req, resp)
         code = 0
     except SystemExit as exc:
