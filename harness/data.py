@@ -31,15 +31,23 @@ class Problem:
 class DataSource:
     """Where problems came from, as recorded in config.json."""
 
-    kind: str  # "file", "hub" or "package"
+    kind: str  # "file", "hub", "package" or "generator"
     location: str
     sha256: str | None
     records: int
 
 
-def load_problems(task: Task, data_path: str | None, limit: int | None = None) -> tuple[list[Problem], DataSource]:
+def load_problems(
+    task: Task, data_path: str | None, limit: int | None = None, split: str = "test"
+) -> tuple[list[Problem], DataSource]:
+    """`split` picks a generated task's split when no file is given (training asks for "train")."""
     if data_path is not None:
         records, lines, source = _read_file(Path(data_path))
+    elif task.data.generator:
+        from harness.generators import generate
+
+        records, digest = generate(task.data.generator, split)
+        lines, source = None, DataSource("generator", f"{task.data.generator['name']}:{split}", digest, len(records))
     elif task.data.package:
         records, lines, source = _read_package(task)
     else:

@@ -41,6 +41,7 @@ class DataSpec:
     hub: dict[str, Any] | None = None
     package: dict[str, Any] | None = None  # {module, file}: data shipped inside an installed package
     optional_fields: tuple[str, ...] = ()  # fields a template may use when a record has them
+    generator: dict[str, Any] | None = None  # {name, seed, splits, options}: problems made by harness.generators
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ def _parse(raw: dict[str, Any], source: str) -> Task:
             hub=data.get("hub"),
             package=data.get("package"),
             optional_fields=tuple(data.get("optional_fields") or ()),
+            generator=data.get("generator"),
         ),
         prompts=Prompts(
             first_turn=str(prompts["first_turn"]),

@@ -39,7 +39,9 @@ class TrainConfig:
         "model when --model is a Stage I checkpoint (--stage 2)",
     )
     task: str = _f("math", "task name (a file in tasks/) or path to a task .yaml")
-    data: str | None = _f(None, "training problems (.jsonl/.json/.parquet); required except with --smoke")
+    data: str | None = _f(
+        None, "training problems (.jsonl/.json/.parquet); default: the train split of a generated task (arithmetic)"
+    )
     limit: int | None = _f(None, "use only the first N training problems")
     output_dir: str = _f("runs/score", "everything the run writes: stage1/, stage2/, train_log.csv, config.json, plot")
     stage: str = _f("both", "which stage(s) to run: 1, 2 or both (Stage II starts from Stage I's weights)")
@@ -91,7 +93,7 @@ class TrainConfig:
     seed: int = _f(0, "seed of prompt order, sampling and initialisation")
     save_every: int = _f(100, "write a resumable checkpoint every N steps (and at the end of each stage)")
     eval_every: int = _f(0, "every N steps run `score-eval run` on --eval-data (0: never)")
-    eval_data: str | None = _f(None, "held-out problems for --eval-every")
+    eval_data: str | None = _f(None, "held-out problems for --eval-every; default: a generated task's test split")
     eval_limit: int | None = _f(None, "use only the first N held-out problems")
     eval_samples: int = _f(1, "episodes per held-out problem")
     eval_temperature: float = _f(0.0, "sampling temperature of evaluations (0 = greedy, as in the paper)")
@@ -131,8 +133,6 @@ class TrainConfig:
             (self.lora_r >= 0, "--lora-r must not be negative"),
             (self.save_every >= 1, "--save-every must be at least 1"),
             (self.eval_every >= 0, "--eval-every must not be negative"),
-            (self.eval_every == 0 or self.eval_data is not None, "--eval-every needs --eval-data (held-out problems)"),
-            (self.data is not None, "pass --data with training problems (e.g. a MATH train.jsonl), or use --smoke"),
             (
                 self.rollout_backend in ("hf", "vllm"),
                 f"--rollout-backend must be hf or vllm (got {self.rollout_backend})",

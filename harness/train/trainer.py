@@ -93,7 +93,11 @@ def train(
     progress = progress or SilentProgress()
     config.validate()
     task = load_task(config.task)
-    problems, source = load_problems(task, config.data, config.limit)
+    if task.data.generator is None and config.data is None:
+        raise HarnessError("pass --data with training problems (e.g. a MATH train.jsonl), or use --smoke")
+    if task.data.generator is None and config.eval_every and config.eval_data is None:
+        raise HarnessError("--eval-every needs --eval-data (held-out problems)")
+    problems, source = load_problems(task, config.data, config.limit, split="train")
     if config.eval_every:
         load_problems(task, config.eval_data, config.eval_limit)  # fail now, not at the first evaluation
     if config.rollout_backend == "vllm":
