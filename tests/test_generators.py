@@ -53,3 +53,18 @@ def test_the_arithmetic_task_loads_its_held_out_split_by_default_and_its_trainin
     assert (source.kind, source.location, len(test)) == ("generator", "arithmetic:test", 10)
     assert train_source.location == "arithmetic:train" and train[0].id.startswith("train-")
     assert test[0].answer == str(eval(test[0].fields["problem"]))
+
+
+def test_the_arithmetic_task_grades_a_stated_answer_or_else_the_last_number():
+    from harness.data import Problem
+    from harness.grading import get_grader
+
+    grader = get_grader(load_task("arithmetic").grader)
+    problem = Problem("p", "21", {"problem": "22 - 1", "answer": "21"})
+    responses = ["22 - 1 = 21", "Answer: 21. Check: 22 - 1 = 20", "22 - 1 = 20", "The answer is 20. So 21"]
+    try:
+        verdicts = grader.grade([(r, problem) for r in responses])
+    finally:
+        grader.close()
+    # unstated: the last number; stated: the statement wins over later numbers
+    assert [(v.extracted, v.correct) for v in verdicts] == [("21", True), ("21", True), ("20", False), ("20", False)]

@@ -78,22 +78,19 @@ def test_train_writes_stage_checkpoints_that_run_evaluates(tiny_model_dir, tmp_p
     assert (tmp_path / "results" / "after" / "summary.json").is_file()
 
 
+def tiny_run(model_dir, tmp_path, **settings) -> dict:
+    """Settings of a one-step-per-stage run of the tiny model on CPU."""
+    return {
+        "model": str(model_dir), "data": str(SMOKE_DATA), "output_dir": str(tmp_path / "run"), "stage1_steps": 1,
+        "stage2_steps": 1, "batch_size": 4, "samples": 2, "micro_batch_size": 4, "max_new_tokens": 6,
+        "device": "cpu", **settings,
+    }  # fmt: skip
+
+
 def test_resume_continues_after_the_last_checkpoint_without_repeating_steps(tiny_model_dir, tmp_path):
     from harness.train.trainer import train
 
-    base = {
-        "model": str(tiny_model_dir),
-        "data": str(SMOKE_DATA),
-        "output_dir": str(tmp_path / "run"),
-        "stage1_steps": 1,
-        "stage2_steps": 1,
-        "batch_size": 4,
-        "samples": 2,
-        "micro_batch_size": 4,
-        "max_new_tokens": 6,
-        "lr": 1e-3,
-        "device": "cpu",
-    }
+    base = tiny_run(tiny_model_dir, tmp_path, lr=1e-3)
     train(TrainConfig(**base))
     first = rows(tmp_path / "run" / "train_log.csv")
     with pytest.raises(HarnessError, match="--resume"):
@@ -349,19 +346,7 @@ def test_micro_batches_are_cut_from_rows_sorted_by_length():
 def test_rounds_interleave_the_stages_log_every_figure_and_keep_the_best_round(tiny_model_dir, tmp_path):
     from harness.train.trainer import train
 
-    base = {
-        "model": str(tiny_model_dir),
-        "data": str(SMOKE_DATA),
-        "output_dir": str(tmp_path / "run"),
-        "stage1_steps": 1,
-        "stage2_steps": 1,
-        "rounds": 2,
-        "batch_size": 4,
-        "samples": 2,
-        "micro_batch_size": 4,
-        "max_new_tokens": 6,
-        "device": "cpu",
-    }
+    base = tiny_run(tiny_model_dir, tmp_path, rounds=2)
     result = train(TrainConfig(**base))
     log = rows(result.log_path)
     assert [(r["round"], r["stage"], r["step"]) for r in log] == [
