@@ -3,9 +3,10 @@
 Builds a randomly initialised Llama-style model of about 1.5B parameters (Qwen2.5-1.5B's shape, with
 the embedded SmolLM2 tokenizer's 49k vocabulary, so nothing is downloaded) and runs a few Stage I and
 Stage II steps of the real trainer step (`harness.train.trainer.train_step`): rollouts through the
-HF engine, reference and policy scoring, RLOO/KL advantages, the update, in bf16 autocast over fp32
-master weights with gradient checkpointing (the one-gpu preset). A random model never emits its
-end-of-turn token, so every attempt runs to --max-new-tokens: the worst case for memory and time.
+HF engine, reference and policy scoring (chunked log-probabilities), RLOO/KL advantages, the update,
+in bf16 autocast over fp32 master weights with gradient checkpointing (the one-gpu preset). A random
+model never emits its end-of-turn token, so every attempt runs to --max-new-tokens: the worst case for
+memory and time. It also prints the KL at the first step, which must be 0.
 
     python benchmarks/gpu_check.py                    # defaults below
     python benchmarks/gpu_check.py --max-new-tokens 512 --batch-size 64 --micro-batch-size 8
@@ -162,6 +163,11 @@ def main() -> None:
         f"(mean of {len(timed)} steps after warm-up)"
     )
     print(f"tokens/s        {mean['tokens_per_s']:.0f} (all sequence tokens of a step / its wall time)")
+    first = rows[0]
+    print(
+        f"KL at step 1    t1 {first['kl_t1']:.3g}, t2 {first['kl_t2']:.3g} (before any update; the reference "
+        "computes as the policy does, so both must be 0)"
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ class Problem:
 class DataSource:
     """Where problems came from, as recorded in config.json."""
 
-    kind: str  # "file", "hub" or "package"
+    kind: str  # "file", "hub", "package" or "generator"
     location: str
     sha256: str | None
     records: int
@@ -43,14 +43,18 @@ ALL = "all"  # the split name that means every record of a local file
 
 
 def split_names(task: Task) -> list[str]:
-    """The names --split accepts for `task` (its declared splits, then 'all')."""
+    """The names --split accepts for `task` (its declared or generated splits, then 'all')."""
+    if task.data.generator:
+        return list(task.data.generator["splits"])
     return [*(task.data.splits.ranges if task.data.splits else ()), ALL]
 
 
-def _choose_split(task: Task, split: str | None, hub: bool) -> str | None:
+def _choose_split(task: Task, split: str | None, hub: bool, generated: bool) -> str | None:
     if split is None:
+        if generated:
+            return "test"  # a generated task's held-out problems
         return (task.data.hub or {}).get("split", "test") if hub else (task.data.splits and task.data.splits.default)
-    if (task.data.splits or not hub) and split not in split_names(task):
+    if (task.data.splits or generated or not hub) and split not in split_names(task):
         raise HarnessError(f"task '{task.name}' has no split '{split}'; choose one of: {', '.join(split_names(task))}")
     return split
 
@@ -59,11 +63,17 @@ def load_problems(
     task: Task, data_path: str | None, limit: int | None = None, split: str | None = None
 ) -> tuple[list[Problem], DataSource]:
     """The problems of `split` (default: the task's, which for a local file is the split the hub
-    gives), in file order, the first `limit` of them."""
-    hub = data_path is None and not task.data.package
-    split = _choose_split(task, split, hub)
+    gives, and for a generated task its held-out "test" split), in file order, the first `limit`."""
+    generated = data_path is None and bool(task.data.generator)
+    hub = data_path is None and not task.data.package and not generated
+    split = _choose_split(task, split, hub, generated)
     if data_path is not None:
         records, lines, source = _read_file(Path(data_path))
+    elif task.data.generator:
+        from harness.generators import generate
+
+        records, digest = generate(task.data.generator, split)
+        lines, source = None, DataSource("generator", f"{task.data.generator['name']}:{split}", digest, len(records))
     elif task.data.package:
         records, lines, source = _read_package(task)
     else:
@@ -80,7 +90,7 @@ def load_problems(
         if p.id in seen:
             raise HarnessError(f"{source.location}: id '{p.id}' appears twice; ids must be unique")
         seen.add(p.id)
-    if not hub and split not in (None, ALL):
+    if not hub and not generated and split not in (None, ALL):
         problems = _in_split(task, problems, split, source.location)
     source = replace(source, split=split, selected=len(problems))
     if limit is not None:

@@ -26,10 +26,11 @@ def regrade_run(run_dir: Path) -> tuple[dict, dict[str, int]]:
     source = config["task"].get("source") or ""
     task = load_task(source if Path(source).is_file() else config["task"]["name"])
     data = config["data"]
-    # Responses are matched to problems by id, so a local file is read whole; the hub gives the run's split.
-    hub = data["kind"] == "hub"
+    # Responses are matched to problems by id, so a local file is read whole; the hub or a generator
+    # gives the run's split.
+    whole_file = data["kind"] == "file"
     problems, now = load_problems(
-        task, data["location"] if data["kind"] == "file" else None, split=data.get("split") if hub else ALL
+        task, data["location"] if whole_file else None, split=ALL if whole_file else data.get("split")
     )
     if now.sha256 != data["sha256"]:
         raise HarnessError(

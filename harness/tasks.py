@@ -64,6 +64,7 @@ class DataSpec:
     package: dict[str, Any] | None = None  # {module, file}: data shipped inside an installed package
     optional_fields: tuple[str, ...] = ()  # fields a template may use when a record has them
     splits: Splits | None = None  # how a local file is split; without it a file is used whole
+    generator: dict[str, Any] | None = None  # {name, seed, splits, options}: problems made by harness.generators
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ SCHEMA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "the file": (("name", "grader", "data", "prompts"), ("description", "generation")),
     "data": (
         ("answer_field", "required_fields"),
-        ("hub", "package", "id_field", "keep_fields", "optional_fields", "splits"),
+        ("hub", "package", "generator", "id_field", "keep_fields", "optional_fields", "splits"),
     ),
     "data.splits": (("field", "default", "ranges"), ()),
     "prompts": (("first_turn", "correction"), ("system", "previous_thinking")),
@@ -189,6 +190,7 @@ def _parse(raw: dict[str, Any], source: str) -> Task:
             package=data.get("package"),
             optional_fields=tuple(data.get("optional_fields") or ()),
             splits=_splits(data.get("splits")),
+            generator=data.get("generator"),
         ),
         prompts=Prompts(
             first_turn=str(prompts["first_turn"]),

@@ -33,3 +33,4 @@ def test_gpu_check_runs_end_to_end_on_cpu_at_toy_size(backend, embedded_checkpoi
     assert done.returncode == 0, done.stderr[-3000:]
     assert "stage 2 step 2:" in done.stdout and "== SCoRe GPU check ==" in done.stdout
     assert f"{backend} rollouts" in done.stdout
+    assert "KL at step 1    t1 0, t2 0 " in done.stdout

@@ -78,22 +78,19 @@ def test_train_writes_stage_checkpoints_that_run_evaluates(tiny_model_dir, tmp_p
     assert (tmp_path / "results" / "after" / "summary.json").is_file()
 
 
+def tiny_run(model_dir, tmp_path, **settings) -> dict:
+    """Settings of a one-step-per-stage run of the tiny model on CPU."""
+    return {
+        "model": str(model_dir), "data": str(SMOKE_DATA), "output_dir": str(tmp_path / "run"), "stage1_steps": 1,
+        "stage2_steps": 1, "batch_size": 4, "samples": 2, "micro_batch_size": 4, "max_new_tokens": 6,
+        "device": "cpu", **settings,
+    }  # fmt: skip
+
+
 def test_resume_continues_after_the_last_checkpoint_without_repeating_steps(tiny_model_dir, tmp_path):
     from harness.train.trainer import train
 
-    base = {
-        "model": str(tiny_model_dir),
-        "data": str(SMOKE_DATA),
-        "output_dir": str(tmp_path / "run"),
-        "stage1_steps": 1,
-        "stage2_steps": 1,
-        "batch_size": 4,
-        "samples": 2,
-        "micro_batch_size": 4,
-        "max_new_tokens": 6,
-        "lr": 1e-3,
-        "device": "cpu",
-    }
+    base = tiny_run(tiny_model_dir, tmp_path, lr=1e-3)
     train(TrainConfig(**base))
     first = rows(tmp_path / "run" / "train_log.csv")
     with pytest.raises(HarnessError, match="--resume"):
@@ -332,3 +329,66 @@ def test_a_prompt_with_a_skipped_episode_is_dropped_whole_so_rloo_groups_stay_in
     assert [(e.problem.id, e.sample) for e in _complete_groups(episodes, 2)] == [("p", 0), ("p", 1)]
     with pytest.raises(HarnessError, match="context"):
         _complete_groups(episodes[2:], 2)
+
+
+def test_micro_batches_are_cut_from_rows_sorted_by_length():
+    from harness.train.rollouts import ATTEMPT1, ATTEMPT2, PROMPT, Row, by_length, collate
+
+    short = [Row([5, 6], [PROMPT, ATTEMPT1])]
+    long = [Row([5, 6, 7, 8, 9], [PROMPT, ATTEMPT1, PROMPT, PROMPT, ATTEMPT2])]
+    middle = [Row([5, 6, 7], [PROMPT, PROMPT, ATTEMPT2])]
+    batch = by_length(collate([short, long, middle]))
+    assert batch.attention_mask.sum(dim=1).tolist() == [5, 3, 2]
+    assert batch.episode.tolist() == [1, 2, 0]  # rows keep their episode, so KL and advantages follow them
+    assert batch.mask2.tolist() == [[0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0]]
+
+
+def test_rounds_interleave_the_stages_log_every_figure_and_keep_the_best_round(tiny_model_dir, tmp_path):
+    from harness.train.trainer import train
+
+    base = tiny_run(tiny_model_dir, tmp_path, rounds=2)
+    result = train(TrainConfig(**base))
+    log = rows(result.log_path)
+    assert [(r["round"], r["stage"], r["step"]) for r in log] == [
+        ("1", "1", "1"),
+        ("1", "2", "1"),
+        ("2", "1", "1"),
+        ("2", "2", "1"),
+    ]
+    for r in log:
+        assert 0 <= float(r["trunc_t1"]) <= 1 and float(r["len_t1"]) > 0 and float(r["grad_norm"]) >= 0
+        assert float(r["adv_std_t2"]) >= 0 and r["return_t1"] and r["return_t2"]
+    assert result.best == tmp_path / "run" / "best" and (result.best / "config.json").is_file()
+    # A random model gets every reward 0: the rounds tie, and a tie keeps the earlier round.
+    assert json.loads((result.best / "score_train.json").read_text())["round"] == 1
+
+
+def test_best_round_is_the_one_with_the_highest_mean_second_attempt_reward(tmp_path):
+    """Rounds' Stage II mean r2, from the log: round 1 (0.2 + 0.4) / 2 = 0.3, round 2 0.5, round 3 0.4."""
+    from harness.train.state import append_log
+    from harness.train.trainer import _keep_best
+
+    log = tmp_path / "train_log.csv"
+    rewards = {1: [0.2, 0.4], 2: [0.5, 0.5], 3: [0.4, 0.4]}
+    for round_no, values in rewards.items():
+        append_log(log, {"round": round_no, "stage": 1, "step": 1, "reward_t2": 0.9})  # Stage I does not count
+        for step, value in enumerate(values, 1):
+            append_log(log, {"round": round_no, "stage": 2, "step": step, "reward_t2": value})
+        (tmp_path / "stage2").mkdir(exist_ok=True)
+        (tmp_path / "stage2" / "score_train.json").write_text(json.dumps({"stage": 2, "written_in": round_no}))
+        _keep_best(tmp_path, log, round_no)
+        kept = json.loads((tmp_path / "best" / "score_train.json").read_text())
+        assert kept["round"] == kept["written_in"] == {1: 1, 2: 2, 3: 2}[round_no]
+    assert kept["round_reward"] == pytest.approx(0.5)
+
+
+def test_train_help_shows_real_defaults_and_the_dtype_names_of_run():
+    result = run_cli(["train", "--help"])
+    assert result.returncode == 0
+    assert "[default: None]" not in result.stdout
+    assert "[default: 1500]" in result.stdout and "auto|bfloat16|float16|float32" in result.stdout
+    from harness.train.config import config_from_cli
+
+    assert config_from_cli(None, None, False, False, {"dtype": "bf16", "data": "x"}).dtype == "bfloat16"
+    bad = run_cli(["train", "--data", str(SMOKE_DATA), "--top-p", "0.9"])
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--top-p" in bad.stderr

@@ -20,6 +20,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.train.logprobs import sampled_logprobs
 from harness.train.objective import (
     Coefficients,
     advantages,
@@ -27,7 +28,6 @@ from harness.train.objective import (
     attempt_rewards,
     policy_loss,
     rloo_baseline_advantages,
-    token_logprobs,
 )
 
 P, X = -3.0, -9.0  # a prompt position's logp and ref logp
@@ -137,12 +137,13 @@ def test_rloo_baseline_is_the_mean_of_the_other_samples_of_the_same_prompt():
 def test_gradient_through_logits_touches_only_positions_that_predict_attempt_tokens():
     # 1 sequence of 5 tokens; predicted tokens are ids[1:] = (2, 0, 1, 2) at positions 0..3 of the
     # logits. Attempt 1 = the token predicted at position 1, attempt 2 = the one at position 3.
+    # The output embedding is the identity, so the hidden states are the logits.
     torch.manual_seed(0)
     logits = torch.randn(1, 5, 3, requires_grad=True)
     ids = torch.tensor([[1, 2, 0, 1, 2]])
-    logp = token_logprobs(logits, ids)
     mask1 = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
     mask2 = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+    logp = sampled_logprobs(logits, torch.eye(3), ids, mask1 + mask2)
     policy_loss(logp, mask1, mask2, torch.tensor([2.0]), torch.tensor([-1.0]), batch_episodes=1).backward()
     grad = logits.grad[0]
     assert torch.all(grad[[0, 2, 4]] == 0)

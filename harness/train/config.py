@@ -13,11 +13,15 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import click
 import yaml
 
+from harness.config import DTYPES
 from harness.errors import HarnessError
 
 REPO = Path(__file__).resolve().parent.parent.parent
+# The same names as `score-eval run --dtype`; the trainer's old spellings are still accepted.
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 SMOKE_DATA = REPO / "configs" / "train" / "smoke-math.jsonl"
 
 
@@ -29,11 +33,23 @@ def _f(default: Any, help: str) -> Any:
 class TrainConfig:
     # What to train on
     model: str | None = _f(None, "starting checkpoint (dir, .gguf, hub id); default: embedded SmolLM2-135M-Instruct")
+    reference: str | None = _f(
+        None,
+        "frozen reference model of the KL (dir, .gguf, hub id); default: the starting model. Name the base "
+        "model when --model is a Stage I checkpoint (--stage 2)",
+    )
     task: str = _f("math", "task name (a file in tasks/) or path to a task .yaml")
-    data: str | None = _f(None, "training problems (.jsonl/.json/.parquet); required except with --smoke")
+    data: str | None = _f(
+        None, "training problems (.jsonl/.json/.parquet); default: the train split of a generated task (arithmetic)"
+    )
     limit: int | None = _f(None, "use only the first N training problems")
     output_dir: str = _f("runs/score", "everything the run writes: stage1/, stage2/, train_log.csv, config.json, plot")
     stage: str = _f("both", "which stage(s) to run: 1, 2 or both (Stage II starts from Stage I's weights)")
+    rounds: int = _f(
+        1,
+        "repeat Stage I then Stage II this many times (the paper's interleaved outer loop); with more than "
+        "one, best/ keeps the Stage II checkpoint of the round with the highest training reward",
+    )
     # SCoRe objective (Table 8)
     beta1: float = _f(0.01, "β1: KL penalty on every attempt (Stage II), and on attempt 2 in Stage I")
     beta2: float = _f(0.1, "β2: strong KL on attempt 1 in Stage I (paper: 0.1 MATH, 0.25 MBPP)")
@@ -52,8 +68,8 @@ class TrainConfig:
         0.3, "share of GPU memory the vllm rollout engine may take (the rest is the trainer's)"
     )
     vllm_max_model_len: int | None = _f(None, "context length of the vllm rollout engine; default: the model's")
-    temperature: float = _f(1.0, "sampling temperature of rollouts")
-    top_p: float = _f(1.0, "nucleus mass of rollouts")
+    temperature: float = _f(1.0, "sampling temperature of rollouts; the loss and KL score softmax(logits / T)")
+    top_p: float = _f(1.0, "nucleus mass of rollouts: only 1 (the loss scores the full distribution)")
     max_new_tokens: int | None = _f(None, "per attempt; default: the task's")
     # Optimisation
     optimizer: str = _f("adam", "adam or adamw")
@@ -67,17 +83,24 @@ class TrainConfig:
     lora_dropout: float = _f(0.0, "LoRA dropout")
     lora_target_modules: str = _f("all-linear", "comma-separated module names, or all-linear")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass to save memory")
-    dtype: str = _f("auto", "auto (bf16 autocast on CUDA over fp32 weights, fp32 on CPU), bf16 or fp32")
+    dtype: str = _f(
+        "auto",
+        "compute dtype: bfloat16 (autocast over float32 master weights; a LoRA base stored in bfloat16), "
+        "float32, or auto (bfloat16 on CUDA, float32 on CPU); float16 is refused (no loss scaling)",
+    )
     device: str | None = _f(None, "cuda or cpu; default: cuda when available")
     # Bookkeeping
     seed: int = _f(0, "seed of prompt order, sampling and initialisation")
     save_every: int = _f(100, "write a resumable checkpoint every N steps (and at the end of each stage)")
     eval_every: int = _f(0, "every N steps run `score-eval run` on --eval-data (0: never)")
-    eval_data: str | None = _f(None, "held-out problems for --eval-every")
+    eval_data: str | None = _f(None, "held-out problems for --eval-every; default: a generated task's test split")
     eval_limit: int | None = _f(None, "use only the first N held-out problems")
     eval_samples: int = _f(1, "episodes per held-out problem")
     eval_temperature: float = _f(0.0, "sampling temperature of evaluations (0 = greedy, as in the paper)")
     preset: str | None = _f(None, "named preset the config started from (math, mbpp, one-gpu, smoke)")
+
+    def __post_init__(self) -> None:
+        self.dtype = DTYPE_ALIASES.get(self.dtype, self.dtype)
 
     def validate(self) -> TrainConfig:
         checks = [
@@ -91,14 +114,25 @@ class TrainConfig:
             (self.stage1_steps >= 0 and self.stage2_steps >= 0, "step counts must not be negative"),
             (self.lr > 0, f"--lr must be positive (got {self.lr})"),
             (self.temperature > 0, "--temperature must be positive: REINFORCE needs sampled rollouts"),
-            (0 < self.top_p <= 1, f"--top-p must be in (0, 1] (got {self.top_p})"),
+            (
+                self.top_p == 1,
+                f"--top-p {self.top_p} is not supported in training: the loss and KL score the full distribution "
+                "at --temperature, so nucleus-sampled rollouts would bias the gradient; leave --top-p at 1",
+            ),
+            (self.rounds >= 1, f"--rounds must be at least 1 (got {self.rounds})"),
+            (
+                self.rounds == 1 or self.stage == "both",
+                "--rounds above 1 interleaves Stage I and Stage II; it needs --stage both",
+            ),
             (self.optimizer in ("adam", "adamw"), f"--optimizer must be adam or adamw (got {self.optimizer})"),
-            (self.dtype in ("auto", "bf16", "fp32"), f"--dtype must be auto, bf16 or fp32 (got {self.dtype})"),
+            (
+                self.dtype != "float16",
+                "--dtype float16 needs loss scaling, which the trainer does not do; use bfloat16 or float32",
+            ),
+            (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype})"),
             (self.lora_r >= 0, "--lora-r must not be negative"),
             (self.save_every >= 1, "--save-every must be at least 1"),
             (self.eval_every >= 0, "--eval-every must not be negative"),
-            (self.eval_every == 0 or self.eval_data is not None, "--eval-every needs --eval-data (held-out problems)"),
-            (self.data is not None, "pass --data with training problems (e.g. a MATH train.jsonl), or use --smoke"),
             (
                 self.rollout_backend in ("hf", "vllm"),
                 f"--rollout-backend must be hf or vllm (got {self.rollout_backend})",
@@ -210,21 +244,31 @@ _CLICK_TYPES = {"str": str, "int": int, "float": float}
 
 def click_options(command):
     """Add one command-line option per TrainConfig field (default None: "not given", so a preset or
-    config file keeps its value), with the field's help text."""
-    import click
-
+    config file keeps its value), with the field's help text and its default where it has one."""
     for f in reversed(fields(TrainConfig)):
         if f.name == "preset":
             continue
         flag = "--" + f.name.replace("_", "-")
         base = str(f.type).replace(" | None", "")
-        default = f"[default: {f.default}]"
+        text = f.metadata["help"] + ("" if f.default is None else f" [default: {f.default}]")
         if base == "bool":
-            option = click.option(f"{flag}/--no-{flag[2:]}", default=None, help=f"{f.metadata['help']} {default}")
+            option = click.option(f"{flag}/--no-{flag[2:]}", default=None, help=text)
+        elif f.name == "dtype":
+            option = click.option(flag, type=DtypeChoice(), default=None, help=text)
         else:
-            option = click.option(flag, type=_CLICK_TYPES[base], default=None, help=f"{f.metadata['help']} {default}")
+            option = click.option(flag, type=_CLICK_TYPES[base], default=None, help=text)
         command = option(command)
     return command
+
+
+class DtypeChoice(click.Choice):
+    """`run`'s dtype names; the trainer's old bf16/fp16/fp32 are accepted and mean the same."""
+
+    def __init__(self) -> None:
+        super().__init__(DTYPES)
+
+    def convert(self, value, param, ctx):
+        return super().convert(DTYPE_ALIASES.get(value, value), param, ctx)
 
 
 def config_from_cli(

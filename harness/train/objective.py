@@ -100,15 +100,3 @@ def policy_loss(logp: Tensor, mask1: Tensor, mask2: Tensor, adv1: Tensor, adv2: 
     """−(1/B) Σ_b (A_1 Σ mask1·log πθ + A_2 Σ mask2·log πθ), over the rows given (a micro-batch of B)."""
     per_episode = adv1.detach() * (logp * mask1).sum(dim=-1) + adv2.detach() * (logp * mask2).sum(dim=-1)
     return -per_episode.sum() / batch_episodes
-
-
-def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
-    """log π(input_ids[:, i] | input_ids[:, :i]) for i ≥ 1, shape [B, T−1] (position i−1 predicts i).
-
-    One row at a time, so only one [T, V] float32 copy of the logits exists at once.
-    """
-    rows = []
-    for row in range(logits.shape[0]):
-        logp = torch.log_softmax(logits[row, :-1].float(), dim=-1)
-        rows.append(logp.gather(-1, input_ids[row, 1:].unsqueeze(-1)).squeeze(-1))
-    return torch.stack(rows)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from harness.errors import HarnessError
 from harness.store import write_json
 from harness.train.config import TrainConfig
 
@@ -23,17 +24,20 @@ class Policy:
     model: torch.nn.Module
     tokenizer: object
     name: str
-    reference: torch.nn.Module | None  # a frozen copy (full fine-tuning); None for LoRA (adapter disabled)
+    # The frozen πref: a separate model (full fine-tuning, or --reference), or None when it is the LoRA
+    # policy with its adapter disabled.
+    reference: torch.nn.Module | None
     lora: bool
     device: torch.device
     autocast: Callable[[], contextlib.AbstractContextManager]
     location: str | None = None  # where the starting weights were read from (None: given in memory)
+    compute_dtype: str = "float32"  # what matrix products run in: "bfloat16" (autocast) or "float32"
 
     def reference_context(self) -> contextlib.AbstractContextManager:
-        return self.model.disable_adapter() if self.lora else contextlib.nullcontext()
+        return self.model.disable_adapter() if self.reference is None else contextlib.nullcontext()
 
     def reference_model(self) -> torch.nn.Module:
-        return self.model if self.lora else self.reference
+        return self.model if self.reference is None else self.reference
 
     def trainable(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
@@ -66,29 +70,42 @@ class Policy:
 
 def load_policy(config: TrainConfig, model=None, tokenizer=None) -> Policy:
     """The model to train (from --model, or given in memory by tests and benchmarks), with LoRA applied
-    when --lora-r > 0 and a frozen reference copy otherwise."""
+    when --lora-r > 0, and its frozen reference.
+
+    The reference computes exactly as the policy does, so the KL is 0 before the first update: the same
+    weights in the same storage dtype, scored under the same autocast (a bfloat16 copy of float32 master
+    weights would differ by rounding alone: 0.02 nats per token on average, measured on an untrained
+    model, as large as the signal β2·KL is meant to carry in Stage I).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from harness.models import resolve_model
+
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    on_gpu = device.type == "cuda"
-    if on_gpu and config.dtype != "fp32":
-        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+    bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda")
+    if bf16:
+        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
     else:
         autocast = contextlib.nullcontext
+    # Full fine-tuning keeps float32 master weights (a 5e-6 step is below bfloat16's resolution) and
+    # computes in bfloat16 under autocast; a frozen LoRA base is stored in bfloat16.
+    storage = torch.bfloat16 if bf16 and config.lora_r > 0 else torch.float32
     location = None
     if model is None:
-        from harness.models import resolve_model
-
         name, location = resolve_model(config.model)
-        # Full fine-tuning keeps fp32 master weights (a 5e-6 step is below bf16's resolution); a frozen
-        # LoRA base, or --dtype bf16, is stored in bf16 on the GPU.
-        bf16 = on_gpu and (config.dtype == "bf16" or (config.dtype == "auto" and config.lora_r > 0))
         tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.bfloat16 if bf16 else torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=storage)
     else:
         name = config.model or "in-memory"
+        storage = next(model.parameters()).dtype
     model.to(device)
     reference = None
+    if config.reference is not None:
+        reference = _load_reference(config.reference, storage, model)
+    elif config.lora_r == 0:
+        reference = copy.deepcopy(model)
+    if reference is not None:
+        reference.to(device).eval().requires_grad_(False)
     if config.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 
@@ -103,18 +120,55 @@ def load_policy(config: TrainConfig, model=None, tokenizer=None) -> Policy:
                 target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
             ),
         )
-    else:
-        reference = copy.deepcopy(model).eval()
-        if on_gpu:
-            reference.to(torch.bfloat16)
-        reference.requires_grad_(False)
     if config.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
         if enable is not None:
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return Policy(model, tokenizer, name, reference, config.lora_r > 0, device, autocast, location)
+    compute = "bfloat16" if bf16 else "float32"
+    return Policy(model, tokenizer, name, reference, config.lora_r > 0, device, autocast, location, compute)
+
+
+def _load_reference(spec: str, dtype: torch.dtype, policy_model: torch.nn.Module) -> torch.nn.Module:
+    """--reference: a model of the same vocabulary, stored in the policy's dtype."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.models import resolve_model
+
+    _, location = resolve_model(spec)
+    reference = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+    ours, theirs = (
+        policy_model.get_output_embeddings().weight.shape[0],
+        reference.get_output_embeddings().weight.shape[0],
+    )
+    if ours != theirs:
+        raise HarnessError(
+            f"--reference {spec} has a vocabulary of {theirs} tokens and the policy {ours}; the KL needs the "
+            "same tokenizer: pass the model the policy was trained from"
+        )
+    return reference
+
+
+@contextlib.contextmanager
+def checkpoint_sampling_off(model: torch.nn.Module) -> Iterator[None]:
+    """Generate with only the sampling settings the engine passes (temperature, top-p, max tokens).
+
+    A checkpoint's generation_config.json may add a repetition penalty, top-k, min-p, a minimum length
+    and more; `generate` would apply them on top, and the loss, which scores softmax(z / T), would
+    then not be scoring the distribution the tokens were drawn from. Only the token ids are kept; the
+    checkpoint's own config is restored afterwards (and saved with the checkpoint).
+    """
+    from transformers import GenerationConfig
+
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = target.generation_config
+    ids = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+    target.generation_config = GenerationConfig(**{k: getattr(saved, k, None) for k in ids})
+    try:
+        yield
+    finally:
+        target.generation_config = saved
 
 
 def make_optimizer(config: TrainConfig, model: torch.nn.Module):

@@ -131,3 +131,11 @@ def trimmed(batch: SequenceBatch) -> SequenceBatch:
         batch.mask2[:, : width - 1],
         batch.episode,
     )
+
+
+def by_length(batch: SequenceBatch) -> SequenceBatch:
+    """The rows longest first, so each micro-batch holds rows of similar length and `trimmed` cuts its
+    padding; rows keep their episode index, so KL sums and advantages are unchanged."""
+    order = torch.argsort(batch.attention_mask.sum(dim=1), descending=True, stable=True)
+    fields = (batch.input_ids, batch.attention_mask, batch.mask1, batch.mask2, batch.episode)
+    return SequenceBatch(*(t[order] for t in fields))

@@ -14,6 +14,7 @@ from harness.store import write_json
 from harness.train.policy import Policy
 
 LOG_COLUMNS = (
+    "round",
     "stage",
     "step",
     "reward_t1",
@@ -23,6 +24,15 @@ LOG_COLUMNS = (
     "c2i",
     "kl_t1",
     "kl_t2",
+    "return_t1",
+    "return_t2",
+    "adv_std_t1",
+    "adv_std_t2",
+    "grad_norm",
+    "len_t1",
+    "len_t2",
+    "trunc_t1",
+    "trunc_t2",
     "loss",
     "lr",
     "tokens_per_s",
@@ -38,14 +48,14 @@ LOG_COLUMNS = (
 )
 
 
-def save_state(policy: Policy, optimizer, state_dir: Path, stage: int, step: int) -> None:
+def save_state(policy: Policy, optimizer, state_dir: Path, round_no: int, stage: int, step: int) -> None:
     """Trainable weights, optimizer state and position; position.json is written last, so it names a whole state."""
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "position.json").unlink(missing_ok=True)
     torch.save(policy.trainable(), state_dir / "trainable.pt")
     if optimizer is not None:
         torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")
-    write_json(state_dir / "position.json", {"stage": stage, "step": step})
+    write_json(state_dir / "position.json", {"round": round_no, "stage": stage, "step": step})
 
 
 def read_position(state_dir: Path) -> dict | None:
@@ -73,12 +83,17 @@ def append_log(path: Path, row: dict) -> None:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def truncate_log(path: Path, stage: int, step: int) -> None:
-    """Drop the rows of steps after the checkpoint we resume from; they are redone."""
+def truncate_log(path: Path, round_no: int, stage: int, step: int) -> None:
+    """Drop the rows of steps after the checkpoint we resume from; they are redone. (A log written
+    before rounds existed has no round column: its rows are round 1.)"""
     if not path.exists():
         return
     with path.open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if (int(r["stage"]), int(r["step"])) <= (stage, step)]
+        rows = [
+            r
+            for r in csv.DictReader(fh)
+            if (int(r.get("round") or 1), int(r["stage"]), int(r["step"])) <= (round_no, stage, step)
+        ]
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
         writer.writeheader()

@@ -10,6 +10,7 @@ a separate one (vLLM), log a row, save when due. Everything the run writes goes 
     train_log.csv     one row per step (state.LOG_COLUMNS)
     train_curves.png  the curves, drawn at the end
     stage1/ stage2/   plain Hugging Face checkpoints (LoRA merged) that `score-eval run --model` loads
+    best/             with --rounds > 1: the Stage II checkpoint of the round with the best training reward
     state/            the last resumable checkpoint (trainable weights, optimizer, position)
     evals/            `score-eval run` directories of the --eval-every evaluations
 """
@@ -17,6 +18,8 @@ a separate one (vLLM), log a row, save when due. Everything the run writes goes 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import shutil
 import sys
 import time
@@ -40,12 +43,13 @@ from harness.run import execute_run, git_commit, package_versions
 from harness.store import write_json
 from harness.tasks import Task, load_task
 from harness.train.config import TrainConfig
-from harness.train.objective import Coefficients, advantages, attempt_kl, policy_loss, token_logprobs
-from harness.train.policy import Policy, load_policy, make_optimizer, save_checkpoint
-from harness.train.rollouts import SequenceBatch, collate, tokenize_episode, trimmed
-from harness.train.state import append_log, load_state, read_position, save_state, truncate_log
+from harness.train.logprobs import model_logprobs
+from harness.train.objective import Coefficients, advantages, attempt_kl, policy_loss
+from harness.train.policy import Policy, checkpoint_sampling_off, load_policy, make_optimizer, save_checkpoint
+from harness.train.rollouts import SequenceBatch, by_length, collate, tokenize_episode, trimmed
+from harness.train.state import append_log, load_state, read_log, read_position, save_state, truncate_log
 
-SEED_STRIDE_STAGE, SEED_STRIDE_STEP = 10_000_019, 1_009
+SEED_STRIDE_ROUND, SEED_STRIDE_STAGE, SEED_STRIDE_STEP = 100_000_007, 10_000_019, 1_009
 
 
 @dataclass
@@ -54,6 +58,7 @@ class TrainResult:
     checkpoints: dict[int, Path]
     log_path: Path
     plot_path: Path | None
+    best: Path | None = None  # --rounds > 1: the Stage II checkpoint with the best training reward
 
 
 @dataclass
@@ -61,7 +66,8 @@ class Rollouts:
     """What a step samples and grades with: the task, its problems and grader, the engine and settings.
     `sync` loads the policy's current weights into the engine, None when the engine runs the policy
     model itself (hf); `context` wraps generation (the policy's autocast for hf; none for vLLM, which
-    runs in this thread with its own dtype handling)."""
+    runs in this thread with its own dtype handling), and `sampling` wraps the training rollouts (for
+    hf, also with the checkpoint's own sampling settings switched off)."""
 
     task: Task
     problems: list[Problem]
@@ -70,6 +76,7 @@ class Rollouts:
     settings: SamplingSettings
     stop_ids: set[int]
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    sampling: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     sync: Callable[[], None] | None = None
 
 
@@ -86,8 +93,13 @@ def train(
     progress = progress or SilentProgress()
     config.validate()
     task = load_task(config.task)
-    # Training reads a local file whole, as before tasks declared splits (MBPP's file holds every split).
-    problems, source = load_problems(task, config.data, config.limit, split=ALL if config.data else None)
+    if task.data.generator is None and config.data is None:
+        raise HarnessError("pass --data with training problems (e.g. a MATH train.jsonl), or use --smoke")
+    if task.data.generator is None and config.eval_every and config.eval_data is None:
+        raise HarnessError("--eval-every needs --eval-data (held-out problems)")
+    # Training reads a local file whole, as before tasks declared splits (MBPP's file holds every split);
+    # a generated task gives its training split.
+    problems, source = load_problems(task, config.data, config.limit, split=ALL if config.data else "train")
     if config.eval_every:
         load_problems(task, config.eval_data, config.eval_limit)  # fail now, not at the first evaluation
     if config.rollout_backend == "vllm":
@@ -124,46 +136,75 @@ def train(
                 "git_commit": git_commit(),
             },
         )
+    # Where the run stands: (round, stage, step) of the last saved state; (1, 0, 0) before any.
+    reached = (position.get("round", 1), position["stage"], position["step"]) if position else (1, 0, 0)
     if resume:
-        truncate_log(log_path, *((position["stage"], position["step"]) if position else (0, 0)))
+        truncate_log(log_path, *reached)
     coef = Coefficients(config.beta1, config.beta2, config.alpha)
     checkpoints: dict[int, Path] = {}
 
     try:
-        for stage in config.stages:
-            steps = config.steps(stage)
-            done = 0
-            if position is not None and position["stage"] > stage:
-                checkpoints[stage] = out / f"stage{stage}"
-                continue
-            if position is not None and position["stage"] == stage:
-                done = position["step"]
-            optimizer, scheduler = make_optimizer(config, policy.model)
-            if position is not None and position["stage"] == stage and done < steps:
-                optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location=policy.device))
-                scheduler.last_epoch = done
-            with progress.step(f"Stage {'I' if stage == 1 else 'II'}", steps) as advance:
-                advance(done)
-                for step in range(done + 1, steps + 1):
-                    row = train_step(config, stage, step, rollouts, policy, optimizer, scheduler, coef)
-                    if config.eval_every and (step % config.eval_every == 0 or step == steps):
-                        row.update(_evaluate(config, stage, step, rollouts, policy))
-                    append_log(log_path, row)
-                    if log:
-                        log(row)
-                    if step % config.save_every == 0 or step == steps:
-                        save_state(policy, optimizer, state_dir, stage, step)
-                    advance(1)
-            checkpoints[stage] = save_checkpoint(policy, out / f"stage{stage}", stage, config)
-            save_state(policy, None, state_dir, stage, steps)
+        for round_no in range(1, config.rounds + 1):
+            for stage in config.stages:
+                steps = config.steps(stage)
+                if reached[:2] > (round_no, stage):
+                    checkpoints[stage] = out / f"stage{stage}"
+                    continue
+                done = reached[2] if reached[:2] == (round_no, stage) else 0
+                optimizer, scheduler = make_optimizer(config, policy.model)
+                if 0 < done < steps:
+                    optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location=policy.device))
+                    scheduler.last_epoch = done
+                label = f"Stage {'I' if stage == 1 else 'II'}" + (f", round {round_no}" if config.rounds > 1 else "")
+                with progress.step(label, steps) as advance:
+                    advance(done)
+                    for step in range(done + 1, steps + 1):
+                        row = train_step(config, stage, step, rollouts, policy, optimizer, scheduler, coef, round_no)
+                        if config.eval_every and (step % config.eval_every == 0 or step == steps):
+                            row.update(_evaluate(config, round_no, stage, step, rollouts, policy))
+                        append_log(log_path, row)
+                        if log:
+                            log(row)
+                        if step % config.save_every == 0 or step == steps:
+                            save_state(policy, optimizer, state_dir, round_no, stage, step)
+                        advance(1)
+                checkpoints[stage] = save_checkpoint(policy, out / f"stage{stage}", stage, config)
+                if config.rounds > 1 and stage == 2:
+                    _keep_best(out, log_path, round_no)
+                save_state(policy, None, state_dir, round_no, stage, steps)
     finally:
         rollouts.grader.close()
+    best = out / "best" if config.rounds > 1 else None
     plot_path = None
     with contextlib.suppress(ImportError):
         from harness.train.plots import plot_log
 
         plot_path = plot_log(log_path, out / "train_curves.png")
-    return TrainResult(out, checkpoints, log_path, plot_path)
+    return TrainResult(out, checkpoints, log_path, plot_path, best)
+
+
+def round_reward(rows: list[dict], round_no: int) -> float:
+    """A round's training reward: the mean second-attempt reward r2 over its Stage II steps (the
+    accuracy the method is after, on the training batches, averaged so one lucky batch does not decide)."""
+    values = [float(r["reward_t2"]) for r in rows if int(r.get("round") or 1) == round_no and r["stage"] == "2"]
+    return sum(values) / len(values)
+
+
+def _keep_best(out: Path, log_path: Path, round_no: int) -> None:
+    """Copy stage2/ to best/ when this round's training reward beats the best kept so far (ties keep the
+    earlier round). best/score_train.json records the round and its reward, so a resumed run compares
+    against it."""
+    reward = round_reward(read_log(log_path), round_no)
+    best, record = out / "best", out / "best" / "score_train.json"
+    if record.is_file() and json.loads(record.read_text()).get("round_reward", -math.inf) >= reward:
+        return
+    partial = out / "best.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(out / "stage2", partial)
+    info = json.loads((partial / "score_train.json").read_text()) | {"round": round_no, "round_reward": reward}
+    write_json(partial / "score_train.json", info)
+    shutil.rmtree(best, ignore_errors=True)
+    partial.rename(best)
 
 
 def make_rollouts(config: TrainConfig, task: Task, problems: list[Problem], policy: Policy) -> Rollouts:
@@ -175,7 +216,13 @@ def make_rollouts(config: TrainConfig, task: Task, problems: list[Problem], poli
     stop_ids = stop_token_ids(policy.model, policy.tokenizer)
     if config.rollout_backend == "hf":
         engine = HFEngine(policy.model, policy.tokenizer, policy.name, batch_size=config.rollout_batch_size)
-        return Rollouts(task, problems, get_grader(task.grader), engine, settings, stop_ids, policy.autocast)
+
+        @contextlib.contextmanager
+        def sampling():
+            with policy.autocast(), checkpoint_sampling_off(policy.model):
+                yield
+
+        return Rollouts(task, problems, get_grader(task.grader), engine, settings, stop_ids, policy.autocast, sampling)
     from harness.engines.vllm import VLLMEngine
 
     if policy.location is None:
@@ -186,9 +233,8 @@ def make_rollouts(config: TrainConfig, task: Task, problems: list[Problem], poli
         max_model_len=config.vllm_max_model_len,
         seed=config.seed,
         in_process=True,
-        # The policy's compute dtype (bf16 autocast unless --dtype fp32); vLLM's "auto" would run a
-        # float32 checkpoint in float16.
-        dtype="float32" if config.dtype == "fp32" else "bfloat16",
+        # The policy's compute dtype; vLLM's "auto" would run a float32 checkpoint in float16.
+        dtype=policy.compute_dtype,
     )
     engine.model_name = policy.name
 
@@ -208,16 +254,20 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     scheduler,
     coef: Coefficients,
+    round_no: int = 1,
 ) -> dict:
     """One SCoRe step: rollouts, reference, advantages, update, weight sync. Returns the log row."""
     t0 = time.perf_counter()
-    rng = np.random.default_rng([config.seed, stage, step])
+    # Round 1 keeps the seeds of a run without rounds; later rounds draw other prompts and samples.
+    key = [config.seed, stage, step] if round_no == 1 else [config.seed, round_no, stage, step]
+    rng = np.random.default_rng(key)
     problems = rollouts.problems
     n_prompts = config.batch_size // config.samples
     chosen = [problems[i] for i in rng.choice(len(problems), n_prompts, replace=len(problems) < n_prompts)]
-    sampling = replace(rollouts.settings, seed=config.seed + stage * SEED_STRIDE_STAGE + step * SEED_STRIDE_STEP)
+    seed = config.seed + stage * SEED_STRIDE_STAGE + step * SEED_STRIDE_STEP + (round_no - 1) * SEED_STRIDE_ROUND
+    sampling = replace(rollouts.settings, seed=seed)
     policy.model.eval()
-    with rollouts.context():
+    with rollouts.sampling():
         episodes = run_episodes(
             rollouts.task,
             chosen,
@@ -231,7 +281,7 @@ def train_step(
     episodes = _complete_groups(episodes, config.samples)
     render = rollouts.engine.render
     tokenized = [tokenize_episode(rollouts.task, e, render, policy.tokenizer, rollouts.stop_ids) for e in episodes]
-    batch = collate(tokenized, pad_id=policy.tokenizer.pad_token_id or 0)
+    batch = by_length(collate(tokenized, pad_id=policy.tokenizer.pad_token_id or 0))
     r1 = torch.tensor([float(e.turns[0].correct) for e in episodes])
     r2 = torch.tensor([float(e.turns[1].correct) for e in episodes])
     t1 = time.perf_counter()
@@ -240,9 +290,9 @@ def train_step(
     with torch.no_grad():
         for start in range(0, len(batch), config.micro_batch_size):
             micro = trimmed(batch.rows(start, start + config.micro_batch_size))
-            logp = _logprobs(policy, policy.model, micro)
+            logp = _logprobs(config, policy, policy.model, micro)
             with policy.reference_context():
-                ref_logp = _logprobs(policy, policy.reference_model(), micro)
+                ref_logp = _logprobs(config, policy, policy.reference_model(), micro)
             kl1.index_add_(0, micro.episode, attempt_kl(logp, ref_logp, micro.mask1.to(logp.device)).cpu().float())
             kl2.index_add_(0, micro.episode, attempt_kl(logp, ref_logp, micro.mask2.to(logp.device)).cpu().float())
     adv = advantages(r1, r2, kl1, kl2, stage=stage, samples=config.samples, coef=coef)
@@ -253,7 +303,7 @@ def train_step(
     loss_total = 0.0
     for start in range(0, len(batch), config.micro_batch_size):
         micro = trimmed(batch.rows(start, start + config.micro_batch_size))
-        logp = _logprobs(policy, policy.model, micro)
+        logp = _logprobs(config, policy, policy.model, micro)
         device = logp.device
         loss = policy_loss(
             logp,
@@ -265,8 +315,9 @@ def train_step(
         )
         loss.backward()
         loss_total += float(loss.detach())
-    if config.max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_([p for p in policy.model.parameters() if p.requires_grad], config.max_grad_norm)
+    trained = [p for p in policy.model.parameters() if p.requires_grad]
+    # The norm before clipping (an infinite bound clips nothing), so the log shows what clipping did.
+    grad_norm = torch.nn.utils.clip_grad_norm_(trained, config.max_grad_norm or math.inf)
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
@@ -274,7 +325,9 @@ def train_step(
     if rollouts.sync is not None:
         rollouts.sync()
     t4 = time.perf_counter()
+    turn1, turn2 = [e.turns[0] for e in episodes], [e.turns[1] for e in episodes]
     return {
+        "round": round_no,
         "stage": stage,
         "step": step,
         "reward_t1": float(r1.mean()),
@@ -284,6 +337,15 @@ def train_step(
         "c2i": float((r1 * (1 - r2)).mean()),
         "kl_t1": float(adv.kl1.mean()),
         "kl_t2": float(adv.kl2.mean()),
+        "return_t1": float(adv.return1.mean()),
+        "return_t2": float(adv.return2.mean()),
+        "adv_std_t1": float(adv.adv1.std(unbiased=False)),
+        "adv_std_t2": float(adv.adv2.std(unbiased=False)),
+        "grad_norm": float(grad_norm),
+        "len_t1": float(np.mean([t.completion_tokens for t in turn1])),
+        "len_t2": float(np.mean([t.completion_tokens for t in turn2])),
+        "trunc_t1": float(np.mean([t.finish_reason == "length" for t in turn1])),
+        "trunc_t2": float(np.mean([t.finish_reason == "length" for t in turn2])),
         "loss": loss_total,
         "lr": lr,
         "tokens_per_s": batch.tokens / (t4 - t0),
@@ -307,17 +369,18 @@ def _complete_groups(episodes: list, samples: int) -> list:
     return kept
 
 
-def _logprobs(policy: Policy, model: torch.nn.Module, micro: SequenceBatch) -> torch.Tensor:
-    ids = micro.input_ids.to(policy.device)
-    with policy.autocast():
-        logits = model(input_ids=ids, attention_mask=micro.attention_mask.to(policy.device), use_cache=False).logits
-    return token_logprobs(logits, ids)
+def _logprobs(config: TrainConfig, policy: Policy, model: torch.nn.Module, micro: SequenceBatch) -> torch.Tensor:
+    """log π of each attempt token under `model` at the rollouts' temperature (0 on prompt tokens)."""
+    device = policy.device
+    attempts = (micro.mask1 + micro.mask2).to(device)
+    ids, mask = micro.input_ids.to(device), micro.attention_mask.to(device)
+    return model_logprobs(model, ids, mask, attempts, config.temperature, policy.autocast)
 
 
-def _evaluate(config: TrainConfig, stage: int, step: int, rollouts: Rollouts, policy: Policy) -> dict:
+def _evaluate(config: TrainConfig, round_no: int, stage: int, step: int, rollouts: Rollouts, policy: Policy) -> dict:
     """The harness's own `score-eval run` on the held-out set, with the current weights, through the
     rollout engine."""
-    run_name = f"stage{stage}-step{step:05d}"
+    run_name = (f"round{round_no}-" if config.rounds > 1 else "") + f"stage{stage}-step{step:05d}"
     shutil.rmtree(Path(config.output_dir) / "evals" / run_name, ignore_errors=True)  # redone after a resume
     run_config = RunConfig(
         task=config.task,
