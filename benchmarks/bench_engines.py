@@ -1,21 +1,30 @@
-"""Throughput of the 2-turn MATH workload through the harness, per backend, beside the engine's own time.
+"""Generation speed on MATH prompts: the hf engine beside its own ceiling and its alternatives, and each
+backend's harness overhead, all measured in one run.
 
-For each backend the same workload (N MATH-500 problems, 2 turns, greedy, M new tokens) runs through
-the harness's k-turn loop (conversations, journal, grading in the background). The time spent inside
-the engine's `chat` calls is measured in the same run, so the harness's overhead is
+The workload: N MATH-500 problems, `--turns` turns, greedy, M new tokens. It runs through the harness's
+k-turn loop (conversations, journal, grading in the background) on each backend; the time inside the
+engine's `chat` calls is measured in the same run, so the harness's overhead is
     overhead = wall time of the whole loop / time inside the engine - 1.
-For `openai` the script also replays the same requests with a bare `openai` client (the same
-concurrency, no harness), as the server's own time for the same requests.
+Then, for hf, the very conversations the harness sent (each turn's call) are generated again:
+  - all rows busy: the same engine with no stop tokens, so every row generates all M tokens; the
+    engine's ceiling on this machine. busy ratio = harness useful tokens/s / this figure.
+  - static batches: the previous engine's algorithm (longest prompts first, `model.generate` on static
+    batches of the same size, each row kept until its batch's longest ends), as the baseline.
+  - transformers' own continuous batching, `model.generate_batch`, on the same prompts.
+"Useful" tokens are those kept in completions (up to and including the stop token). For `openai` the
+script also replays the same requests with a bare `openai` client (the same concurrency, no harness).
 
-    python benchmarks/bench_engines.py --data ../shared/data/math/math500.jsonl \
-        [--problems 32] [--max-new-tokens 256] [--base-url http://127.0.0.1:8080/v1]
+    nice python benchmarks/bench_engines.py --data ../shared/data/math/math500.jsonl \
+        [--problems 48] [--max-new-tokens 128] [--turns 1] [--base-url http://127.0.0.1:8080/v1]
 
-Without --base-url only `hf` is measured. Start a server with scripts/llama_server.sh.
+Without --base-url only `hf` is measured. Start a server with scripts/llama_server.sh. The load
+average is printed beside the figures: on a shared machine, compare the ratios, not the absolutes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,16 +39,17 @@ from harness.tasks import load_task
 
 
 class TimedEngine:
-    """Wraps an engine and adds up the seconds spent inside its `chat` calls."""
+    """Wraps an engine, adds up the seconds spent inside its `chat` calls and keeps each call's conversations."""
 
     def __init__(self, engine):
-        self.engine, self.seconds = engine, 0.0
+        self.engine, self.seconds, self.calls = engine, 0.0, []
         self.name, self.model_name = engine.name, engine.model_name
 
-    def chat(self, *args, **kwargs):
+    def chat(self, conversations, settings, *args, **kwargs):
+        self.calls.append((list(conversations), settings))
         start = time.perf_counter()
         try:
-            return self.engine.chat(*args, **kwargs)
+            return self.engine.chat(conversations, settings, *args, **kwargs)
         finally:
             self.seconds += time.perf_counter() - start
 
@@ -47,7 +57,7 @@ class TimedEngine:
         return self.engine.describe()
 
 
-def measure(engine, task, problems, settings) -> dict:
+def measure(engine, task, problems, settings, turns: int) -> dict:
     timed = TimedEngine(engine)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -56,23 +66,82 @@ def measure(engine, task, problems, settings) -> dict:
             problems,
             timed,
             get_grader(task.grader),
-            turns=2,
+            turns=turns,
             samples=1,
             settings=settings,
             journal=Journal(Path(tmp) / "journal.jsonl"),
         )
         wall = time.perf_counter() - start
     tokens = sum(t.completion_tokens for e in episodes for t in e.turns)
-    return {"episodes": episodes, "wall": wall, "engine": timed.seconds, "tokens": tokens}
+    return {"episodes": episodes, "wall": wall, "engine": timed.seconds, "tokens": tokens, "calls": timed.calls}
 
 
-def bare_client_seconds(base_url: str, model: str, task, episodes, settings, concurrency: int) -> float:
-    """The same requests (both turns), sent with the plain openai client: the server's own time."""
+def timed_tokens(generate, calls) -> tuple[float, int]:
+    """Seconds and tokens of `generate(conversations, settings) -> tokens` over the harness's calls."""
+    seconds = tokens = 0
+    for conversations, settings in calls:
+        start = time.perf_counter()
+        tokens += generate(conversations, settings)
+        seconds += time.perf_counter() - start
+    return seconds, tokens
+
+
+def all_rows_busy(engine, conversations, settings) -> int:
+    saved, engine.stop_ids = engine.stop_ids, set()
+    try:
+        return sum(c[0].completion_tokens for c in engine.chat(conversations, settings))
+    finally:
+        engine.stop_ids = saved
+
+
+def prompt_ids(engine, conversations) -> list[list[int]]:
+    return [engine.tokenizer(engine.render(c), add_special_tokens=False)["input_ids"] for c in conversations]
+
+
+def useful(rows, stop_ids) -> int:
+    """Tokens up to and including each row's first stop token (all of them where it never stopped)."""
+    return sum(next((j + 1 for j, t in enumerate(row) if t in stop_ids), len(row)) for row in rows)
+
+
+def static_batches(engine, conversations, settings) -> int:
+    import torch
+
+    prompts = sorted(prompt_ids(engine, conversations), key=len, reverse=True)
+    tokens = 0
+    for start in range(0, len(prompts), engine.batch_size):
+        padded = engine.tokenizer.pad({"input_ids": prompts[start : start + engine.batch_size]}, return_tensors="pt")
+        with torch.inference_mode():
+            out = engine.model.generate(
+                **padded.to(engine.model.device),
+                max_new_tokens=settings.max_new_tokens,
+                do_sample=False,
+                eos_token_id=sorted(engine.stop_ids),
+                pad_token_id=engine.tokenizer.pad_token_id,
+            )
+        tokens += useful(out[:, padded["input_ids"].shape[1] :].tolist(), engine.stop_ids)
+    return tokens
+
+
+def transformers_generate_batch(engine, conversations, settings) -> int:
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=False,
+        eos_token_id=sorted(engine.stop_ids),
+        pad_token_id=engine.tokenizer.pad_token_id,
+    )
+    results = engine.model.generate_batch(prompt_ids(engine, conversations), generation_config=config)
+    return useful([r.generated_tokens for r in results.values()], engine.stop_ids)
+
+
+def bare_client_seconds(base_url: str, model: str, task, episodes, settings, concurrency: int, turns: int) -> float:
+    """The same requests (every turn), sent with the plain openai client: the server's own time."""
     import openai
 
     client = openai.OpenAI(base_url=base_url, api_key="EMPTY")
     total = 0.0
-    for turn in (0, 1):
+    for turn in range(turns):
         convs = [conversation(task, e.problem, [t.response for t in e.turns[:turn]]) for e in episodes]
 
         def send(conv):
@@ -87,38 +156,73 @@ def bare_client_seconds(base_url: str, model: str, task, episodes, settings, con
     return total
 
 
+def load_average() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def show(row) -> None:
+    """Each figure as soon as it is measured, with the load average at that moment."""
+    label, seconds, tokens = row
+    print(f"{label}: {tokens} tokens in {seconds:.1f} s; load average {load_average()}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
-    parser.add_argument("--problems", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--problems", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--turns", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--base-url", default=None)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--skip-generate-batch", action="store_true", help="leave out transformers' generate_batch")
     args = parser.parse_args()
 
     task = load_task("math")
     problems, _ = load_problems(task, args.data, args.problems)
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens)
-    rows = []
+    print(f"load average (1/5/15 min) at start: {load_average()}", flush=True)
 
     from harness.engines.hf import HFEngine
 
-    hf = measure(HFEngine.from_model(None, batch_size=args.batch_size), task, problems, settings)
-    rows.append(("hf", hf, None))
+    engine = HFEngine.from_model(None, batch_size=args.batch_size)
+    # One short call first: the first forward pays one-time setup that no figure below should carry.
+    engine.chat([conversation(task, problems[0], [])], SamplingSettings(max_new_tokens=2))
+    hf = measure(engine, task, problems, settings, args.turns)
+    rows = [("hf harness (slot refill)", hf["wall"], hf["tokens"])]
+    show(rows[-1])
+    for label, generate in (
+        ("hf, all rows busy", lambda c, s: all_rows_busy(engine, c, s)),
+        ("static batches (previous hf)", lambda c, s: static_batches(engine, c, s)),
+        ("transformers generate_batch", lambda c, s: transformers_generate_batch(engine, c, s)),
+    ):
+        if label.startswith("transformers") and args.skip_generate_batch:
+            continue
+        rows.append((label, *timed_tokens(generate, hf["calls"])))
+        show(rows[-1])
+
+    overheads = [("hf", hf, None)]
     if args.base_url:
         from harness.engines.openai import OpenAIEngine
 
-        engine = OpenAIEngine.from_server(args.base_url, concurrency=args.concurrency)
-        oa = measure(engine, task, problems, settings)
-        bare = bare_client_seconds(args.base_url, engine.model_name, task, oa["episodes"], settings, args.concurrency)
-        rows.append(("openai", oa, bare))
+        server = OpenAIEngine.from_server(args.base_url, concurrency=args.concurrency)
+        oa = measure(server, task, problems, settings, args.turns)
+        bare = bare_client_seconds(
+            args.base_url, server.model_name, task, oa["episodes"], settings, args.concurrency, args.turns
+        )
+        overheads.append(("openai", oa, bare))
 
-    print(f"workload: {len(problems)} MATH-500 problems x 2 turns, greedy, max {args.max_new_tokens} new tokens")
     print(
-        f"{'backend':8} {'wall s':>8} {'engine s':>9} {'overhead':>9} {'tokens':>7} {'tok/s':>7} {'bare client s':>14}"
+        f"\nworkload: {len(problems)} MATH-500 problems x {args.turns} turn(s), greedy, max {args.max_new_tokens} "
+        f"new tokens, hf batch size {args.batch_size}, {os.cpu_count()} CPUs; load average now {load_average()}"
     )
-    for name, r, bare in rows:
+    busy = rows[1][2] / rows[1][1]
+    print(f"{'hf engine':30} {'seconds':>8} {'tokens':>7} {'tok/s':>7} {'vs busy':>8}")
+    for label, seconds, tokens in rows:
+        print(f"{label:30} {seconds:8.1f} {tokens:7d} {tokens / seconds:7.1f} {tokens / seconds / busy:8.2f}")
+    header = f"{'backend':8} {'wall s':>8} {'engine s':>9} {'overhead':>9} {'tokens':>7} {'tok/s':>7}"
+    print(f"\n{header} {'bare client s':>14}")
+    for name, r, bare in overheads:
         overhead = r["wall"] / r["engine"] - 1
         bare_text = f"{bare:14.1f}" if bare is not None else f"{'-':>14}"
         print(

@@ -16,11 +16,18 @@ from harness.train.config import PRESETS, click_options
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option(
+    "--progress-every",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds between progress lines when stderr is not a terminal (a log file, CI).",
+)
 @click.version_option(package_name="score-eval")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, progress_every: float) -> None:
     """Measure (and train) intrinsic self-correction of language models, after SCoRe (arXiv 2409.12917)."""
-    ctx.obj = {"debug": debug}
+    ctx.obj = {"debug": debug, "progress_every": progress_every}
 
 
 def _help(name: str) -> str:
@@ -75,7 +82,6 @@ def run(**options) -> None:
     Rerunning a command whose run directory exists continues that run; finished work is kept. With
     --resume and a larger --turns, --limit or --samples, a finished run is extended.
     """
-    from harness.progress import RichProgress
     from harness.run import execute_run
 
     config = RunConfig(**options)
@@ -85,7 +91,7 @@ def run(**options) -> None:
         config.run_name = config.resolved_run_name(config.model or "SmolLM2-135M-Instruct")
     console = _console()
     try:
-        with RichProgress(console) as progress:
+        with _progress(console) as progress:
             result = execute_run(config, progress)
     except KeyboardInterrupt:
         started = (Path(config.output_dir) / config.run_name / "config.json").is_file()
@@ -106,6 +112,12 @@ def _console():
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+def _progress(console):
+    from harness.progress import progress_for
+
+    return progress_for(console, click.get_current_context().find_root().obj["progress_every"])
 
 
 def _resume_command(config: RunConfig, resume: bool) -> str:
@@ -163,13 +175,12 @@ def grade(task: str, input_path: Path, output_path: Path, data: str | None) -> N
 @click_options
 def train(config_file, preset, smoke, resume, **overrides) -> None:
     """Train self-correction with SCoRe (Stage I, then Stage II) and write DIR/stage1, DIR/stage2."""
-    from harness.progress import RichProgress
     from harness.train.config import config_from_cli
     from harness.train.trainer import train as run_training
 
     config = config_from_cli(preset, config_file, smoke, resume, overrides)
     console = _console()
-    with RichProgress(console) as progress:
+    with _progress(console) as progress:
         result = run_training(config, progress, log=lambda row: _show_step(row, console), resume=resume)
     for stage, path in result.checkpoints.items():
         console.print(f"[green]stage {stage} checkpoint[/green] {path}  (evaluate: score-eval run --model {path})")

@@ -204,7 +204,7 @@ def run_episodes(
 
                     def done(i: int, completions: list[Completion], t=t, todo=todo, advance=advance) -> None:
                         _record_generation(todo[i], t, completions[0], save, keep_token_ids)
-                        advance(1)
+                        advance(1, tokens=completions[0].completion_tokens)
 
                     seeds = [episode_seed(settings.seed, e.problem.id, e.sample, t) for e in todo]
                     engine.chat(convs, turn_settings, on_done=done, seeds=seeds)

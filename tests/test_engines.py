@@ -247,25 +247,33 @@ def test_api_key_given_on_the_command_line_is_redacted():
     ]
 
 
-def test_hf_auto_batch_size_halves_on_out_of_memory(tiny_model_dir, monkeypatch):
+def test_hf_auto_batch_size_halves_on_out_of_memory_and_loses_nothing(tiny_model_dir, monkeypatch):
+    """Out of memory mid-generation: the rows in flight are redone at half the batch size, and the
+    completions (sampled ones included) are those of a run that never ran out of memory."""
+    import functools
+
     import torch
 
     from harness.engines.hf import HFEngine
 
+    settings = SamplingSettings(max_new_tokens=4, temperature=1.0, seed=5)
+    expected = HFEngine.from_model(str(tiny_model_dir), batch_size=4).chat(CONVS * 4, settings)
     engine = HFEngine.from_model(str(tiny_model_dir), batch_size="auto")
     assert engine.batch_size == 16
-    real, sizes = engine._generate, []
+    real, rows, done = engine.model.forward, [], []
 
-    def generate(batch, settings):
-        sizes.append(len(batch))
-        if len(batch) > 4:
+    @functools.wraps(real)
+    def forward(*args, **kwargs):
+        rows.append(kwargs["input_ids"].shape[0])
+        if len(rows) >= 3 and rows[-1] > 4:  # the first prefill and decode step pass, then memory runs out
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(batch, settings)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_generate", generate)
-    out = engine.chat(CONVS * 4, SamplingSettings(max_new_tokens=3))
-    assert len(out) == 12 and engine.batch_size == 4
-    assert sizes[:3] == [12, 8, 4]
+    monkeypatch.setattr(engine.model, "forward", forward)
+    out = engine.chat(CONVS * 4, settings, on_done=lambda i, cs: done.append(i))
+    assert engine.batch_size == 4 and rows[:4] == [12, 12, 12, 8]
+    assert sorted(done) == list(range(12))
+    assert [[c.token_ids for c in cs] for cs in out] == [[c.token_ids for c in cs] for cs in expected]
 
 
 def test_dtype_reaches_both_local_engines_and_auto_keeps_each_engines_rule(tiny_model_dir, stand_in_vllm):

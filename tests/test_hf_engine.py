@@ -18,7 +18,17 @@ CONVS = [
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    return HFEngine.from_model(str(tiny_model_dir), batch_size=8)
+    """The tiny Llama re-drawn with larger weights (initializer_range 0.2): with the default 0.02
+    it answers every prompt with the same repeated token, which would make order and identity
+    checks vacuous; this one's greedy tokens differ from prompt to prompt and step to step."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.initializer_range = 0.2
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    return HFEngine(model, AutoTokenizer.from_pretrained(tiny_model_dir), "tiny-varied", batch_size=8)
 
 
 def test_prompt_is_the_tokenizers_chat_template(engine):
@@ -75,3 +85,95 @@ def test_prompt_longer_than_the_context_is_not_generated(engine, monkeypatch):
     out = engine.chat([short, long], SamplingSettings(4))
     assert out[0][0].finish_reason != PROMPT_TOO_LONG
     assert out[1][0].finish_reason == PROMPT_TOO_LONG and out[1][0].text == ""
+
+
+# Prompts of many lengths, so rows in flight have different widths and refills pad either side.
+MANY = [[{"role": "user", "content": "Tell me about the number " + "seven " * k}] for k in (0, 9, 2, 30, 5, 17, 1, 12)]
+
+
+def static_batch_token_ids(engine, convs, max_new_tokens, batch_size):
+    """The previous hf engine's algorithm, as the reference: longest prompts first, static batches
+    of `batch_size` through `model.generate` (greedy, left padding), each row cut after its first
+    stop token."""
+    import torch
+
+    prompts = [engine.tokenizer(engine.render(c), add_special_tokens=False)["input_ids"] for c in convs]
+    order = sorted(range(len(convs)), key=lambda i: -len(prompts[i]))
+    out = [None] * len(convs)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        padded = engine.tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, return_tensors="pt")
+        with torch.inference_mode():
+            generated = engine.model.generate(
+                **padded,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=sorted(engine.stop_ids),
+                pad_token_id=engine.tokenizer.pad_token_id,
+            )
+        for i, row in zip(batch, generated[:, padded["input_ids"].shape[1] :].tolist()):
+            end = next((j for j, t in enumerate(row) if t in engine.stop_ids), None)
+            out[i] = (tuple(prompts[i]), tuple(row if end is None else row[: end + 1]))
+    return out
+
+
+@pytest.fixture
+def stops_early(engine):
+    """Stop tokens that this random model emits at different steps, so rows finish at different times."""
+    free = engine.chat(MANY, SamplingSettings(max_new_tokens=10))
+    saved = engine.stop_ids
+    # The tokens a few rows emit at steps 3, 5 and 8 become stop tokens.
+    engine.stop_ids = saved | {free[1][0].token_ids[2], free[3][0].token_ids[4], free[6][0].token_ids[7]}
+    yield engine
+    engine.stop_ids = saved
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_slot_refill_gives_the_same_greedy_tokens_as_static_batches(stops_early, batch_size):
+    engine = stops_early
+    expected = static_batch_token_ids(engine, MANY, max_new_tokens=10, batch_size=batch_size)
+    engine.batch_size = batch_size
+    try:
+        out = engine.chat(MANY, SamplingSettings(max_new_tokens=10))
+    finally:
+        engine.batch_size = 8
+    got = [(c[0].prompt_token_ids, c[0].token_ids) for c in out]
+    assert got == expected
+    reasons = [c[0].finish_reason for c in out]
+    assert "stop" in reasons and "length" in reasons  # rows did finish at different times
+    assert len({c[0].completion_tokens for c in out}) >= 3
+    for c, (prompt, tokens) in zip((c[0] for c in out), expected):
+        assert c.completion_tokens == len(tokens) and c.prompt_tokens == len(prompt)
+        assert c.finish_reason == ("stop" if tokens[-1] in engine.stop_ids else "length")
+        assert c.text == engine.tokenizer.decode(tokens[:-1] if c.finish_reason == "stop" else tokens)
+
+
+def test_one_new_token_finishes_every_row_at_its_prefill(engine):
+    out = engine.chat(MANY, SamplingSettings(max_new_tokens=1))
+    expected = static_batch_token_ids(engine, MANY, max_new_tokens=1, batch_size=8)
+    assert [(c[0].prompt_token_ids, c[0].token_ids) for c in out] == expected
+    assert {c[0].completion_tokens for c in out} == {1}
+
+
+def test_a_conversation_samples_the_same_tokens_alone_and_in_any_batch(engine):
+    settings = SamplingSettings(max_new_tokens=8, temperature=1.0, top_p=0.9, n=2)
+    seeds = [100 + i for i in range(len(MANY))]
+
+    def token_ids(convs, conv_seeds, batch_size):
+        engine.batch_size = batch_size
+        try:
+            return [[c.token_ids for c in cs] for cs in engine.chat(convs, settings, seeds=conv_seeds)]
+        finally:
+            engine.batch_size = 8
+
+    alone = token_ids([MANY[3]], [seeds[3]], 1)[0]
+    assert alone[0] != alone[1]  # the two samples of one conversation draw different streams
+    assert token_ids(MANY, seeds, 3)[3] == alone
+    assert token_ids(MANY[::-1], seeds[::-1], 5)[len(MANY) - 4] == alone
+    assert token_ids(MANY, [seeds[3] + 1 if i == 3 else s for i, s in enumerate(seeds)], 3)[3] != alone
+
+
+def test_top_p_near_zero_samples_the_greedy_tokens(engine):
+    greedy = engine.chat(MANY, SamplingSettings(max_new_tokens=6))
+    narrow = engine.chat(MANY, SamplingSettings(max_new_tokens=6, temperature=1.0, top_p=1e-6))
+    assert [c[0].token_ids for c in narrow] == [c[0].token_ids for c in greedy]

@@ -406,6 +406,54 @@ def test_same_command_twice_writes_identical_samples(tmp_path, math500_path, tin
     assert any(records[i]["turns"][0]["response"] != records[i + 1]["turns"][0]["response"] for i in range(0, 12, 2))
 
 
+def test_resumed_sampled_run_matches_an_uninterrupted_one(tmp_path, math500_path, tiny_model_dir):
+    """hf samples each conversation from its own seed, so work redone after an interruption draws
+    what the uninterrupted run drew, whatever else shares its batch."""
+    from harness.engines.hf import HFEngine
+
+    engine = HFEngine.from_model(str(tiny_model_dir), batch_size=4)
+
+    class Interrupted(Exception):
+        pass
+
+    class StopsAfter:
+        """Passes `limit` finished conversations through, then interrupts the run."""
+
+        def __init__(self, limit):
+            self.limit, self.name, self.model_name = limit, engine.name, engine.model_name
+
+        def chat(self, conversations, settings, on_done=None, seeds=None):
+            def done(i, completions):
+                if self.limit == 0:
+                    raise Interrupted
+                self.limit -= 1
+                on_done(i, completions)
+
+            return engine.chat(conversations, settings, on_done=done, seeds=seeds)
+
+        def describe(self):
+            return engine.describe()
+
+    def config(out, resume=False):
+        return RunConfig(
+            data=str(math500_path),
+            limit=6,
+            max_new_tokens=8,
+            temperature=1.0,
+            samples=2,
+            seed=3,
+            output_dir=str(out),
+            run_name="s",
+            resume=resume,
+        )
+
+    whole = execute_run(config(tmp_path / "whole"), engine=engine).run_dir / "samples.jsonl"
+    with pytest.raises(Interrupted):
+        execute_run(config(tmp_path / "cut"), engine=StopsAfter(5))
+    resumed = execute_run(config(tmp_path / "cut", resume=True), engine=engine).run_dir / "samples.jsonl"
+    assert resumed.read_bytes() == whole.read_bytes()
+
+
 def test_regrade_keeps_old_verdicts_beside_new_ones(tmp_path, math500_path):
     answers = [json.loads(line)["answer"] for line in math500_path.read_text().splitlines()[:3]]
     replies = iter([RIGHT.format(answers[0]), "no answer", RIGHT.format(answers[2])] * 2)

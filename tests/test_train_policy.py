@@ -127,7 +127,17 @@ def test_rollouts_switch_off_the_checkpoints_sampling_settings_and_score_at_the_
 
     monkeypatch.setattr(GenerationMixin, "generate", spy_generate)
     row, policy = first_step(small(model_dir, temperature=0.7))
-    assert seen and all(c.repetition_penalty != 1.5 and c.top_k != 5 and not c.min_new_tokens for c in seen)
+    # The hf engine decodes in its own loop (engines/slots.py) and never calls generate; where generate
+    # is called, the checkpoint's settings are off.
+    assert all(c.repetition_penalty != 1.5 and c.top_k != 5 and not c.min_new_tokens for c in seen)
+    from harness.engines.base import SamplingSettings
+    from harness.engines.hf import HFEngine
+
+    conversation = [[{"role": "user", "content": "What is 2+2?"}]]
+    settings = SamplingSettings(max_new_tokens=6)
+    penalised = HFEngine.from_model(str(model_dir)).chat(conversation, settings)[0][0].token_ids
+    plain = HFEngine.from_model(str(tiny_model_dir)).chat(conversation, settings)[0][0].token_ids
+    assert penalised == plain  # a repetition penalty of 1.5 and min_new_tokens 3 would change these
     assert set(temperatures) == {0.7}
     assert policy.model.generation_config.repetition_penalty == 1.5  # restored after the rollouts
     assert row["kl_t1"] == 0.0

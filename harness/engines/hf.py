@@ -1,12 +1,16 @@
-"""transformers backend: batched generation with left padding and the tokenizer's chat template.
+"""transformers backend: continuous batching over the KV cache with the tokenizer's chat template.
 
-Conversations are sorted by prompt length before batching so each batch pads little; results are
-returned in input order. Generation uses the model's KV cache; float32 on CPU, bfloat16 on CUDA.
+Completions are queued longest prompt first and generated `batch_size` rows at a time; a row that
+finishes is replaced by the next waiting prompt at once (see slots.py), so no row idles until the
+slowest of its batch ends. Results are returned in input order; float32 on CPU, bfloat16 on CUDA.
+Decoding applies temperature and top-p only (not the model's generation_config extras, such as a
+repetition penalty), like vLLM given explicit sampling parameters.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Sequence
 
 from harness.engines.base import PROMPT_TOO_LONG, Completion, Conversation, DoneCallback, SamplingSettings
@@ -36,6 +40,8 @@ class HFEngine:
                 "%s has no chat template; using a plain 'Role: text' template", model_name
             )
             tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+        # Ids that end a completion; a benchmark empties the set to keep every row busy.
+        self.stop_ids = stop_token_ids(model, tokenizer)
 
     @classmethod
     def from_model(
@@ -77,86 +83,72 @@ class HFEngine:
         on_done: DoneCallback | None = None,
         seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        """See Engine.chat. Per-conversation `seeds` are not honoured: transformers samples a
-        whole batch from one random stream, seeded per batch from `settings.seed`, so the same
-        call repeats exactly but a conversation's samples depend on its batch."""
+        """See Engine.chat. Completion j of conversation i samples from its own stream, seeded by
+        `seeds[i]` (default `settings.seed + i`) and j, whatever batch or slot it runs in."""
         import torch
 
-        n = settings.n
-        encoded = [self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"] for c in conversations]
-        results: list[list[Completion]] = [[] for _ in conversations]
+        from harness.engines.sampling import row_generator
+        from harness.engines.slots import Job, SlotDecoder
 
-        def finish(conv: int, completion: Completion) -> None:
-            results[conv].append(completion)
-            if len(results[conv]) == n and on_done:
+        n = settings.n
+        seeds = seeds or [settings.seed + i for i in range(len(conversations))]
+        encoded = [self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"] for c in conversations]
+        results: list[list[Completion | None]] = [[None] * n for _ in conversations]
+        waiting = [n] * len(conversations)
+
+        def finish(conv: int, sample: int, completion: Completion) -> None:
+            results[conv][sample] = completion
+            waiting[conv] -= 1
+            if waiting[conv] == 0 and on_done:
                 on_done(conv, results[conv])
 
+        def finished(job: Job, tokens: list[int], stopped: bool) -> None:
+            conv, sample = divmod(job.key, n)
+            finish(conv, sample, self._completion(encoded[conv], tokens, stopped))
+
         context = self.context_length
-        runnable = []
+        jobs = []
         for conv, ids in enumerate(encoded):
-            if context is not None and len(ids) >= context:
-                for _ in range(n):
-                    finish(conv, Completion("", len(ids), 0, PROMPT_TOO_LONG))
-            else:
-                runnable += [conv] * n
-        # Longest prompts first, so each batch holds prompts of similar length and pads little.
-        runnable.sort(key=lambda conv: -len(encoded[conv]))
-        start = batch_no = 0
-        while start < len(runnable):
-            batch = runnable[start : start + self.batch_size]
-            # One seed per batch: the same command on the same machine repeats its samples exactly.
-            torch.manual_seed(settings.seed + batch_no)
+            for sample in range(n):
+                if context is not None and len(ids) >= context:
+                    finish(conv, sample, Completion("", len(ids), 0, PROMPT_TOO_LONG))
+                else:
+                    generator = None if settings.greedy else row_generator(seeds[conv], sample)
+                    jobs.append(Job(conv * n + sample, ids, generator))
+        # Longest prompts first, so rows in flight together have similar lengths and pad little.
+        jobs.sort(key=lambda job: -len(job.prompt))
+        queue = deque(jobs)
+        decoder = SlotDecoder(self.model, settings, self.stop_ids, self.tokenizer.pad_token_id, finished)
+        while True:
             try:
-                completions = self._generate([encoded[c] for c in batch], settings)
+                decoder.run(queue, self.batch_size)
+                return results
             except torch.OutOfMemoryError:
+                # The rows in flight went back to the queue; their random streams restart with them.
                 if not self.auto_batch or self.batch_size == 1:
                     raise
                 self.batch_size //= 2
                 logging.getLogger("score_eval").warning("out of memory; batch size lowered to %d", self.batch_size)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                continue
-            for conv, completion in zip(batch, completions):
-                finish(conv, completion)
-            start, batch_no = start + len(batch), batch_no + 1
-        return results
+                for job in queue:
+                    if job.generator is not None:
+                        job.generator = row_generator(seeds[job.key // n], job.key % n)
 
     @property
     def context_length(self) -> int | None:
         return getattr(self.model.config, "max_position_embeddings", None)
 
-    def _generate(self, batch: list[list[int]], settings: SamplingSettings) -> list[Completion]:
-        import torch
-
-        padded = self.tokenizer.pad({"input_ids": batch}, return_tensors="pt").to(self.model.device)
-        sampling = {"do_sample": False}
-        if not settings.greedy:
-            sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p, "top_k": 0}
-        with torch.inference_mode():
-            out = self.model.generate(
-                **padded,
-                max_new_tokens=settings.max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id,
-                **sampling,
-            )
-        new_tokens = out[:, padded["input_ids"].shape[1] :]
-        stop_ids = stop_token_ids(self.model, self.tokenizer)
-        completions = []
-        for row, prompt in zip(new_tokens.tolist(), batch):
-            end = next((j for j, t in enumerate(row) if t in stop_ids), None)
-            kept = row if end is None else row[:end]
-            sampled = row if end is None else row[: end + 1]
-            completions.append(
-                Completion(
-                    text=self.tokenizer.decode(kept, skip_special_tokens=True),
-                    prompt_tokens=len(prompt),
-                    completion_tokens=len(sampled),
-                    finish_reason="length" if end is None else "stop",
-                    token_ids=tuple(sampled),
-                    prompt_token_ids=tuple(prompt),
-                )
-            )
-        return completions
+    def _completion(self, prompt: list[int], tokens: list[int], stopped: bool) -> Completion:
+        kept = tokens[:-1] if stopped else tokens
+        return Completion(
+            text=self.tokenizer.decode(kept, skip_special_tokens=True),
+            prompt_tokens=len(prompt),
+            completion_tokens=len(tokens),
+            finish_reason="stop" if stopped else "length",
+            token_ids=tuple(tokens),
+            prompt_token_ids=tuple(prompt),
+        )
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:
