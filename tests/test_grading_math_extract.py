@@ -69,3 +69,8 @@ def test_unclosed_math_delimiters_are_read_without_a_quadratic_scan(response):
     start = time.perf_counter()
     extract_answer(response)
     assert time.perf_counter() - start < 5
+
+
+def test_a_math_span_in_a_concluding_sentence_separates_the_numbers_around_it():
+    # "3$x$4" reads as the words "3 4": the number that ends the sentence is 4, never 34.
+    assert extract_answer("So the sum is 3$x$4.") == "4"

@@ -230,12 +230,13 @@ def _box_groups(text: str) -> list[tuple[int, list[str]]]:
     last_end = None
     for start, end, content in boxed_answers(text):
         gap = text[last_end:start] if last_end is not None else None
+        content = unbox(content)
         if gap is not None and len(gap) <= _MAX_BOX_GAP and _BOX_GAP.fullmatch(gap):
-            if unbox(content) not in groups[-1][1]:
-                groups[-1][1].append(unbox(content))
+            if content not in groups[-1][1]:
+                groups[-1][1].append(content)
             groups[-1] = (start, groups[-1][1])
         else:
-            groups.append((start, [unbox(content)]))
+            groups.append((start, [content]))
         last_end = end
     return groups
 
@@ -315,9 +316,9 @@ def _concluding_answer(text: str) -> str | None:
     whole = start == 0 and len(s) <= _MAX_STATED  # a one-sentence reply: too short to have been cut off
     if not (sentence.endswith((".", "!")) or ends_with_math or whole):
         return None
-    plain = "".join(
-        sentence[b:a] for (_, b, _), (a, _, _) in zip([(0, 0, "")] + spans, spans + [(len(sentence), 0, "")])
-    )
+    # The sentence's words with each math span replaced by a space (so "3$x$4" does not read as 34).
+    cuts = [0] + [i for a, b, _ in spans for i in (a, b)] + [len(sentence)]
+    plain = " ".join(sentence[cuts[k] : cuts[k + 1]] for k in range(0, len(cuts), 2))
     states = _CONCLUDES.search(sentence) or _STATES.search(plain)
     if ends_with_math and (states or sentence[: spans[-1][0]].rstrip().endswith(":")):
         if not _DENIED.search(sentence[: spans[-1][0]]):
