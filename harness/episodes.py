@@ -182,36 +182,53 @@ def run_episodes(
     if journal is not None:
         _restore(episodes, journal.replay())
     save = journal.append if journal is not None else (lambda events: None)
+    loop = _Loop(task, grader, turns, settings, progress, save, keep_token_ids)
     if isinstance(engine, RequestEngine):
-        _run_pipelined(task, episodes, engine, grader, turns, settings, progress, save, keep_token_ids)
+        _run_pipelined(loop, episodes, engine)
     else:
-        _run_by_turn(task, episodes, engine, grader, turns, settings, progress, save, keep_token_ids)
+        _run_by_turn(loop, episodes, engine)
     return episodes
 
 
 Save = Callable[[Iterable[dict[str, Any]]], None]
 
 
-def _run_by_turn(
-    task: Task,
-    episodes: list[Episode],
-    engine: Engine,
-    grader: Grader,
-    turns: int,
-    settings: SamplingSettings,
-    progress: Progress,
-    save: Save,
-    keep_token_ids: bool,
-) -> None:
+@dataclass(frozen=True)
+class _Loop:
+    """What both schedules of generation share: the run's settings and where its work goes."""
+
+    task: Task
+    grader: Grader
+    turns: int
+    settings: SamplingSettings
+    progress: Progress
+    save: Save
+    keep_token_ids: bool
+
+    def conversation(self, episode: Episode) -> Conversation:
+        return conversation(self.task, episode.problem, [x.response for x in episode.turns])
+
+    def turn_settings(self, t: int) -> SamplingSettings:
+        return replace(self.settings, n=1, seed=self.settings.seed + t * TURN_SEED_STRIDE)
+
+    def seed(self, episode: Episode, t: int) -> int:
+        return episode_seed(self.settings.seed, episode.problem.id, episode.sample, t)
+
+    def record(self, episode: Episode, t: int, completion: Completion) -> None:
+        _record_generation(episode, t, completion, self.save, self.keep_token_ids)
+
+
+def _run_by_turn(loop: _Loop, episodes: list[Episode], engine: Engine) -> None:
     """One batched engine call per turn over every episode still in play; turn t grades while turn
     t+1 generates."""
+    turns, progress = loop.turns, loop.progress
 
     def grade_turn(t: int) -> None:
         todo = [(e, t) for e in episodes if len(e.turns) > t and e.turns[t].correct is None]
         if not todo:
             return
         with progress.step(f"turn {t + 1}/{turns}: grading", len(todo)) as advance:
-            _grade(grader, todo, save)
+            _grade(loop.grader, todo, loop.save)
             advance(len(todo))
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="grading") as grading:
@@ -219,31 +236,21 @@ def _run_by_turn(
         for t in range(turns):
             todo = [e for e in episodes if e.skipped is None and len(e.turns) == t]
             if todo:
-                convs = [_next_conversation(task, e) for e in todo]
+                convs = [loop.conversation(e) for e in todo]
                 with progress.step(f"turn {t + 1}/{turns}: generating", len(todo)) as advance:
 
                     def done(i: int, completions: list[Completion], t=t, todo=todo, advance=advance) -> None:
-                        _record_generation(todo[i], t, completions[0], save, keep_token_ids)
+                        loop.record(todo[i], t, completions[0])
                         advance(1, tokens=completions[0].completion_tokens)
 
-                    seeds = [episode_seed(settings.seed, e.problem.id, e.sample, t) for e in todo]
-                    engine.chat(convs, _turn_settings(settings, t), on_done=done, seeds=seeds)
+                    seeds = [loop.seed(e, t) for e in todo]
+                    engine.chat(convs, loop.turn_settings(t), on_done=done, seeds=seeds)
             pending_grades.append(grading.submit(grade_turn, t))
         for future in pending_grades:
             future.result()
 
 
-def _run_pipelined(
-    task: Task,
-    episodes: list[Episode],
-    engine: RequestEngine,
-    grader: Grader,
-    turns: int,
-    settings: SamplingSettings,
-    progress: Progress,
-    save: Save,
-    keep_token_ids: bool,
-) -> None:
+def _run_pipelined(loop: _Loop, episodes: list[Episode], engine: RequestEngine) -> None:
     """Each episode goes on to its next turn as soon as its own previous turn is back.
 
     At most `engine.concurrency` requests are in flight. The slot an answer frees goes to the same
@@ -251,6 +258,8 @@ def _run_pipelined(
     the next episode not yet started. After a failed request no new request goes out; the ones in
     flight are still awaited and saved, then the failure is raised.
     """
+
+    turns = loop.turns
 
     def missing(e: Episode) -> int:
         return 0 if e.skipped is not None else max(0, turns - len(e.turns))
@@ -263,14 +272,13 @@ def _run_pipelined(
 
     def submit(e: Episode) -> None:
         t = len(e.turns)
-        seed = episode_seed(settings.seed, e.problem.id, e.sample, t)
-        in_flight[engine.submit(_next_conversation(task, e), _turn_settings(settings, t), seed)] = e
+        in_flight[engine.submit(loop.conversation(e), loop.turn_settings(t), loop.seed(e, t))] = e
 
-    with progress.step(f"turns 1-{turns}: grading", len(ungraded) + to_generate) as graded:
-        grading = _BackgroundGrading(grader, save, graded)
+    with loop.progress.step(f"turns 1-{turns}: grading", len(ungraded) + to_generate) as graded:
+        grading = _BackgroundGrading(loop.grader, loop.save, graded)
         try:
             grading.add(ungraded)
-            with progress.step(f"turns 1-{turns}: generating", to_generate) as generated:
+            with loop.progress.step(f"turns 1-{turns}: generating", to_generate) as generated:
                 while waiting and len(in_flight) < max(1, engine.concurrency):
                     submit(waiting.popleft())
                 while in_flight:
@@ -283,7 +291,7 @@ def _run_pipelined(
                             failure = failure or exc
                             continue
                         t = len(episode.turns)
-                        _record_generation(episode, t, completion, save, keep_token_ids)
+                        loop.record(episode, t, completion)
                         generated(1, tokens=completion.completion_tokens)
                         if episode.skipped is None:
                             grading.add([(episode, t)])
@@ -356,14 +364,6 @@ def _grade(grader: Grader, items: Sequence[tuple[Episode, int]], save: Save) -> 
         }
         for e, t in items
     )
-
-
-def _next_conversation(task: Task, episode: Episode) -> Conversation:
-    return conversation(task, episode.problem, [x.response for x in episode.turns])
-
-
-def _turn_settings(settings: SamplingSettings, t: int) -> SamplingSettings:
-    return replace(settings, n=1, seed=settings.seed + t * TURN_SEED_STRIDE)
 
 
 def _record_generation(episode: Episode, t: int, completion: Completion, save: Save, keep_token_ids: bool) -> None:
