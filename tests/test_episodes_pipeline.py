@@ -49,9 +49,12 @@ class ScriptedServer(FakeOpenAIServer):
             self.timeline.append({"problem": problem, "turn": turn, "received": received, "answered": time.monotonic()})
         return out
 
-    def at(self, problem: int, turn: int) -> dict:
-        (event,) = [e for e in self.timeline if (e["problem"], e["turn"]) == (problem, turn)]
-        return event
+    def first(self, what: str, problem: int, turn: int) -> float:
+        """The earliest `what` ("received" or "answered") among the requests of (problem, turn)."""
+        return min(e[what] for e in self.timeline if (e["problem"], e["turn"]) == (problem, turn))
+
+    def last(self, what: str, problem: int, turn: int) -> float:
+        return max(e[what] for e in self.timeline if (e["problem"], e["turn"]) == (problem, turn))
 
 
 class TurnByTurn:
@@ -82,17 +85,19 @@ def test_an_episode_goes_on_to_turn_2_before_the_slowest_turn_1_answer_is_back()
     with ScriptedServer(slow) as server:
         engine = OpenAIEngine.from_server(server.base_url, concurrency=8)
         assert isinstance(engine, RequestEngine) and not isinstance(TurnByTurn(engine), RequestEngine)
-        pipelined = _run(engine)
+        pipelined = _run(engine, samples=2)
     with ScriptedServer(slow) as by_turn_server:
-        by_turn = _run(TurnByTurn(OpenAIEngine.from_server(by_turn_server.base_url, concurrency=8)))
+        by_turn = _run(TurnByTurn(OpenAIEngine.from_server(by_turn_server.base_url, concurrency=8)), samples=2)
     for fast in (1, 2):
-        assert server.at(fast, 2)["received"] < server.at(0, 1)["answered"]
-        assert by_turn_server.at(fast, 2)["received"] > by_turn_server.at(0, 1)["answered"]
+        assert server.last("received", fast, 2) < server.first("answered", 0, 1)
+        assert by_turn_server.first("received", fast, 2) > by_turn_server.last("answered", 0, 1)
     records = [e.record() for e in pipelined]
     assert records == [e.record() for e in by_turn]
     # Wrong at turn 1, right at turns 2 and 3 (ScriptedServer); p3 skipped at turn 1 by its context error.
-    assert [[t["correct"] for t in r["turns"]] for r in records] == [[False, True, True]] * 3 + [[]]
-    assert records[3]["skipped"] == "turn 1: prompt longer than the model's context"
+    assert [[t["correct"] for t in r["turns"]] for r in records] == [[False, True, True]] * 6 + [[]] * 2
+    assert records[6]["skipped"] == "turn 1: prompt longer than the model's context"
+    # Each sample drew its own seed (the fake server echoes it), the same one on both paths.
+    assert records[0]["turns"][0]["response"] != records[1]["turns"][0]["response"]
 
 
 def test_at_most_concurrency_requests_are_in_flight_and_a_freed_slot_goes_to_the_same_episode():
@@ -185,3 +190,14 @@ def test_progress_counts_every_turn_and_its_tokens_once():
     # come but count as done, as do its 3 grades.
     assert progress.steps["turns 1-3: generating"] == {"total": 12, "done": 12, "tokens": 27}
     assert progress.steps["turns 1-3: grading"] == {"total": 12, "done": 12, "tokens": 0}
+
+
+def test_a_grader_that_fails_fails_the_run_after_every_generated_turn_is_saved(tmp_path):
+    class Broken:
+        def grade(self, items):
+            raise RuntimeError("grader broke")
+
+    journal = Journal(tmp_path / "journal.jsonl")
+    with ScriptedServer() as server, pytest.raises(RuntimeError, match="grader broke"):
+        _run(OpenAIEngine.from_server(server.base_url), problems=PROBLEMS[:2], grader=Broken(), journal=journal)
+    assert len([e for e in journal.replay() if "response" in e]) == 6  # 2 problems x 3 turns
