@@ -274,11 +274,12 @@ def _run_pipelined(loop: _Loop, episodes: list[Episode], engine: RequestEngine) 
         t = len(e.turns)
         in_flight[engine.submit(loop.conversation(e), loop.turn_settings(t), loop.seed(e, t))] = e
 
-    with loop.progress.step(f"turns 1-{turns}: grading", len(ungraded) + to_generate) as graded:
+    span = f"turns 1-{turns}" if turns > 1 else "turn 1/1"
+    with loop.progress.step(f"{span}: grading", len(ungraded) + to_generate) as graded:
         grading = _BackgroundGrading(loop.grader, loop.save, graded)
         try:
             grading.add(ungraded)
-            with loop.progress.step(f"turns 1-{turns}: generating", to_generate) as generated:
+            with loop.progress.step(f"{span}: generating", to_generate) as generated:
                 while waiting and len(in_flight) < max(1, engine.concurrency):
                     submit(waiting.popleft())
                 while in_flight:
@@ -302,8 +303,8 @@ def _run_pipelined(loop: _Loop, episodes: list[Episode], engine: RequestEngine) 
                             follow = episode if missing(episode) else waiting.popleft() if waiting else None
                             if follow is not None:
                                 submit(follow)
-            if failure is not None:
-                raise failure
+                if failure is not None:  # inside the step: a failed step gets no closing line
+                    raise failure
         except BaseException:
             grading.close()
             raise
