@@ -86,10 +86,9 @@ def main() -> None:
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens)
     grader = get_grader("math")
     with server as scripted:
-        engine = OpenAIEngine.from_server(args.base_url or scripted.base_url, concurrency=args.concurrency)
-        print(
-            f"{len(problems)} episodes x {args.turns} turns, concurrency {args.concurrency}, server {engine.base_url}"
-        )
+        base_url = args.base_url or scripted.base_url
+        engine = OpenAIEngine.from_server(base_url, concurrency=args.concurrency)
+        print(f"{len(problems)} episodes x {args.turns} turns, concurrency {args.concurrency}, server {base_url}")
         figures: dict[str, list[float]] = {"turn by turn": [], "pipelined": []}
         order = [("turn by turn", TurnByTurn(engine)), ("pipelined", engine)]
         for repeat in range(args.repeat):
