@@ -201,3 +201,39 @@ def test_a_grader_that_fails_fails_the_run_after_every_generated_turn_is_saved(t
     with ScriptedServer() as server, pytest.raises(RuntimeError, match="grader broke"):
         _run(OpenAIEngine.from_server(server.base_url), problems=PROBLEMS[:2], grader=Broken(), journal=journal)
     assert len([e for e in journal.replay() if "response" in e]) == 6  # 2 problems x 3 turns
+
+
+def test_any_engine_with_submit_is_pipelined_and_keeps_token_ids_when_asked():
+    """The loop asks for the capability, not the backend: a bare engine with `submit` and
+    `concurrency` is driven per episode, and its token ids reach the Turn only with keep_token_ids."""
+    from concurrent.futures import Future
+
+    from harness.engines.base import Completion
+
+    class Submitting:
+        name = model_name = "submitting"
+        concurrency = 2
+
+        def __init__(self):
+            self.sent = []
+
+        def chat(self, conversations, settings, on_done=None, seeds=None):
+            raise AssertionError("an engine with submit is never sent a batch")
+
+        def submit(self, conversation, settings, seed):
+            self.sent.append(len(conversation))
+            future = Future()
+            future.set_result([Completion("\\boxed{1}", 5, 2, "stop", token_ids=(7, 8), prompt_token_ids=(1, 2, 3))])
+            return future
+
+        def describe(self):
+            return {"backend": self.name}
+
+    for keep in (True, False):
+        engine = Submitting()
+        (episode,) = _run(engine, turns=2, problems=PROBLEMS[1:2], keep_token_ids=keep)
+        assert engine.sent == [1, 3]  # turn 1, then turn 2 with the attempt and the instruction
+        assert [t.correct for t in episode.turns] == [True, True]
+        assert [(t.token_ids, t.prompt_token_ids) for t in episode.turns] == (
+            [((7, 8), (1, 2, 3))] * 2 if keep else [(None, None)] * 2
+        )
