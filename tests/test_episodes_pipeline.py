@@ -129,10 +129,10 @@ def test_grading_takes_what_came_back_in_batches_and_grades_every_turn_once():
 
 def test_a_failed_request_stops_new_ones_saves_those_in_flight_and_a_resume_matches(tmp_path):
     # The first request to arrive fails at once (400, not retried); the two others are answered
-    # 0.3 s later, are saved, and are not followed by a turn 2.
+    # 1 s later, are saved, and are not followed by a turn 2.
     journal = Journal(tmp_path / "journal.jsonl")
     problems = PROBLEMS[:3]
-    with ScriptedServer({(i, 1): 0.3 for i in range(3)}, fail_first=[400]) as failing:
+    with ScriptedServer({(i, 1): 1.0 for i in range(3)}, fail_first=[400]) as failing:
         engine = OpenAIEngine.from_server(failing.base_url, concurrency=8)
         with pytest.raises(HarnessError, match="rejected a request"):
             _run(engine, problems=problems, journal=journal)
