@@ -1,10 +1,15 @@
 """The k-turn self-correction loop.
 
 Turn 1 asks the task's question; each later turn shows the model its own previous attempt and the
-task's correction instruction, with no outside feedback (intrinsic self-correction). Every turn is
-one batched engine call over all episodes still in play (problems x samples), so a run costs k
-large generation calls. Because turn t+1 never depends on the grade of turn t, turn t is graded in
-a background thread while turn t+1 generates.
+task's correction instruction, with no outside feedback (intrinsic self-correction). Because turn
+t+1 never depends on the grade of turn t, grading runs in a background thread while generation goes on.
+
+How generation is scheduled depends on what the engine can do, never on which engine it is:
+- an engine that takes requests as they come (base.RequestEngine, e.g. a server) gets each
+  episode's next turn as soon as that episode's previous turn is back, with at most
+  `engine.concurrency` requests in flight: no turn waits for the slowest answer of the turn before;
+- any other engine gets one batched call per turn over all episodes still in play (problems x
+  samples), so a run costs k large generation calls, and turn t is graded while turn t+1 generates.
 
 With a Journal, each generated and each graded turn is saved as soon as it exists, and a restarted
 run replays the journal and does only the work that is missing.
@@ -12,13 +17,22 @@ run replays the journal and does only the work that is missing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from harness.data import Problem
-from harness.engines.base import PROMPT_TOO_LONG, Completion, Conversation, Engine, SamplingSettings
+from harness.engines.base import (
+    PROMPT_TOO_LONG,
+    Completion,
+    Conversation,
+    Engine,
+    RequestEngine,
+    SamplingSettings,
+)
 from harness.grading import Grader
 from harness.grading.reasoning import THINK_CLOSE, THINK_OPEN, without_thinking
 from harness.progress import Progress, SilentProgress
@@ -168,53 +182,192 @@ def run_episodes(
     if journal is not None:
         _restore(episodes, journal.replay())
     save = journal.append if journal is not None else (lambda events: None)
+    loop = _Loop(task, grader, turns, settings, progress, save, keep_token_ids)
+    if isinstance(engine, RequestEngine):
+        _run_pipelined(loop, episodes, engine)
+    else:
+        _run_by_turn(loop, episodes, engine)
+    return episodes
+
+
+Save = Callable[[Iterable[dict[str, Any]]], None]
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """What both schedules of generation share: the run's settings and where its work goes."""
+
+    task: Task
+    grader: Grader
+    turns: int
+    settings: SamplingSettings
+    progress: Progress
+    save: Save
+    keep_token_ids: bool
+
+    def conversation(self, episode: Episode) -> Conversation:
+        return conversation(self.task, episode.problem, [x.response for x in episode.turns])
+
+    def turn_settings(self, t: int) -> SamplingSettings:
+        return replace(self.settings, n=1, seed=self.settings.seed + t * TURN_SEED_STRIDE)
+
+    def seed(self, episode: Episode, t: int) -> int:
+        return episode_seed(self.settings.seed, episode.problem.id, episode.sample, t)
+
+    def record(self, episode: Episode, t: int, completion: Completion) -> None:
+        _record_generation(episode, t, completion, self.save, self.keep_token_ids)
+
+
+def _run_by_turn(loop: _Loop, episodes: list[Episode], engine: Engine) -> None:
+    """One batched engine call per turn over every episode still in play; turn t grades while turn
+    t+1 generates."""
+    turns, progress = loop.turns, loop.progress
 
     def grade_turn(t: int) -> None:
-        todo = [e for e in episodes if len(e.turns) > t and e.turns[t].correct is None]
+        todo = [(e, t) for e in episodes if len(e.turns) > t and e.turns[t].correct is None]
         if not todo:
             return
         with progress.step(f"turn {t + 1}/{turns}: grading", len(todo)) as advance:
-            verdicts = grader.grade([(e.turns[t].response, e.problem) for e in todo])
+            _grade(loop.grader, todo, loop.save)
             advance(len(todo))
-        for episode, verdict in zip(todo, verdicts):
-            episode.turns[t].extracted, episode.turns[t].correct = verdict.extracted, verdict.correct
-            episode.turns[t].detail = verdict.detail
-        save(
-            {
-                "id": e.problem.id,
-                "sample": e.sample,
-                "turn": t,
-                "grade": {
-                    "extracted": e.turns[t].extracted,
-                    "correct": e.turns[t].correct,
-                    "detail": e.turns[t].detail,
-                },
-            }
-            for e in todo
-        )
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="grading") as grading:
         pending_grades: list[Future] = []
         for t in range(turns):
             todo = [e for e in episodes if e.skipped is None and len(e.turns) == t]
             if todo:
-                convs = [conversation(task, e.problem, [x.response for x in e.turns]) for e in todo]
-                turn_settings = replace(settings, n=1, seed=settings.seed + t * TURN_SEED_STRIDE)
+                convs = [loop.conversation(e) for e in todo]
                 with progress.step(f"turn {t + 1}/{turns}: generating", len(todo)) as advance:
 
                     def done(i: int, completions: list[Completion], t=t, todo=todo, advance=advance) -> None:
-                        _record_generation(todo[i], t, completions[0], save, keep_token_ids)
+                        loop.record(todo[i], t, completions[0])
                         advance(1, tokens=completions[0].completion_tokens)
 
-                    seeds = [episode_seed(settings.seed, e.problem.id, e.sample, t) for e in todo]
-                    engine.chat(convs, turn_settings, on_done=done, seeds=seeds)
+                    seeds = [loop.seed(e, t) for e in todo]
+                    engine.chat(convs, loop.turn_settings(t), on_done=done, seeds=seeds)
             pending_grades.append(grading.submit(grade_turn, t))
         for future in pending_grades:
             future.result()
-    return episodes
 
 
-def _record_generation(episode: Episode, t: int, completion: Completion, save, keep_token_ids: bool) -> None:
+def _run_pipelined(loop: _Loop, episodes: list[Episode], engine: RequestEngine) -> None:
+    """Each episode goes on to its next turn as soon as its own previous turn is back.
+
+    At most `engine.concurrency` requests are in flight. The slot an answer frees goes to the same
+    episode's next turn first (a server that caches prefixes still holds that conversation), else to
+    the next episode not yet started. After a failed request no new request goes out; the ones in
+    flight are still awaited and saved, then the failure is raised.
+    """
+
+    turns = loop.turns
+
+    def missing(e: Episode) -> int:
+        return 0 if e.skipped is not None else max(0, turns - len(e.turns))
+
+    ungraded = [(e, t) for e in episodes for t in range(min(turns, len(e.turns))) if e.turns[t].correct is None]
+    to_generate = sum(missing(e) for e in episodes)
+    waiting = deque(e for e in episodes if missing(e))
+    in_flight: dict[Future[list[Completion]], Episode] = {}
+    failure: BaseException | None = None
+
+    def submit(e: Episode) -> None:
+        t = len(e.turns)
+        in_flight[engine.submit(loop.conversation(e), loop.turn_settings(t), loop.seed(e, t))] = e
+
+    span = f"turns 1-{turns}" if turns > 1 else "turn 1/1"
+    with loop.progress.step(f"{span}: grading", len(ungraded) + to_generate) as graded:
+        grading = _BackgroundGrading(loop.grader, loop.save, graded)
+        try:
+            grading.add(ungraded)
+            with loop.progress.step(f"{span}: generating", to_generate) as generated:
+                while waiting and len(in_flight) < max(1, engine.concurrency):
+                    submit(waiting.popleft())
+                while in_flight:
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        episode = in_flight.pop(future)
+                        try:
+                            completion = future.result()[0]
+                        except Exception as exc:  # noqa: BLE001 - raised once the requests in flight are saved
+                            failure = failure or exc
+                            continue
+                        t = len(episode.turns)
+                        loop.record(episode, t, completion)
+                        generated(1, tokens=completion.completion_tokens)
+                        if episode.skipped is None:
+                            grading.add([(episode, t)])
+                        else:  # the turns it will never have count as done
+                            generated(turns - t - 1)
+                            graded(turns - t)
+                        if failure is None:
+                            follow = episode if missing(episode) else waiting.popleft() if waiting else None
+                            if follow is not None:
+                                submit(follow)
+                if failure is not None:  # inside the step: a failed step gets no closing line
+                    raise failure
+        except BaseException:
+            grading.close()
+            raise
+        error = grading.close()
+        if error is not None:
+            raise error
+
+
+class _BackgroundGrading:
+    """Grades turns on one background thread as they come back, in batches: each grader call takes
+    every turn that arrived while the previous call ran, so a grader with a cost per call (sandboxes,
+    a batch shared out over worker processes) is not called once per completion."""
+
+    def __init__(self, grader: Grader, save: Save, advance: Callable[..., None]):
+        self.grader, self.save, self.advance = grader, save, advance
+        self._todo: list[tuple[Episode, int]] = []
+        self._lock = threading.Lock()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grading")
+        self._running: Future | None = None  # the drain in progress; a failed one stays here
+
+    def add(self, items: Sequence[tuple[Episode, int]]) -> None:
+        with self._lock:
+            self._todo += items
+            if self._todo and self._running is None:
+                self._running = self._thread.submit(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._todo = self._todo, []
+                if not batch:
+                    self._running = None
+                    return
+            _grade(self.grader, batch, self.save)
+            self.advance(len(batch))
+
+    def close(self) -> BaseException | None:
+        """Wait for every turn added so far to be graded; the grader's error, if it failed."""
+        with self._lock:
+            running = self._running
+        error = running.exception() if running is not None else None
+        self._thread.shutdown()
+        return error
+
+
+def _grade(grader: Grader, items: Sequence[tuple[Episode, int]], save: Save) -> None:
+    """Grade (episode, turn) pairs in one grader call, set their verdicts and save them."""
+    verdicts = grader.grade([(e.turns[t].response, e.problem) for e, t in items])
+    for (episode, t), verdict in zip(items, verdicts):
+        turn = episode.turns[t]
+        turn.extracted, turn.correct, turn.detail = verdict.extracted, verdict.correct, verdict.detail
+    save(
+        {
+            "id": e.problem.id,
+            "sample": e.sample,
+            "turn": t,
+            "grade": {"extracted": e.turns[t].extracted, "correct": e.turns[t].correct, "detail": e.turns[t].detail},
+        }
+        for e, t in items
+    )
+
+
+def _record_generation(episode: Episode, t: int, completion: Completion, save: Save, keep_token_ids: bool) -> None:
     save(
         [
             {

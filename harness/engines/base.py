@@ -7,8 +7,9 @@ these types, so it never knows which engine produced a completion.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 Conversation = list[Message]
@@ -75,3 +76,21 @@ class Engine(Protocol):
 
     def describe(self) -> dict:
         """Engine facts for config.json (model path, dtype, device, ...)."""
+
+
+@runtime_checkable
+class RequestEngine(Engine, Protocol):
+    """An engine that also takes conversations one at a time, as they come (a server).
+
+    The k-turn loop asks for this capability, never for a backend: with it, each episode moves to
+    its next turn as soon as its own previous turn is back, instead of every turn waiting for the
+    slowest answer of the turn before. An engine that gains nothing from it (hf batches a turn over
+    one KV cache) leaves it out and is driven one `chat` call per turn.
+    """
+
+    concurrency: int  # requests worth keeping in flight at once; callers submit no more than this
+
+    def submit(self, conversation: Conversation, settings: SamplingSettings, seed: int) -> Future[list[Completion]]:
+        """Start `settings.n` completions of one conversation (sampled with `seed`) and return at
+        once; the future holds them, or the error that stopped them. Safe to call while earlier
+        futures are pending."""

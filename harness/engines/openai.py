@@ -8,9 +8,10 @@ conversation's seed, so sampled answers repeat on servers that honour `seed`, al
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
 from harness.engines.base import PROMPT_TOO_LONG, Completion, Conversation, DoneCallback, SamplingSettings
 from harness.errors import HarnessError
@@ -92,6 +93,16 @@ class OpenAIEngine:
                 if on_done:
                     on_done(i, results[i])
         return results
+
+    def submit(self, conversation: Conversation, settings: SamplingSettings, seed: int) -> Future[list[Completion]]:
+        """One conversation's completions, requested as soon as one of `concurrency` threads is free
+        (base.RequestEngine): the k-turn loop sends an episode's next turn as soon as it has this one."""
+        return self._requests.submit(self._complete, conversation, settings, seed)
+
+    @functools.cached_property
+    def _requests(self) -> ThreadPoolExecutor:
+        # Made at the first `submit`, lives as long as the engine; idle threads cost nothing.
+        return ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai-submit")
 
     def _complete(self, conversation: Conversation, settings: SamplingSettings, seed: int) -> list[Completion]:
         """All `settings.n` completions of one conversation; asks again where a server returns fewer."""
