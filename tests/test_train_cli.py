@@ -392,3 +392,20 @@ def test_train_help_shows_real_defaults_and_the_dtype_names_of_run():
     assert config_from_cli(None, None, False, False, {"dtype": "bf16", "data": "x"}).dtype == "bfloat16"
     bad = run_cli(["train", "--data", str(SMOKE_DATA), "--top-p", "0.9"])
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--top-p" in bad.stderr
+
+
+def test_training_takes_the_train_split_of_a_file_that_holds_every_split(tmp_path):
+    """MBPP's mbpp.jsonl holds all 974 problems; the hub's train split is task_id 601-974 (374 problems,
+    google-research's MBPP README), and the test split (11-510) that `run` evaluates must never be trained on."""
+    from harness.train.trainer import training_problems
+    from tests.conftest import SHARED_DATA, require_shared
+
+    data = require_shared(SHARED_DATA / "mbpp" / "mbpp.jsonl")
+    task = load_task("mbpp")
+    problems, source = training_problems(task, TrainConfig(task="mbpp", data=str(data)))
+    ids = sorted(int(p.fields["task_id"]) for p in problems)
+    assert (len(ids), ids[0], ids[-1], source.split) == (374, 601, 974, "train")
+    everything, _ = training_problems(task, TrainConfig(task="mbpp", data=str(data), split="all"))
+    assert len(everything) == 974
+    generated, source = training_problems(load_task("arithmetic"), TrainConfig(task="arithmetic"))
+    assert (len(generated), source.split) == (1200, "train")

@@ -42,6 +42,11 @@ class TrainConfig:
     data: str | None = _f(
         None, "training problems (.jsonl/.json/.parquet); default: the train split of a generated task (arithmetic)"
     )
+    split: str | None = _f(
+        None,
+        "split of the training data: default 'train' where the task declares one (MBPP's file holds every "
+        "split; a generated task makes one), else the whole file; 'all' takes every record",
+    )
     limit: int | None = _f(None, "use only the first N training problems")
     output_dir: str = _f("runs/score", "everything the run writes: stage1/, stage2/, train_log.csv, config.json, plot")
     stage: str = _f("both", "which stage(s) to run: 1, 2 or both (Stage II starts from Stage I's weights)")

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from harness.config import RunConfig
-from harness.data import ALL, Problem, load_problems
+from harness.data import ALL, DataSource, Problem, load_problems, split_names
 from harness.engines.base import Engine, SamplingSettings
 from harness.engines.hf import HFEngine, stop_token_ids
 from harness.episodes import run_episodes
@@ -97,9 +97,7 @@ def train(
         raise HarnessError("pass --data with training problems (e.g. a MATH train.jsonl), or use --smoke")
     if task.data.generator is None and config.eval_every and config.eval_data is None:
         raise HarnessError("--eval-every needs --eval-data (held-out problems)")
-    # Training reads a local file whole, as before tasks declared splits (MBPP's file holds every split);
-    # a generated task gives its training split.
-    problems, source = load_problems(task, config.data, config.limit, split=ALL if config.data else "train")
+    problems, source = training_problems(task, config)
     if config.eval_every:
         load_problems(task, config.eval_data, config.eval_limit)  # fail now, not at the first evaluation
     if config.rollout_backend == "vllm":
@@ -181,6 +179,14 @@ def train(
 
         plot_path = plot_log(log_path, out / "train_curves.png")
     return TrainResult(out, checkpoints, log_path, plot_path, best)
+
+
+def training_problems(task: Task, config: TrainConfig) -> tuple[list[Problem], DataSource]:
+    """The problems to train on: by default the task's "train" split where it has one, never the
+    held-out split that `score-eval run` evaluates (MBPP's local file holds every split; a generated
+    task makes a train split that skips every held-out problem); else the whole file."""
+    split = config.split or ("train" if "train" in split_names(task) else ALL)
+    return load_problems(task, config.data, config.limit, split=split)
 
 
 def round_reward(rows: list[dict], round_no: int) -> float:
