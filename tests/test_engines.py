@@ -136,8 +136,7 @@ def test_openai_retries_429_and_5xx_then_succeeds():
     from harness.engines.openai import OpenAIEngine
 
     with FakeOpenAIServer(fail_first=[429, 500, 503]) as server:
-        engine = OpenAIEngine.from_server(server.base_url, concurrency=1)
-        engine.client = engine.client.with_options(max_retries=4)
+        engine = OpenAIEngine.from_server(server.base_url, concurrency=1, max_retries=4)
         out = engine.chat(CONVS[:1], SamplingSettings(max_new_tokens=4))
     assert out[0][0].text.startswith("turn 1: What is 1+1?")
     assert len(server.requests) == 4
@@ -147,8 +146,7 @@ def test_openai_gives_up_with_one_line_when_the_server_keeps_failing():
     from harness.engines.openai import OpenAIEngine
 
     with FakeOpenAIServer(fail_first=[500] * 10) as server:
-        engine = OpenAIEngine.from_server(server.base_url, concurrency=1)
-        engine.client = engine.client.with_options(max_retries=1)
+        engine = OpenAIEngine.from_server(server.base_url, concurrency=1, max_retries=1)
         with pytest.raises(HarnessError, match="failed after retries"):
             engine.chat(CONVS[:1], SamplingSettings(max_new_tokens=4))
 
