@@ -149,3 +149,17 @@ def test_a_run_whose_servers_all_die_resumes_on_other_servers(tmp_path):
         result = _run(tmp_path, _engine(c, concurrency=3), "broken", resume=True)
         turn_1_again = [r for r in c.requests if all(m["role"] != "assistant" for m in r["body"]["messages"])]
     assert turn_1_again == [] and _responses(_records(result.run_dir)) == _responses(reference)
+
+
+def test_base_url_given_twice_on_the_command_line_uses_both_servers(tmp_path):
+    from tests.conftest import run_cli
+
+    with FakeOpenAIServer() as a, FakeOpenAIServer() as b:
+        args = ["run", "--backend", "openai", "--base-url", a.base_url, "--base-url", b.base_url]
+        args += ["--data", str(require_shared(MATH500)), "--limit", "4", "--concurrency", "1"]
+        result = run_cli([*args, "--output-dir", str(tmp_path), "--run-name", "cli"], timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert a.answered > 0 and b.answered > 0 and a.answered + b.answered == 8
+    config = json.loads((tmp_path / "cli" / "config.json").read_text())
+    assert config["engine"]["servers"] == [a.base_url, b.base_url]
+    assert config["settings"]["base_url"] == [a.base_url, b.base_url]

@@ -81,8 +81,11 @@ class ReplicatedVLLMEngine:
     @classmethod
     def start(cls, model: str | None, replicas: int, options: dict[str, Any]) -> ReplicatedVLLMEngine:
         from harness.engines.vllm import import_vllm
+        from harness.models import resolve_model
 
-        import_vllm()  # one clear line here if vllm is missing, not one per replica
+        # One clear line here if vllm or the model is missing, not one per replica.
+        import_vllm()
+        resolve_model(model)
         per_replica = options.get("tensor_parallel_size", 1) * options.get("pipeline_parallel_size", 1)
         gpus = visible_gpus()
         if len(gpus) < replicas * per_replica:
