@@ -28,7 +28,8 @@ class OpenAIEngine:
     def __init__(self, pool: ServerPool, model_name: str):
         self.pool = pool
         self.model_name = model_name
-        self.concurrency = pool.concurrency  # per server
+        # Requests in flight at once over all servers (the thread count); --concurrency is per server.
+        self.concurrency = pool.slots
 
     @classmethod
     def from_server(
@@ -76,7 +77,7 @@ class OpenAIEngine:
             "backend": self.name,
             "model": self.model_name,
             "servers": self.pool.urls,
-            "concurrency": self.concurrency,
+            "concurrency": self.pool.concurrency,  # per server
         }
 
     def chat(
@@ -88,7 +89,7 @@ class OpenAIEngine:
     ) -> list[list[Completion]]:
         seeds = seeds or [settings.seed + i for i in range(len(conversations))]
         results: list[list[Completion]] = [[] for _ in conversations]
-        with ThreadPoolExecutor(max_workers=self.pool.slots, thread_name_prefix="openai") as pool:
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai") as pool:
             futures = {
                 pool.submit(self._complete, conv, settings, seed): i
                 for i, (conv, seed) in enumerate(zip(conversations, seeds))
