@@ -3,7 +3,8 @@ OpenAI-compatible server serving the embedded SmolLM2 GGUF on 127.0.0.1.
 
 The fixture starts the server in its own process group and kills the group afterwards, whatever
 happens. A second server, killed with SIGKILL mid-run, checks failover between several --base-url
-(slow: about 130 s on the shared 2-core machine, most of it the client's retries of the dead server).
+(slow: 132 s at load average 8 on the shared 2-core machine: two runs, a second server's start,
+and up to about 20 s of the client's retries of the dead server).
 scripts/install.sh (test extra) installs the server; in CI its absence is a failure, not a skip.
 """
 
