@@ -43,16 +43,29 @@ class RunConfig:
     run_name: str | None = field(default=None, metadata={"help": "run directory name; default: task-model-time"})
     resume: bool = field(default=False, metadata={"help": "continue the unfinished run named by --run-name"})
     # Engine options: openai
-    base_url: str | None = field(default=None, metadata={"help": "openai: server URL, e.g. http://127.0.0.1:8000/v1"})
+    base_url: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "openai: server URL, e.g. http://127.0.0.1:8000/v1; give it again for each further server of "
+            "the same model (requests are spread over them, and a server that stops answering is left out)"
+        },
+    )
     api_key: str | None = field(
         default=None,
         repr=False,
         metadata={"help": "openai: API key (default: $OPENAI_API_KEY); never written to any file"},
     )
-    concurrency: int = field(default=8, metadata={"help": "openai: requests in flight at once"})
+    concurrency: int = field(default=8, metadata={"help": "openai: requests in flight at once, per server"})
     request_timeout: float = field(default=600.0, metadata={"help": "openai: seconds per request before it is retried"})
     # Engine options: vllm
     tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs per model replica (tensor parallel)"})
+    data_parallel_size: int = field(
+        default=1,
+        metadata={
+            "help": "vllm: model replicas, each in a process of its own on its own tensor-parallel x pipeline GPUs; "
+            "each turn's conversations are shared out among them"
+        },
+    )
     pipeline_parallel_size: int = field(default=1, metadata={"help": "vllm: pipeline stages"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: share of GPU memory to use"})
     max_model_len: int | None = field(default=None, metadata={"help": "vllm: context length (default: the model's)"})
@@ -66,6 +79,9 @@ class RunConfig:
     )
 
     def validate(self) -> RunConfig:
+        if isinstance(self.base_url, str):  # one URL given in Python rather than on the command line
+            self.base_url = (self.base_url,)
+        self.base_url = tuple(self.base_url or ())
         checks = [
             (self.turns >= 1, f"--turns must be at least 1 (got {self.turns})"),
             (self.samples >= 1, f"--samples must be at least 1 (got {self.samples})"),
@@ -82,6 +98,10 @@ class RunConfig:
                 f"--batch-size must be a positive number or 'auto' (got {self.batch_size})",
             ),
             (self.concurrency >= 1, f"--concurrency must be at least 1 (got {self.concurrency})"),
+            (
+                self.data_parallel_size >= 1,
+                f"--data-parallel-size must be at least 1 (got {self.data_parallel_size}); it counts model replicas",
+            ),
             (self.request_timeout > 0, f"--request-timeout must be positive (got {self.request_timeout})"),
         ]
         from harness.engines import BACKENDS
@@ -92,6 +112,12 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise HarnessError(message)
+        twice = sorted({u for u in self.base_url if self.base_url.count(u) > 1})
+        if twice:
+            raise HarnessError(
+                f"--base-url {twice[0]} is given more than once; give each server once "
+                "(--concurrency sets the requests in flight per server)"
+            )
         if self.resume and self.run_name is None:
             raise HarnessError("--resume needs --run-name: the name of the run directory to continue")
         # A name is one directory below --output-dir: no separators, and no leading '.', which would
@@ -119,6 +145,7 @@ class RunConfig:
             "request_timeout",
             "tensor_parallel_size",
             "pipeline_parallel_size",
+            "data_parallel_size",
             "gpu_memory_utilization",
             "max_model_len",
             "seed",

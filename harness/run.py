@@ -94,6 +94,11 @@ def redact_command(argv: list[str]) -> list[str]:
     return out
 
 
+# Engine facts that say how a run is spread over hardware, not what it computes: a run may resume on
+# other servers (base_url: runs before several servers were allowed), GPUs or batch sizes.
+HOW_NOT_WHAT = ("batch_size", "device", "concurrency", "base_url", "servers", "data_parallel_size")
+
+
 def identity(config: dict[str, Any]) -> dict[str, Any]:
     """The settings that shape a run's results, except those a run may grow by (`growable`).
 
@@ -103,7 +108,7 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
     """
     return {
         "model": config["model"],
-        "engine": {k: v for k, v in config["engine"].items() if k not in ("batch_size", "device", "concurrency")},
+        "engine": {k: v for k, v in config["engine"].items() if k not in HOW_NOT_WHAT},
         "task": {k: v for k, v in config["task"].items() if k != "source"},
         "data": {k: v for k, v in config["data"].items() if k in ("sha256", "split")},
         "sampling": config["sampling"],

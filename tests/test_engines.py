@@ -136,8 +136,7 @@ def test_openai_retries_429_and_5xx_then_succeeds():
     from harness.engines.openai import OpenAIEngine
 
     with FakeOpenAIServer(fail_first=[429, 500, 503]) as server:
-        engine = OpenAIEngine.from_server(server.base_url, concurrency=1)
-        engine.client = engine.client.with_options(max_retries=4)
+        engine = OpenAIEngine.from_server(server.base_url, concurrency=1, max_retries=4)
         out = engine.chat(CONVS[:1], SamplingSettings(max_new_tokens=4))
     assert out[0][0].text.startswith("turn 1: What is 1+1?")
     assert len(server.requests) == 4
@@ -147,8 +146,7 @@ def test_openai_gives_up_with_one_line_when_the_server_keeps_failing():
     from harness.engines.openai import OpenAIEngine
 
     with FakeOpenAIServer(fail_first=[500] * 10) as server:
-        engine = OpenAIEngine.from_server(server.base_url, concurrency=1)
-        engine.client = engine.client.with_options(max_retries=1)
+        engine = OpenAIEngine.from_server(server.base_url, concurrency=1, max_retries=1)
         with pytest.raises(HarnessError, match="failed after retries"):
             engine.chat(CONVS[:1], SamplingSettings(max_new_tokens=4))
 
@@ -293,3 +291,54 @@ def test_dtype_reaches_both_local_engines_and_auto_keeps_each_engines_rule(tiny_
     assert [c["init"]["dtype"] for c in stand_in_vllm.CALLS if "init" in c] == ["float16", "auto"]
     with pytest.raises(HarnessError, match="--dtype must be one of"):
         RunConfig(dtype="fp8").validate()
+
+
+def test_vllm_data_parallel_runs_one_engine_per_replica_on_its_own_gpus(
+    tiny_model_dir, stand_in_vllm, tmp_path, monkeypatch
+):
+    """--data-parallel-size 2 with 2 GPUs per replica (tensor parallel 2) on 4 visible GPUs: two engine
+    processes, each seeing its own 2 GPUs, sharing each call's conversations; greedy completions equal
+    one engine's."""
+    from harness.engines import make_engine
+    from harness.engines.vllm import VLLMEngine
+
+    log = tmp_path / "stand_in.jsonl"
+    monkeypatch.setenv("VLLM_STAND_IN_LOG", str(log))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    settings = SamplingSettings(max_new_tokens=6)
+    expected = [[c.token_ids for c in cs] for cs in VLLMEngine.from_model(str(tiny_model_dir)).chat(CONVS, settings)]
+    log.unlink()
+    options = {"tensor_parallel_size": 2, "pipeline_parallel_size": 1, "gpu_memory_utilization": 0.9}
+    options |= {"max_model_len": None, "seed": 0, "dtype": "auto", "data_parallel_size": 2}
+    engine = make_engine("vllm", str(tiny_model_dir), options)
+    try:
+        done = []
+        out = engine.chat(CONVS, settings, on_done=lambda i, cs: done.append(i))
+        assert [[c.token_ids for c in cs] for cs in out] == expected and sorted(done) == [0, 1, 2]
+        facts = engine.describe()
+        assert facts["data_parallel_size"] == 2 and facts["tensor_parallel_size"] == 2
+    finally:
+        engine.close()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(r["init"]["CUDA_VISIBLE_DEVICES"] for r in records if "init" in r) == ["4,5", "6,7"]
+    chats = [r for r in records if "chat" in r]
+    assert sorted(len(r["chat"]) for r in chats) == [1, 2] and len({r["pid"] for r in chats}) == 2
+
+
+def test_vllm_data_parallel_needs_enough_gpus_and_a_positive_size(stand_in_vllm, monkeypatch):
+    from harness.config import RunConfig
+    from harness.engines import make_engine
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    options = RunConfig(data_parallel_size=2, tensor_parallel_size=2).validate().engine_options()
+    with pytest.raises(HarnessError, match="--data-parallel-size 2 .* needs 4 GPUs, but 3 are visible"):
+        make_engine("vllm", None, options)
+    with pytest.raises(HarnessError, match="--data-parallel-size must be at least 1 \\(got 0\\)"):
+        RunConfig(data_parallel_size=0).validate()
+
+
+def test_conversations_are_shared_out_among_replicas_in_turn():
+    from harness.engines.vllm_replicas import shares
+
+    assert shares(7, 3) == [[0, 3, 6], [1, 4], [2, 5]]
+    assert shares(1, 2) == [[0], []]

@@ -561,3 +561,19 @@ def test_model_without_chat_template_falls_back_with_a_warning(tiny_model_dir, c
         engine = HFEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, "plain")
     assert "has no chat template" in caplog.text
     assert engine.render([{"role": "user", "content": "hi"}]) == "User: hi\n\nAssistant: "
+
+
+def test_where_a_run_runs_is_not_part_of_what_it_is():
+    """Servers (as runs before several servers wrote them, and as now), GPUs per replica count and
+    concurrency may change on resume; the engine's model options may not."""
+    from harness.run import identity
+
+    def config(**engine):
+        return {"model": "m", "engine": engine, "task": {}, "data": {}, "sampling": {}}
+
+    old = config(backend="openai", model="m", base_url="http://a:8000/v1", concurrency=8)
+    new = config(backend="openai", model="m", servers=["http://b:8000/v1", "http://c:8000/v1"], concurrency=2)
+    assert identity(old) == identity(new)
+    one = config(backend="vllm", tensor_parallel_size=2, max_model_len=4096)
+    assert identity(one) == identity({**one, "engine": {**one["engine"], "data_parallel_size": 4}})
+    assert identity(one) != identity({**one, "engine": {**one["engine"], "max_model_len": 2048}})

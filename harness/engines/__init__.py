@@ -19,8 +19,7 @@ def make_engine(backend: str, model: str | None, options: dict[str, Any]) -> Eng
     if backend == "vllm":
         from harness.engines.vllm import VLLMEngine
 
-        return VLLMEngine.from_model(
-            model,
+        vllm_options = dict(
             tensor_parallel_size=options["tensor_parallel_size"],
             pipeline_parallel_size=options["pipeline_parallel_size"],
             gpu_memory_utilization=options["gpu_memory_utilization"],
@@ -28,11 +27,16 @@ def make_engine(backend: str, model: str | None, options: dict[str, Any]) -> Eng
             seed=options["seed"],
             dtype=None if options["dtype"] == "auto" else options["dtype"],
         )
+        if options.get("data_parallel_size", 1) > 1:
+            from harness.engines.vllm_replicas import ReplicatedVLLMEngine
+
+            return ReplicatedVLLMEngine.start(model, options["data_parallel_size"], vllm_options)
+        return VLLMEngine.from_model(model, **vllm_options)
     if backend == "openai":
         from harness.engines.openai import OpenAIEngine
 
         if not options.get("base_url"):
-            raise HarnessError("--backend openai needs --base-url, e.g. http://127.0.0.1:8000/v1")
+            raise HarnessError("--backend openai needs --base-url, e.g. http://127.0.0.1:8000/v1 (once per server)")
         return OpenAIEngine.from_server(
             options["base_url"],
             model=model,

@@ -1,9 +1,12 @@
 """OpenAI-compatible servers (vLLM serve, SGLang, TGI, llama.cpp's server, ...) over /v1/chat/completions.
 
-Requests go out concurrently (`concurrency` at a time) through the official `openai` client, which
-retries 408/409/429/5xx answers and connection errors with exponential backoff and enforces the
-per-request timeout. The server renders the chat template. Each request carries the
-conversation's seed, so sampled answers repeat on servers that honour `seed`, also after a resume.
+Requests go out concurrently (`concurrency` at a time per server) through the official `openai`
+client, which retries 408/409/429/5xx answers and connection errors with exponential backoff and
+enforces the per-request timeout. Given several servers of one model, requests are spread over them
+and a server that stops answering is left out (server_pool.py); a request that failed there is sent
+again elsewhere, and only a request that succeeded counts, so nothing is lost or doubled. The
+server renders the chat template. Each request carries the conversation's seed, so sampled answers
+repeat on servers that honour `seed`, also after a resume.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
 from harness.engines.base import PROMPT_TOO_LONG, Completion, Conversation, DoneCallback, SamplingSettings
+from harness.engines.server_pool import Server, ServerPool
 from harness.errors import HarnessError
 
 log = logging.getLogger("score_eval")
@@ -22,55 +26,59 @@ log = logging.getLogger("score_eval")
 class OpenAIEngine:
     name = "openai"
 
-    def __init__(self, client, model_name: str, base_url: str, concurrency: int = 8):
-        self.client = client
+    def __init__(self, pool: ServerPool, model_name: str):
+        self.pool = pool
         self.model_name = model_name
-        self.base_url = base_url
-        self.concurrency = concurrency
+        # Requests in flight at once over all servers (the thread count); --concurrency is per server.
+        self.concurrency = pool.slots
 
     @classmethod
     def from_server(
         cls,
-        base_url: str,
+        base_url: str | Sequence[str],
         model: str | None = None,
         api_key: str | None = None,
         concurrency: int = 8,
         request_timeout: float = 600.0,
         max_retries: int = 6,
     ) -> OpenAIEngine:
+        """One server, or several serving the same model (`concurrency` requests at a time each)."""
         import openai
 
-        client = openai.OpenAI(
-            base_url=base_url, api_key=api_key or "EMPTY", timeout=request_timeout, max_retries=max_retries
-        )
-        # Ask the server for its models even when --model names one: an unreachable server must stop
-        # the run here, before a run directory exists, not after retries at the first request.
-        try:
-            served = [m.id for m in client.with_options(max_retries=1, timeout=min(request_timeout, 30)).models.list()]
-        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-            raise HarnessError(f"cannot reach the server at {base_url} ({exc}); start it or check --base-url") from exc
-        except openai.APIError as exc:
-            if model is None:
-                raise HarnessError(
-                    f"cannot list the models of the server at {base_url} ({exc}); check --base-url"
-                ) from exc
-            served = [model]  # a server without /models still serves the model it was given
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        servers = [
+            Server(
+                url,
+                openai.OpenAI(
+                    base_url=url, api_key=api_key or "EMPTY", timeout=request_timeout, max_retries=max_retries
+                ),
+            )
+            for url in urls
+        ]
+        served = {s.url: _served_models(s, model, request_timeout) for s in servers}
         if model is None:
-            if len(served) != 1:
+            first = servers[0].url
+            if len(served[first]) != 1:
                 raise HarnessError(
-                    f"the server at {base_url} serves {len(served)} models "
-                    f"({', '.join(served) or 'none'}); pick one with --model"
+                    f"the server at {first} serves {len(served[first])} models "
+                    f"({', '.join(served[first]) or 'none'}); pick one with --model"
                 )
-            model = served[0]
-        return cls(client, model, base_url, concurrency)
+            model = served[first][0]
+            for url, models in served.items():
+                if model not in models:
+                    raise HarnessError(
+                        f"the server at {url} serves {', '.join(models) or 'no model'}, not {model} as {first} does; "
+                        "every --base-url must serve the same model (or name it with --model)"
+                    )
+        return cls(ServerPool(servers, concurrency), model)
 
     def describe(self) -> dict:
         # The API key is deliberately absent: nothing the harness writes may hold it.
         return {
             "backend": self.name,
             "model": self.model_name,
-            "base_url": self.base_url,
-            "concurrency": self.concurrency,
+            "servers": self.pool.urls,
+            "concurrency": self.pool.concurrency,  # per server
         }
 
     def chat(
@@ -111,24 +119,28 @@ class OpenAIEngine:
         completions: list[Completion] = []
         while len(completions) < settings.n:
             want = settings.n - len(completions)
-            try:
-                response = self.client.chat.completions.create(
-                    model=self.model_name,
-                    messages=conversation,
-                    n=want,
-                    max_tokens=settings.max_new_tokens,
-                    temperature=settings.temperature,
-                    top_p=settings.top_p,
-                    seed=seed + len(completions),
-                )
-            except openai.BadRequestError as exc:
-                if "context" in str(exc).lower():
-                    return [Completion("", 0, 0, PROMPT_TOO_LONG)] * settings.n
-                raise HarnessError(f"the server at {self.base_url} rejected a request: {exc}") from exc
-            except openai.APIError as exc:
-                raise HarnessError(
-                    f"the server at {self.base_url} failed after retries: {exc}; check that it is up"
-                ) from exc
+            with self.pool.lease() as server:
+                try:
+                    response = server.client.chat.completions.create(
+                        model=self.model_name,
+                        messages=conversation,
+                        n=want,
+                        max_tokens=settings.max_new_tokens,
+                        temperature=settings.temperature,
+                        top_p=settings.top_p,
+                        seed=seed + len(completions),
+                    )
+                except openai.APIConnectionError as exc:  # timeouts too: the server is gone or hung
+                    self.pool.take_out(server, exc)
+                    continue  # on another server, or HarnessError when none is left
+                except openai.BadRequestError as exc:
+                    if "context" in str(exc).lower():
+                        return [Completion("", 0, 0, PROMPT_TOO_LONG)] * settings.n
+                    raise HarnessError(f"the server at {server.url} rejected a request: {exc}") from exc
+                except openai.APIError as exc:
+                    raise HarnessError(
+                        f"the server at {server.url} failed after retries: {exc}; check that it is up"
+                    ) from exc
             usage = response.usage
             choices = response.choices[:want]
             # Usage is per request; with several choices the completion tokens are shared out evenly.
@@ -143,5 +155,23 @@ class OpenAIEngine:
                 for choice in choices
             ]
             if not choices:
-                raise HarnessError(f"the server at {self.base_url} returned no choices; check the server's log")
+                raise HarnessError(f"the server at {server.url} returned no choices; check the server's log")
         return completions
+
+
+def _served_models(server: Server, model: str | None, request_timeout: float) -> list[str]:
+    """The models `server` lists. Asked even when --model names one: an unreachable server must stop
+    the run here, before a run directory exists, not after retries at the first request."""
+    import openai
+
+    try:
+        quick = server.client.with_options(max_retries=1, timeout=min(request_timeout, 30))
+        return [m.id for m in quick.models.list()]
+    except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+        raise HarnessError(f"cannot reach the server at {server.url} ({exc}); start it, or check --base-url") from exc
+    except openai.APIError as exc:
+        if model is None:
+            raise HarnessError(
+                f"cannot list the models of the server at {server.url} ({exc}); check --base-url"
+            ) from exc
+        return [model]  # a server without /models still serves the model it was given

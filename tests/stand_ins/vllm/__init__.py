@@ -6,17 +6,25 @@ vllm.SamplingParams, RequestOutput, CompletionOutput, and a model's `load_weight
 argument names, defaults and field names. `load_weights` takes Hugging Face checkpoint names, as
 vLLM's model classes do, and rejects a name the model does not have, as vLLM does. Behind it,
 transformers runs the model, rendering each conversation with the tokenizer's chat template as
-vLLM does. It records every call so tests can check what the adapter sent. It is not vLLM: no
-paged attention, no scheduling.
+vLLM does. It records every call so tests can check what the adapter sent; where the adapter runs it
+in child processes (--data-parallel-size), each engine's creation and chat prompts are also appended
+as JSON lines to the file $VLLM_STAND_IN_LOG names. It is not vLLM: no paged attention, no scheduling.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
 CALLS: list[dict] = []
 INSTANCES: list[LLM] = []
+
+
+def _log(record: dict) -> None:
+    if os.environ.get("VLLM_STAND_IN_LOG"):
+        with open(os.environ["VLLM_STAND_IN_LOG"], "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 @dataclass
@@ -93,7 +101,9 @@ class LLM:
         init = {k: getattr(self, k) for k in names}
         # vLLM reads this while it builds its engine: "0" keeps the engine core in this process.
         init["VLLM_ENABLE_V1_MULTIPROCESSING"] = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+        init["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES")  # the GPUs vLLM would use
         CALLS.append({"init": init})
+        _log({"init": init})
         INSTANCES.append(self)
 
     def get_tokenizer(self):
@@ -130,6 +140,7 @@ class LLM:
             for c in conversations
         ]
         CALLS.append({"chat": prompts, "params": params, "use_tqdm": use_tqdm})
+        _log({"chat": prompts, "pid": os.getpid()})
         outputs = []
         for number, (prompt, p) in enumerate(zip(prompts, params)):
             ids = self._tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
