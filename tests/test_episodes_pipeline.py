@@ -29,17 +29,38 @@ SETTINGS = SamplingSettings(max_new_tokens=8, seed=7)
 
 class ScriptedServer(FakeOpenAIServer):
     """Answers wrong at turn 1 and right from turn 2 on, after a delay chosen per (problem, turn),
-    and keeps a timeline: when each request came in and when its answer went out."""
+    and keeps a timeline: when each request came in and when its answer went out.
 
-    def __init__(self, delays: dict[tuple[int, int], float] | None = None, **options):
+    `hold` makes the answers of a (problem, turn) wait until given counts of other (problem, turn)
+    requests have come in (or HOLD_TIMEOUT passes), so an ordering is tested by events, not by how
+    fast a loaded machine runs the client."""
+
+    HOLD_TIMEOUT = 30.0
+
+    def __init__(
+        self,
+        delays: dict[tuple[int, int], float] | None = None,
+        hold: dict[tuple[int, int], dict[tuple[int, int], int]] | None = None,
+        **options,
+    ):
         super().__init__(**options)
         self.delays = delays or {}
+        self.hold = hold or {}
         self.timeline: list[dict] = []
+        self._arrived: dict[tuple[int, int], int] = {}
+        self._arrival = threading.Condition()
 
     def answer(self, body: dict) -> dict:
         received = time.monotonic()
         problem = int(re.search(r"Problem number (\d+)", body["messages"][0]["content"]).group(1))
         turn = sum(m["role"] == "assistant" for m in body["messages"]) + 1
+        with self._arrival:
+            self._arrived[(problem, turn)] = self._arrived.get((problem, turn), 0) + 1
+            self._arrival.notify_all()
+            needed = self.hold.get((problem, turn), {})
+            self._arrival.wait_for(
+                lambda: all(self._arrived.get(k, 0) >= n for k, n in needed.items()), self.HOLD_TIMEOUT
+            )
         time.sleep(self.delays.get((problem, turn), 0.0))
         out = super().answer(body)
         given = problem if turn > 1 else 99
@@ -79,10 +100,11 @@ def _run(engine, turns=3, samples=1, problems=PROBLEMS, grader=None, **options):
 
 
 def test_an_episode_goes_on_to_turn_2_before_the_slowest_turn_1_answer_is_back():
-    # p0's turn 1 takes 1.5 s; p1 and p2 answer at once, so without a barrier their turn 2 is asked
-    # while p0's turn 1 is still being written; the turn-by-turn loop asks it only afterwards.
+    # p0's turn 1 is answered only once both samples of p1 and p2 have asked their turn 2 (or after
+    # 30 s, when the assertion below fails): without a barrier they ask it while p0's turn 1 is still
+    # pending. The turn-by-turn loop, against a p0 that just takes 1.5 s, asks it only afterwards.
     slow = {(0, 1): 1.5}
-    with ScriptedServer(slow) as server:
+    with ScriptedServer(hold={(0, 1): {(1, 2): 2, (2, 2): 2}}) as server:
         engine = OpenAIEngine.from_server(server.base_url, concurrency=8)
         assert isinstance(engine, RequestEngine) and not isinstance(TurnByTurn(engine), RequestEngine)
         pipelined = _run(engine, samples=2)
