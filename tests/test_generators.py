@@ -55,7 +55,7 @@ def test_the_arithmetic_task_loads_its_held_out_split_by_default_and_its_trainin
     assert test[0].answer == str(eval(test[0].fields["problem"]))
 
 
-def test_the_arithmetic_task_grades_a_stated_answer_or_else_the_last_number():
+def test_the_arithmetic_task_grades_a_stated_integer_or_else_the_last_number():
     from harness.data import Problem
     from harness.grading import get_grader
 

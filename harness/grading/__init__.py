@@ -42,6 +42,7 @@ def register(name: str) -> Callable[[Callable[[], Grader]], Callable[[], Grader]
 def get_grader(name: str) -> Grader:
     # Importing the modules registers their graders.
     from harness.grading import code as _code  # noqa: F401
+    from harness.grading import integer as _integer  # noqa: F401
     from harness.grading import math as _math  # noqa: F401
 
     if name not in _REGISTRY:
