@@ -25,6 +25,9 @@ def grade(responses: list[str], answer: str) -> list[tuple[str | None, bool]]:
         ("−17", -17),  # U+2212, as LaTeX-to-Unicode output writes it
         ("$24$", 24),
         ("24.", 24),
+        ('"8"', 8),  # the base model's "The answer is "8"." (benchmarks/score_demo.py, DIR/base)
+        ("**8**", 8),
+        ("“8”", 8),
         ("1,234", 1234),
         ("20 - 6 = 14", 14),
         ("x = -3", -3),

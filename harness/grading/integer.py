@@ -6,8 +6,8 @@ is lenient at worst; on a task whose whole point is computing 3 + 21, restating 
 answer. SCoRe training found that opening within 24 steps (benchmarks/score_demo.py, first run: the
 trained model's second attempt appended "Answer: <the problem's expression>" and its Accuracy@t2 rose
 from 28% to 58% with no arithmetic learned). Here an answer counts only as an integer literal: the
-right-hand side of its last "=" (so "20 - 6 = 14" answers 14), with an optional sign, thousands commas
-and a closing full stop; anything else is wrong.
+right-hand side of its last "=" (so "20 - 6 = 14" answers 14), with an optional sign, thousands commas,
+quotes or bold around it and a closing full stop; anything else is wrong.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from harness.grading.math_extract import extract_answers
 
 # A signed integer, digits grouped by commas or not; "−" (U+2212) is a minus sign.
 _INTEGER = re.compile(r"[+\-−]?(?:\d{1,3}(?:,\d{3})+|\d+)")
-_WRAPPERS = re.compile(r"\\[()\[\]]|\$|\\!|\\,|\s")
+# Math delimiters, quotes, bold and spaces around or inside a literal ("The answer is "8"." is 8).
+_WRAPPERS = re.compile(r"\\[()\[\]]|\$|\\!|\\,|[\"'“”‘’`*]|\s")
 
 
 def integer_value(answer: str) -> int | None:
