@@ -94,6 +94,11 @@ def redact_command(argv: list[str]) -> list[str]:
     return out
 
 
+# Engine settings that change how fast a run goes, not what it generates (tests check this for
+# the hf batch size and the llamacpp slots), so a resume may change them.
+SPEED_ONLY = ("batch_size", "device", "concurrency", "parallel", "threads")
+
+
 def identity(config: dict[str, Any]) -> dict[str, Any]:
     """The settings that shape a run's results, except those a run may grow by (`growable`).
 
@@ -103,7 +108,7 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
     """
     return {
         "model": config["model"],
-        "engine": {k: v for k, v in config["engine"].items() if k not in ("batch_size", "device", "concurrency")},
+        "engine": {k: v for k, v in config["engine"].items() if k not in SPEED_ONLY},
         "task": {k: v for k, v in config["task"].items() if k != "source"},
         "data": {k: v for k, v in config["data"].items() if k in ("sha256", "split")},
         "sampling": config["sampling"],

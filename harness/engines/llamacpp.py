@@ -1,0 +1,327 @@
+"""llama.cpp backend: many conversations decoded together over a GGUF file, in this process.
+
+llama-cpp-python's low-level API drives one llama.cpp context with `parallel` sequences. Each
+sequence (slot) has a key/value stream of its own (`kv_unified` off), so a token attends only to
+its own sequence's cells, and every `llama_decode` call carries one token of every decoding slot
+plus prompt tokens of newly admitted slots. A finished slot takes the next waiting completion at
+once (continuous batching). llama.cpp splits a call into "ubatches" of consecutive sequence ids
+only, so once nothing waits, the last busy slot moves into the lowest free one (a copy of its KV
+stream) and the busy slots stay one consecutive run: one ubatch per step instead of one per gap.
+
+Prompts are the GGUF's own chat template rendered as the hf engine renders it, tokenised by
+llama.cpp; tokens are chosen by harness.engines.sampling, so greedy decoding is the argmax and a
+sampled completion draws from its own seeded stream whatever shares its batch. Completions stop
+at llama.cpp's end-of-generation tokens. llama-cpp-python is an optional extra
+(`pip install 'score-eval[llamacpp]'`), imported only when this backend is chosen. It runs a fixed
+GGUF file: it cannot see weights a trainer updates, so it is no rollout engine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.engines.base import PROMPT_TOO_LONG, Completion, Conversation, DoneCallback, SamplingSettings
+from harness.errors import HarnessError
+
+INSTALL = "pip install 'score-eval[llamacpp]'"
+# Tokens one llama_decode call may carry: every decoding slot's next token plus prompt tokens of
+# admitted slots; llama.cpp computes them in ubatches of at most UBATCH tokens.
+BATCH = 2048
+UBATCH = 512
+
+
+def import_llama_cpp():
+    """The llama_cpp module, or one clear error saying how to get it (callers check before slow work)."""
+    try:
+        import llama_cpp
+    except (ImportError, OSError) as exc:
+        raise HarnessError(
+            f"the llamacpp backend needs llama-cpp-python, which is not installed ({exc}); run `{INSTALL}` "
+            "(it compiles llama.cpp, about 11 minutes on 2 cores), or use --backend hf"
+        ) from exc
+    return llama_cpp
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass
+class _Job:
+    """One completion to generate: a prompt and the random stream its tokens are drawn from."""
+
+    key: int  # conversation * n + sample
+    prompt: list[int]
+    generator: Any  # torch.Generator, or None when greedy
+
+
+@dataclass
+class _Row:
+    """A job in a slot: its sampled tokens and how many of its tokens its KV stream holds."""
+
+    job: _Job
+    tokens: list[int] = field(default_factory=list)
+    cached: int = 0
+
+    def feed(self, budget: int) -> list[int]:
+        """The tokens to decode next: prompt tokens (at most `budget`) until the prompt is in, then
+        the last sampled token."""
+        prompt = self.job.prompt
+        if self.cached < len(prompt):
+            return prompt[self.cached : self.cached + budget]
+        return self.tokens[-1:]
+
+
+# Called as each row ends: (job, sampled token ids, whether it stopped on a stop token).
+Finished = Callable[[_Job, list[int], bool], None]
+
+
+class LlamaCppEngine:
+    name = "llamacpp"
+
+    def __init__(self, lib, path: Path, model_name: str, parallel: int = 16, n_ctx: int = 4096, threads: int = 0):
+        """`parallel` sequences of up to `n_ctx` tokens each (prompt and completion), on `threads`
+        threads (0: every core this process may use)."""
+        self.lib, self.model_name, self.model_path = lib, model_name, path
+        self.parallel, self.n_ctx = parallel, n_ctx
+        self.threads = threads or available_cores()
+        limit = lib.llama_max_parallel_sequences()
+        if not 1 <= parallel <= limit:
+            raise HarnessError(f"--parallel must be between 1 and {limit} (got {parallel})")
+        # llama.cpp reports through this logger's level; keep its load chatter off the screen.
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        lib.llama_backend_init()
+        self._model = lib.llama_model_load_from_file(str(path).encode(), lib.llama_model_default_params())
+        if not self._model:
+            raise HarnessError(
+                f"llama.cpp could not load {path}; check that it is a GGUF file, or pass another --model"
+            )
+        # What this engine must free, in order of creation; freed in reverse when it is collected.
+        self._owned: list[tuple[Callable, Any]] = [(lib.llama_model_free, self._model)]
+        weakref.finalize(self, _release, self._owned)
+        self.vocab = lib.llama_model_get_vocab(self._model)
+        self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
+        trained = lib.llama_model_n_ctx_train(self._model)
+        if not 1 <= n_ctx <= trained:
+            raise HarnessError(f"--n-ctx must be between 1 and the model's context, {trained} (got {n_ctx})")
+        params = lib.llama_context_default_params()
+        params.n_ctx = n_ctx * parallel
+        params.n_seq_max = parallel
+        params.kv_unified = False
+        params.n_batch, params.n_ubatch = BATCH, UBATCH
+        params.n_threads = params.n_threads_batch = self.threads
+        params.no_perf = True
+        self._ctx = lib.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            raise HarnessError(
+                f"llama.cpp could not make a context of {parallel} x {n_ctx} tokens (out of memory?); "
+                "lower --parallel or --n-ctx"
+            )
+        self._owned.append((lib.llama_free, self._ctx))
+        self._memory = lib.llama_get_memory(self._ctx)
+        self._batch = lib.llama_batch_init(BATCH, 0, 1)
+        self._owned.append((lib.llama_batch_free, self._batch))
+        # Ids that end a completion; a benchmark empties the set to keep every row busy.
+        self.stop_ids = {t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(self.vocab, t)}
+        self._formatter = self._chat_formatter()
+
+    @classmethod
+    def from_model(cls, model: str | None, parallel: int = 16, n_ctx: int = 4096, threads: int = 0) -> LlamaCppEngine:
+        lib = import_llama_cpp()
+        from harness.models import resolve_gguf
+
+        display, path = resolve_gguf(model)
+        return cls(lib, path, display, parallel=parallel, n_ctx=n_ctx, threads=threads)
+
+    def describe(self) -> dict:
+        import llama_cpp
+
+        return {
+            "backend": self.name,
+            "model": self.model_name,
+            "model_path": str(self.model_path),
+            "parallel": self.parallel,
+            "n_ctx": self.n_ctx,
+            "threads": self.threads,
+            "llama_cpp_python": llama_cpp.__version__,
+        }
+
+    def _chat_formatter(self):
+        """The GGUF's chat template, rendered with the settings transformers uses (as the hf engine does)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        from harness.engines.hf import PLAIN_CHAT_TEMPLATE
+
+        template = self.lib.llama_model_chat_template(self._model, None)
+        if not template:
+            logging.getLogger("score_eval").warning(
+                "%s has no chat template; using a plain 'Role: text' template", self.model_name
+            )
+        special = {}
+        for name, token in (("bos_token", self.lib.llama_vocab_bos), ("eos_token", self.lib.llama_vocab_eos)):
+            tid = token(self.vocab)
+            special[name] = self.lib.llama_vocab_get_text(self.vocab, tid).decode() if tid >= 0 else ""
+        return Jinja2ChatFormatter(template.decode() if template else PLAIN_CHAT_TEMPLATE, **special)
+
+    def render(self, conversation: Conversation) -> str:
+        """The exact prompt text the model sees for a conversation."""
+        return self._formatter(messages=list(conversation)).prompt
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text`, special tokens parsed, nothing added (the hf engine's add_special_tokens=False)."""
+        data = text.encode()
+        size = len(data) + 1
+        while True:
+            ids = (self.lib.llama_token * size)()
+            n = self.lib.llama_tokenize(self.vocab, data, len(data), ids, size, False, True)
+            if n >= 0:
+                return list(ids[:n])
+            size = -n
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of `ids`, special tokens left out (as the hf engine's skip_special_tokens=True)."""
+        tokens = (self.lib.llama_token * len(ids))(*ids)
+        size = 8 * len(ids) + 16
+        while True:
+            text = ctypes.create_string_buffer(size)
+            n = self.lib.llama_detokenize(self.vocab, tokens, len(ids), text, size, False, False)
+            if n >= 0:
+                return text.raw[:n].decode("utf-8", errors="replace")
+            size = -n
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        settings: SamplingSettings,
+        on_done: DoneCallback | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        """See Engine.chat. Completion j of conversation i samples from its own stream, seeded by
+        `seeds[i]` (default `settings.seed + i`) and j, whatever slot or batch it runs in."""
+        from harness.engines.sampling import row_generator
+
+        n = settings.n
+        seeds = seeds or [settings.seed + i for i in range(len(conversations))]
+        encoded = [self.tokenize(self.render(c)) for c in conversations]
+        results: list[list[Completion | None]] = [[None] * n for _ in conversations]
+        waiting = [n] * len(conversations)
+
+        def finish(conv: int, sample: int, completion: Completion) -> None:
+            results[conv][sample] = completion
+            waiting[conv] -= 1
+            if waiting[conv] == 0 and on_done:
+                on_done(conv, results[conv])
+
+        def finished(job: _Job, tokens: list[int], stopped: bool) -> None:
+            conv, sample = divmod(job.key, n)
+            finish(conv, sample, self._completion(encoded[conv], tokens, stopped))
+
+        queue: deque[_Job] = deque()
+        for conv, ids in enumerate(encoded):
+            for sample in range(n):
+                if len(ids) >= self.n_ctx:
+                    finish(conv, sample, Completion("", len(ids), 0, PROMPT_TOO_LONG, (), tuple(ids)))
+                else:
+                    generator = None if settings.greedy else row_generator(seeds[conv], sample)
+                    queue.append(_Job(conv * n + sample, ids, generator))
+        self._decode(queue, settings, finished)
+        return results
+
+    def _completion(self, prompt: list[int], tokens: list[int], stopped: bool) -> Completion:
+        return Completion(
+            text=self.detokenize(tokens[:-1] if stopped else tokens),
+            prompt_tokens=len(prompt),
+            completion_tokens=len(tokens),
+            finish_reason="stop" if stopped else "length",
+            token_ids=tuple(tokens),
+            prompt_token_ids=tuple(prompt),
+        )
+
+    def _decode(self, queue: deque[_Job], settings: SamplingSettings, on_finished: Finished) -> None:
+        """Generate every queued job with at most `parallel` in flight, slot s holding sequence s."""
+        import numpy as np
+        import torch
+
+        from harness.engines.sampling import choose
+
+        lib = self.lib
+        slots: list[_Row | None] = [None] * self.parallel
+        lib.llama_memory_clear(self._memory, True)
+        try:
+            while queue or any(slots):
+                for s, row in enumerate(slots):
+                    if row is None and queue:
+                        slots[s] = _Row(queue.popleft())
+                if not queue:
+                    self._compact(slots)
+                outputs = self._fill_batch(slots)
+                status = lib.llama_decode(self._ctx, self._batch)
+                if status != 0:
+                    raise HarnessError(f"llama_decode failed (status {status}) with {self._batch.n_tokens} tokens")
+                logits = np.ctypeslib.as_array(lib.llama_get_logits(self._ctx), shape=(len(outputs), self.n_vocab))
+                rows = [slots[s] for s in outputs]
+                chosen = choose(torch.from_numpy(logits), settings, [row.job.generator for row in rows])
+                for s, row, token in zip(outputs, rows, chosen):
+                    row.tokens.append(token)
+                    stopped = token in self.stop_ids
+                    full = len(row.job.prompt) + len(row.tokens) >= self.n_ctx
+                    if stopped or full or len(row.tokens) >= settings.max_new_tokens:
+                        on_finished(row.job, row.tokens, stopped)
+                        lib.llama_memory_seq_rm(self._memory, s, -1, -1)
+                        slots[s] = None
+        finally:
+            lib.llama_memory_clear(self._memory, True)
+
+    def _fill_batch(self, slots: list[_Row | None]) -> list[int]:
+        """Put the next tokens of every busy slot into the batch, in slot order; return the slots
+        whose logits the batch yields (those whose tokens are then all in the cache), in that order.
+        Decoding slots always get their token; prompts share what is left of the batch."""
+        batch = self._batch
+        busy = [(s, row) for s, row in enumerate(slots) if row is not None]
+        budget = BATCH - sum(row.cached >= len(row.job.prompt) for _, row in busy)
+        n, outputs = 0, []
+        for s, row in busy:
+            tokens = row.feed(budget)
+            if row.cached < len(row.job.prompt):
+                budget -= len(tokens)
+            # Logits are wanted once all of the row's tokens are in the cache.
+            wanted = row.cached + len(tokens) == len(row.job.prompt) + len(row.tokens)
+            for j, token in enumerate(tokens):
+                batch.token[n] = token
+                batch.pos[n] = row.cached + j
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = s
+                batch.logits[n] = wanted and j == len(tokens) - 1
+                n += 1
+            row.cached += len(tokens)
+            if wanted and tokens:
+                outputs.append(s)
+        batch.n_tokens = n
+        return outputs
+
+    def _compact(self, slots: list[_Row | None]) -> None:
+        """Move the highest busy slot into the lowest free one until the busy slots are 0..k-1."""
+        while True:
+            free = [s for s, row in enumerate(slots) if row is None]
+            busy = [s for s, row in enumerate(slots) if row is not None]
+            if not free or not busy or free[0] > busy[-1]:
+                return
+            source, target = busy[-1], free[0]
+            self.lib.llama_memory_seq_cp(self._memory, source, target, -1, -1)
+            self.lib.llama_memory_seq_rm(self._memory, source, -1, -1)
+            slots[target], slots[source] = slots[source], None
+
+
+def _release(owned: list[tuple[Callable, Any]]) -> None:
+    """Free the batch, context and model, last made first."""
+    while owned:
+        free, handle = owned.pop()
+        free(handle)
