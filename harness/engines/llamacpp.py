@@ -118,6 +118,8 @@ class LlamaCppEngine:
         params.kv_unified = False
         params.n_batch, params.n_ubatch = BATCH, UBATCH
         params.n_threads = params.n_threads_batch = self.threads
+        # Flash attention: on 2 CPU cores it measured 1.3x faster than without at 16 sequences (and the same alone).
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
         params.no_perf = True
         self._ctx = lib.llama_init_from_model(self._model, params)
         if not self._ctx:
