@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.engines.base import PROMPT_TOO_LONG, Completion, Conversation, DoneCallback, SamplingSettings
+from harness.engines.base import PROMPT_TOO_LONG, Collector, Completion, Conversation, DoneCallback, SamplingSettings
 from harness.errors import HarnessError
 
 INSTALL = "pip install 'score-eval[llamacpp]'"
@@ -36,6 +36,10 @@ INSTALL = "pip install 'score-eval[llamacpp]'"
 # admitted slots; llama.cpp computes them in ubatches of at most UBATCH tokens.
 BATCH = 2048
 UBATCH = 512
+# Prompts of one call that begin with at least this many identical tokens (the chat template's
+# system turn, a task's instructions) compute them once; each slot starts from a copy of that KV
+# stream (a memory copy of the slot's whole stream, cheaper than the prefill of 16 tokens).
+MIN_SHARED = 16
 
 
 def import_llama_cpp():
@@ -113,8 +117,9 @@ class LlamaCppEngine:
         if not 1 <= n_ctx <= trained:
             raise HarnessError(f"--n-ctx must be between 1 and the model's context, {trained} (got {n_ctx})")
         params = lib.llama_context_default_params()
-        params.n_ctx = n_ctx * parallel
-        params.n_seq_max = parallel
+        # One more sequence than slots: it holds the prompts' shared prefix, copied into each slot.
+        params.n_ctx = n_ctx * (parallel + 1)
+        params.n_seq_max = parallel + 1
         params.kv_unified = False
         params.n_batch, params.n_ubatch = BATCH, UBATCH
         params.n_threads = params.n_threads_batch = self.threads
@@ -213,14 +218,8 @@ class LlamaCppEngine:
         n = settings.n
         seeds = seeds or [settings.seed + i for i in range(len(conversations))]
         encoded = [self.tokenize(self.render(c)) for c in conversations]
-        results: list[list[Completion | None]] = [[None] * n for _ in conversations]
-        waiting = [n] * len(conversations)
-
-        def finish(conv: int, sample: int, completion: Completion) -> None:
-            results[conv][sample] = completion
-            waiting[conv] -= 1
-            if waiting[conv] == 0 and on_done:
-                on_done(conv, results[conv])
+        collected = Collector(len(conversations), n, on_done)
+        finish = collected.add
 
         def finished(job: _Job, tokens: list[int], stopped: bool) -> None:
             conv, sample = divmod(job.key, n)
@@ -235,7 +234,7 @@ class LlamaCppEngine:
                     generator = None if settings.greedy else row_generator(seeds[conv], sample)
                     queue.append(_Job(conv * n + sample, ids, generator))
         self._decode(queue, settings, finished)
-        return results
+        return collected.results
 
     def _completion(self, prompt: list[int], tokens: list[int], stopped: bool) -> Completion:
         return Completion(
@@ -258,10 +257,13 @@ class LlamaCppEngine:
         slots: list[_Row | None] = [None] * self.parallel
         lib.llama_memory_clear(self._memory, True)
         try:
+            shared = self._prefill_shared_prefix(queue)
             while queue or any(slots):
                 for s, row in enumerate(slots):
                     if row is None and queue:
-                        slots[s] = _Row(queue.popleft())
+                        slots[s] = _Row(queue.popleft(), cached=shared)
+                        if shared:
+                            lib.llama_memory_seq_cp(self._memory, self.parallel, s, -1, -1)
                 if not queue:
                     self._compact(slots)
                 outputs = self._fill_batch(slots)
@@ -281,6 +283,28 @@ class LlamaCppEngine:
                         slots[s] = None
         finally:
             lib.llama_memory_clear(self._memory, True)
+
+    def _prefill_shared_prefix(self, queue: deque[_Job]) -> int:
+        """Compute the tokens every queued prompt begins with, in the extra sequence, and return how
+        many they are (0 when fewer than MIN_SHARED). Each prompt keeps at least its last token to
+        itself, whose logits give its first completion token."""
+        if len(queue) < 2:
+            return 0
+        prompts = [job.prompt for job in queue]
+        shared = min(len(os.path.commonprefix(prompts)), min(map(len, prompts)) - 1)
+        if shared < MIN_SHARED:
+            return 0
+        batch, prefix = self._batch, prompts[0][:shared]
+        for start in range(0, shared, BATCH):
+            chunk = prefix[start : start + BATCH]
+            for j, token in enumerate(chunk):
+                batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.logits[j] = token, start + j, 1, 0
+                batch.seq_id[j][0] = self.parallel
+            batch.n_tokens = len(chunk)
+            status = self.lib.llama_decode(self._ctx, batch)
+            if status != 0:
+                raise HarnessError(f"llama_decode failed (status {status}) on a shared prefix of {shared} tokens")
+        return shared
 
     def _fill_batch(self, slots: list[_Row | None]) -> list[int]:
         """Put the next tokens of every busy slot into the batch, in slot order; return the slots
