@@ -169,7 +169,10 @@ def llamacpp_rows(task, problems, settings, turns: int, parallel: int) -> tuple[
     one = LlamaCppEngine.from_model(None, parallel=1)
     rows.append(("llamacpp engine, parallel 1", *timed_tokens(lambda c, s: generated(one, c, s), lc["calls"])))
     show(rows[-1])
-    reference = llama_cpp.Llama(model_path=str(embedded_gguf()), n_ctx=4096, n_threads=available_cores(), verbose=False)
+    # The engine's attention kernel and thread count.
+    reference = llama_cpp.Llama(
+        model_path=str(embedded_gguf()), n_ctx=4096, n_threads=available_cores(), flash_attn=True, verbose=False
+    )
     rows.append(("llama.cpp one stream", *timed_tokens(lambda c, s: llama_one_stream(reference, c, s), lc["calls"])))
     show(rows[-1])
     return rows, lc

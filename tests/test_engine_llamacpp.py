@@ -60,7 +60,7 @@ def test_greedy_outputs_are_the_same_whatever_the_number_of_slots(engines, monke
     monkeypatch.setattr(llama_cpp, "llama_memory_seq_cp", lambda *args: copies.append(args[1:3]) or real_copy(*args))
     settings = SamplingSettings(max_new_tokens=40)
     alone = ids_and_reasons(engines[1].chat(CONVS, settings))
-    assert copies == []  # one slot: nothing to move (and these prompts share too little to copy a prefix)
+    assert copies == []  # one slot: nothing to move
     assert ids_and_reasons(engines[4].chat(CONVS, settings)) == alone
     assert copies, "no sequence was moved, so the four-slot run did not exercise compaction"
     assert ids_and_reasons(engines[8].chat(CONVS, settings)) == alone
@@ -76,8 +76,6 @@ def test_greedy_matches_llama_cpp_pythons_own_chat_completion(engines, llama_cpp
     reference = llama_cpp.Llama(
         model_path=str(engine.model_path), n_ctx=512, n_threads=1, n_threads_batch=1, flash_attn=True, verbose=False
     )
-    # These three share the template's system turn (more than MIN_SHARED tokens), computed once and
-    # copied into each slot: the reference computes every prompt whole.
     ours = engine.chat(CONVS[:3], SamplingSettings(max_new_tokens=40))
     for conversation, (completion,) in zip(CONVS[:3], ours):
         theirs = reference.create_chat_completion(conversation, temperature=0.0, max_tokens=40)

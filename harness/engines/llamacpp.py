@@ -2,11 +2,12 @@
 
 llama-cpp-python's low-level API drives one llama.cpp context with `parallel` sequences. Each
 sequence (slot) has a key/value stream of its own (`kv_unified` off), so a token attends only to
-its own sequence's cells, and every `llama_decode` call carries one token of every decoding slot
-plus prompt tokens of newly admitted slots. A finished slot takes the next waiting completion at
-once (continuous batching). llama.cpp splits a call into "ubatches" of consecutive sequence ids
-only, so once nothing waits, the last busy slot moves into the lowest free one (a copy of its KV
-stream) and the busy slots stay one consecutive run: one ubatch per step instead of one per gap.
+its own sequence's cells, and every decode step is one `llama_decode` call carrying the next token
+of every busy slot. A finished slot takes the next waiting completion at once (continuous batching);
+its prompt is computed alone first (see UBATCH). llama.cpp splits a call into "ubatches" of
+consecutive sequence ids only, so once nothing waits, the last busy slot moves into the lowest free
+one (a copy of its KV stream) and the busy slots stay one consecutive run: one ubatch per step
+instead of one per gap.
 
 Prompts are the GGUF's own chat template rendered as the hf engine renders it, tokenised by
 llama.cpp; tokens are chosen by harness.engines.sampling, so greedy decoding is the argmax and a
@@ -32,14 +33,11 @@ from harness.engines.base import PROMPT_TOO_LONG, Collector, Completion, Convers
 from harness.errors import HarnessError
 
 INSTALL = "pip install 'score-eval[llamacpp]'"
-# Tokens one llama_decode call may carry: every decoding slot's next token plus prompt tokens of
-# admitted slots; llama.cpp computes them in ubatches of at most UBATCH tokens.
-BATCH = 2048
+# A prompt is computed alone, in pieces of at most UBATCH tokens from its start, as llama-cpp-python's
+# own `Llama` computes it (n_batch 512): llama.cpp's arithmetic depends on how a prompt is cut into
+# pieces (a prompt computed as 90 + 86 tokens gave other greedy tokens than computed whole), so this
+# keeps a completion independent of what else is running. Decode steps carry one token per slot.
 UBATCH = 512
-# Prompts of one call that begin with at least this many identical tokens (the chat template's
-# system turn, a task's instructions) compute them once; each slot starts from a copy of that KV
-# stream (a memory copy of the slot's whole stream, cheaper than the prefill of 16 tokens).
-MIN_SHARED = 16
 
 
 def import_llama_cpp():
@@ -69,19 +67,10 @@ class _Job:
 
 @dataclass
 class _Row:
-    """A job in a slot: its sampled tokens and how many of its tokens its KV stream holds."""
+    """A job in a slot and the tokens it has sampled; its KV stream holds the prompt and all but the last."""
 
     job: _Job
     tokens: list[int] = field(default_factory=list)
-    cached: int = 0
-
-    def feed(self, budget: int) -> list[int]:
-        """The tokens to decode next: prompt tokens (at most `budget`) until the prompt is in, then
-        the last sampled token."""
-        prompt = self.job.prompt
-        if self.cached < len(prompt):
-            return prompt[self.cached : self.cached + budget]
-        return self.tokens[-1:]
 
 
 # Called as each row ends: (job, sampled token ids, whether it stopped on a stop token).
@@ -117,11 +106,10 @@ class LlamaCppEngine:
         if not 1 <= n_ctx <= trained:
             raise HarnessError(f"--n-ctx must be between 1 and the model's context, {trained} (got {n_ctx})")
         params = lib.llama_context_default_params()
-        # One more sequence than slots: it holds the prompts' shared prefix, copied into each slot.
-        params.n_ctx = n_ctx * (parallel + 1)
-        params.n_seq_max = parallel + 1
+        params.n_ctx = n_ctx * parallel
+        params.n_seq_max = parallel
         params.kv_unified = False
-        params.n_batch, params.n_ubatch = BATCH, UBATCH
+        params.n_batch = params.n_ubatch = max(UBATCH, parallel)
         params.n_threads = params.n_threads_batch = self.threads
         # Flash attention: on 2 CPU cores it measured 1.3x faster than without at 16 sequences (and the same alone).
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
@@ -134,7 +122,7 @@ class LlamaCppEngine:
             )
         self._owned.append((lib.llama_free, self._ctx))
         self._memory = lib.llama_get_memory(self._ctx)
-        self._batch = lib.llama_batch_init(BATCH, 0, 1)
+        self._batch = lib.llama_batch_init(max(UBATCH, parallel), 0, 1)
         self._owned.append((lib.llama_batch_free, self._batch))
         # Ids that end a completion; a benchmark empties the set to keep every row busy.
         self.stop_ids = {t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(self.vocab, t)}
@@ -255,83 +243,57 @@ class LlamaCppEngine:
 
         lib = self.lib
         slots: list[_Row | None] = [None] * self.parallel
+
+        def take(picks: list[tuple[int, _Row]]) -> None:
+            """Choose each row's next token from the last call's logits (one row per pick, in
+            order); hand back and free the rows that are done."""
+            logits = np.ctypeslib.as_array(lib.llama_get_logits(self._ctx), shape=(len(picks), self.n_vocab))
+            chosen = choose(torch.from_numpy(logits), settings, [row.job.generator for _, row in picks])
+            for (s, row), token in zip(picks, chosen):
+                row.tokens.append(token)
+                stopped = token in self.stop_ids
+                full = len(row.job.prompt) + len(row.tokens) >= self.n_ctx
+                if stopped or full or len(row.tokens) >= settings.max_new_tokens:
+                    on_finished(row.job, row.tokens, stopped)
+                    lib.llama_memory_seq_rm(self._memory, s, -1, -1)
+                    slots[s] = None
+
         lib.llama_memory_clear(self._memory, True)
         try:
-            shared = self._prefill_shared_prefix(queue)
             while queue or any(slots):
                 for s, row in enumerate(slots):
                     if row is None and queue:
-                        slots[s] = _Row(queue.popleft(), cached=shared)
-                        if shared:
-                            lib.llama_memory_seq_cp(self._memory, self.parallel, s, -1, -1)
+                        slots[s] = _Row(queue.popleft())
+                        self._prefill(s, slots[s].job.prompt)
+                        take([(s, slots[s])])
                 if not queue:
                     self._compact(slots)
-                outputs = self._fill_batch(slots)
-                status = lib.llama_decode(self._ctx, self._batch)
-                if status != 0:
-                    raise HarnessError(f"llama_decode failed (status {status}) with {self._batch.n_tokens} tokens")
-                logits = np.ctypeslib.as_array(lib.llama_get_logits(self._ctx), shape=(len(outputs), self.n_vocab))
-                rows = [slots[s] for s in outputs]
-                chosen = choose(torch.from_numpy(logits), settings, [row.job.generator for row in rows])
-                for s, row, token in zip(outputs, rows, chosen):
-                    row.tokens.append(token)
-                    stopped = token in self.stop_ids
-                    full = len(row.job.prompt) + len(row.tokens) >= self.n_ctx
-                    if stopped or full or len(row.tokens) >= settings.max_new_tokens:
-                        on_finished(row.job, row.tokens, stopped)
-                        lib.llama_memory_seq_rm(self._memory, s, -1, -1)
-                        slots[s] = None
+                busy = [(s, row) for s, row in enumerate(slots) if row is not None]
+                if busy:
+                    self._run([(s, len(row.job.prompt) + len(row.tokens) - 1, row.tokens[-1]) for s, row in busy])
+                    take(busy)
         finally:
             lib.llama_memory_clear(self._memory, True)
 
-    def _prefill_shared_prefix(self, queue: deque[_Job]) -> int:
-        """Compute the tokens every queued prompt begins with, in the extra sequence, and return how
-        many they are (0 when fewer than MIN_SHARED). Each prompt keeps at least its last token to
-        itself, whose logits give its first completion token."""
-        if len(queue) < 2:
-            return 0
-        prompts = [job.prompt for job in queue]
-        shared = min(len(os.path.commonprefix(prompts)), min(map(len, prompts)) - 1)
-        if shared < MIN_SHARED:
-            return 0
-        batch, prefix = self._batch, prompts[0][:shared]
-        for start in range(0, shared, BATCH):
-            chunk = prefix[start : start + BATCH]
-            for j, token in enumerate(chunk):
-                batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.logits[j] = token, start + j, 1, 0
-                batch.seq_id[j][0] = self.parallel
-            batch.n_tokens = len(chunk)
-            status = self.lib.llama_decode(self._ctx, batch)
-            if status != 0:
-                raise HarnessError(f"llama_decode failed (status {status}) on a shared prefix of {shared} tokens")
-        return shared
+    def _prefill(self, seq: int, prompt: list[int]) -> None:
+        """Compute a prompt into sequence `seq`, alone, in pieces of UBATCH tokens; the last token's
+        logits are kept."""
+        for start in range(0, len(prompt), UBATCH):
+            piece = prompt[start : start + UBATCH]
+            self._run([(seq, start + j, token) for j, token in enumerate(piece)], last_only=True)
 
-    def _fill_batch(self, slots: list[_Row | None]) -> list[int]:
-        """Put the next tokens of every busy slot into the batch, in slot order; return the slots
-        whose logits the batch yields (those whose tokens are then all in the cache), in that order.
-        Decoding slots always get their token; prompts share what is left of the batch."""
+    def _run(self, tokens: list[tuple[int, int, int]], last_only: bool = False) -> None:
+        """One llama_decode call over (sequence, position, token) triples, asking logits of every
+        token, or of the last only."""
         batch = self._batch
-        busy = [(s, row) for s, row in enumerate(slots) if row is not None]
-        budget = BATCH - sum(row.cached >= len(row.job.prompt) for _, row in busy)
-        n, outputs = 0, []
-        for s, row in busy:
-            tokens = row.feed(budget)
-            if row.cached < len(row.job.prompt):
-                budget -= len(tokens)
-            # Logits are wanted once all of the row's tokens are in the cache.
-            wanted = row.cached + len(tokens) == len(row.job.prompt) + len(row.tokens)
-            for j, token in enumerate(tokens):
-                batch.token[n] = token
-                batch.pos[n] = row.cached + j
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = s
-                batch.logits[n] = wanted and j == len(tokens) - 1
-                n += 1
-            row.cached += len(tokens)
-            if wanted and tokens:
-                outputs.append(s)
-        batch.n_tokens = n
-        return outputs
+        for i, (seq, pos, token) in enumerate(tokens):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = not last_only or i == len(tokens) - 1
+        batch.n_tokens = len(tokens)
+        status = self.lib.llama_decode(self._ctx, batch)
+        if status != 0:
+            raise HarnessError(f"llama_decode failed (status {status}) on {len(tokens)} tokens")
 
     def _compact(self, slots: list[_Row | None]) -> None:
         """Move the highest busy slot into the lowest free one until the busy slots are 0..k-1."""
