@@ -11,13 +11,19 @@ Then, for hf, the very conversations the harness sent (each turn's call) are gen
   - static batches: the previous engine's algorithm (longest prompts first, `model.generate` on static
     batches of the same size, each row kept until its batch's longest ends), as the baseline.
   - transformers' own continuous batching, `model.generate_batch`, on the same prompts.
+With `--engines llamacpp` (llama-cpp-python installed), the llamacpp engine runs the same loop with
+`--parallel` slots on the embedded GGUF, and its calls are generated again:
+  - all rows busy: no stop tokens, every slot generates all M tokens (its ceiling).
+  - the llamacpp engine with one slot, and llama.cpp one stream: llama-cpp-python's own
+    `Llama.create_chat_completion`, one conversation after another (the baseline).
 "Useful" tokens are those kept in completions (up to and including the stop token). For `openai` the
 script also replays the same requests with a bare `openai` client (the same concurrency, no harness).
 
     nice python benchmarks/bench_engines.py --data ../shared/data/math/math500.jsonl \
-        [--problems 48] [--max-new-tokens 128] [--turns 1] [--base-url http://127.0.0.1:8080/v1]
+        [--problems 48] [--max-new-tokens 128] [--turns 1] [--engines hf,llamacpp] [--parallel 16] \
+        [--base-url http://127.0.0.1:8080/v1]
 
-Without --base-url only `hf` is measured. Start a server with scripts/llama_server.sh. The load
+Without --base-url the server is not measured. Start one with scripts/llama_server.sh. The load
 average is printed beside the figures: on a shared machine, compare the ratios, not the absolutes.
 """
 
@@ -32,8 +38,10 @@ from pathlib import Path
 
 from harness.data import load_problems
 from harness.engines.base import SamplingSettings
+from harness.engines.llamacpp import available_cores
 from harness.episodes import conversation, run_episodes
 from harness.grading import get_grader
+from harness.models import embedded_gguf
 from harness.store import Journal
 from harness.tasks import load_task
 
@@ -135,6 +143,67 @@ def transformers_generate_batch(engine, conversations, settings) -> int:
     return useful([r.generated_tokens for r in results.values()], engine.stop_ids)
 
 
+def llama_one_stream(reference, conversations, settings) -> int:
+    """Useful tokens of llama-cpp-python's own chat completion, one conversation at a time; its count
+    leaves out the end-of-generation token, which the engines count."""
+    tokens = 0
+    for conv in conversations:
+        out = reference.create_chat_completion(conv, temperature=0.0, max_tokens=settings.max_new_tokens)
+        tokens += out["usage"]["completion_tokens"] + (out["choices"][0]["finish_reason"] == "stop")
+    return tokens
+
+
+def llamacpp_rows(task, problems, settings, turns: int, parallel: int) -> tuple[list, dict]:
+    """The llamacpp engine through the harness, then its ceiling and its baselines on the same calls."""
+    import llama_cpp
+
+    from harness.engines.llamacpp import LlamaCppEngine
+
+    engine = LlamaCppEngine.from_model(None, parallel=parallel)
+    engine.chat([conversation(task, problems[0], [])], SamplingSettings(max_new_tokens=2))
+    lc = measure(engine, task, problems, settings, turns)
+    rows = [(f"llamacpp harness (parallel {parallel})", lc["wall"], lc["tokens"])]
+    show(rows[-1])
+    rows.append(("llamacpp, all rows busy", *timed_tokens(lambda c, s: all_rows_busy(engine, c, s), lc["calls"])))
+    show(rows[-1])
+    one = LlamaCppEngine.from_model(None, parallel=1)
+    rows.append(("llamacpp engine, parallel 1", *timed_tokens(lambda c, s: generated(one, c, s), lc["calls"])))
+    show(rows[-1])
+    # The engine's attention kernel and thread count.
+    reference = llama_cpp.Llama(
+        model_path=str(embedded_gguf()), n_ctx=4096, n_threads=available_cores(), flash_attn=True, verbose=False
+    )
+    rows.append(("llama.cpp one stream", *timed_tokens(lambda c, s: llama_one_stream(reference, c, s), lc["calls"])))
+    show(rows[-1])
+    return rows, lc
+
+
+def generated(engine, conversations, settings) -> int:
+    return sum(c[0].completion_tokens for c in engine.chat(conversations, settings))
+
+
+def hf_engine_rows(task, problems, settings, args) -> tuple[list, dict]:
+    """The hf engine through the harness, then its ceiling and its alternatives on the same calls."""
+    from harness.engines.hf import HFEngine
+
+    engine = HFEngine.from_model(None, batch_size=args.batch_size)
+    # One short call first: the first forward pays one-time setup that no figure below should carry.
+    engine.chat([conversation(task, problems[0], [])], SamplingSettings(max_new_tokens=2))
+    hf = measure(engine, task, problems, settings, args.turns)
+    rows = [("hf harness (slot refill)", hf["wall"], hf["tokens"])]
+    show(rows[-1])
+    for label, generate in (
+        ("hf, all rows busy", lambda c, s: all_rows_busy(engine, c, s)),
+        ("static batches (previous hf)", lambda c, s: static_batches(engine, c, s)),
+        ("transformers generate_batch", lambda c, s: transformers_generate_batch(engine, c, s)),
+    ):
+        if label.startswith("transformers") and args.skip_generate_batch:
+            continue
+        rows.append((label, *timed_tokens(generate, hf["calls"])))
+        show(rows[-1])
+    return rows, hf
+
+
 def bare_client_seconds(base_url: str, model: str, task, episodes, settings, concurrency: int, turns: int) -> float:
     """The same requests (every turn), sent with the plain openai client: the server's own time."""
     import openai
@@ -154,6 +223,20 @@ def bare_client_seconds(base_url: str, model: str, task, episodes, settings, con
             list(pool.map(send, convs))
         total += time.perf_counter() - start
     return total
+
+
+def table(title: str, rows, busy, base=None) -> None:
+    """Each row's useful tokens/s, as a share of the all-rows-busy figure and a multiple of `base`."""
+    busy_rate = busy[2] / busy[1]
+    print(
+        f"{title:30} {'seconds':>8} {'tokens':>7} {'tok/s':>7} {'vs busy':>8}"
+        + (f" {'vs one stream':>14}" if base else "")
+    )
+    for label, seconds, tokens in rows:
+        line = f"{label:30} {seconds:8.1f} {tokens:7d} {tokens / seconds:7.1f} {tokens / seconds / busy_rate:8.2f}"
+        if base:
+            line += f" {tokens / seconds / (base[2] / base[1]):14.2f}"
+        print(line)
 
 
 def load_average() -> str:
@@ -176,32 +259,23 @@ def main() -> None:
     parser.add_argument("--base-url", default=None)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--skip-generate-batch", action="store_true", help="leave out transformers' generate_batch")
+    parser.add_argument("--engines", default="hf", help="comma-separated: hf, llamacpp")
+    parser.add_argument("--parallel", type=int, default=16, help="llamacpp slots")
     args = parser.parse_args()
+    engines = set(args.engines.split(","))
 
     task = load_task("math")
     problems, _ = load_problems(task, args.data, args.problems)
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens)
     print(f"load average (1/5/15 min) at start: {load_average()}", flush=True)
 
-    from harness.engines.hf import HFEngine
-
-    engine = HFEngine.from_model(None, batch_size=args.batch_size)
-    # One short call first: the first forward pays one-time setup that no figure below should carry.
-    engine.chat([conversation(task, problems[0], [])], SamplingSettings(max_new_tokens=2))
-    hf = measure(engine, task, problems, settings, args.turns)
-    rows = [("hf harness (slot refill)", hf["wall"], hf["tokens"])]
-    show(rows[-1])
-    for label, generate in (
-        ("hf, all rows busy", lambda c, s: all_rows_busy(engine, c, s)),
-        ("static batches (previous hf)", lambda c, s: static_batches(engine, c, s)),
-        ("transformers generate_batch", lambda c, s: transformers_generate_batch(engine, c, s)),
-    ):
-        if label.startswith("transformers") and args.skip_generate_batch:
-            continue
-        rows.append((label, *timed_tokens(generate, hf["calls"])))
-        show(rows[-1])
-
-    overheads = [("hf", hf, None)]
+    hf_rows, lc_rows, overheads = [], [], []
+    if "hf" in engines:
+        hf_rows, hf = hf_engine_rows(task, problems, settings, args)
+        overheads.append(("hf", hf, None))
+    if "llamacpp" in engines:
+        lc_rows, lc = llamacpp_rows(task, problems, settings, args.turns, args.parallel)
+        overheads.append(("llamacpp", lc, None))
     if args.base_url:
         from harness.engines.openai import OpenAIEngine
 
@@ -214,12 +288,13 @@ def main() -> None:
 
     print(
         f"\nworkload: {len(problems)} MATH-500 problems x {args.turns} turn(s), greedy, max {args.max_new_tokens} "
-        f"new tokens, hf batch size {args.batch_size}, {os.cpu_count()} CPUs; load average now {load_average()}"
+        f"new tokens, hf batch size {args.batch_size}, llamacpp parallel {args.parallel}, {os.cpu_count()} CPUs; "
+        f"load average now {load_average()}"
     )
-    busy = rows[1][2] / rows[1][1]
-    print(f"{'hf engine':30} {'seconds':>8} {'tokens':>7} {'tok/s':>7} {'vs busy':>8}")
-    for label, seconds, tokens in rows:
-        print(f"{label:30} {seconds:8.1f} {tokens:7d} {tokens / seconds:7.1f} {tokens / seconds / busy:8.2f}")
+    if hf_rows:
+        table("hf engine", hf_rows, busy=hf_rows[1])
+    if lc_rows:
+        table("llamacpp engine", lc_rows, busy=lc_rows[1], base=lc_rows[-1])
     header = f"{'backend':8} {'wall s':>8} {'engine s':>9} {'overhead':>9} {'tokens':>7} {'tok/s':>7}"
     print(f"\n{header} {'bare client s':>14}")
     for name, r, bare in overheads:

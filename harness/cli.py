@@ -76,6 +76,8 @@ class BatchSize(click.ParamType):
     "--gpu-memory-utilization", type=float, default=0.9, show_default=True, help=_help("gpu_memory_utilization")
 )
 @click.option("--max-model-len", type=int, default=None, help=_help("max_model_len"))
+@click.option("--parallel", type=int, default=16, show_default=True, help=_help("parallel"))
+@click.option("--n-ctx", type=int, default=4096, show_default=True, help=_help("n_ctx"))
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True, help=_help("dtype"))
 def run(**options) -> None:
     """Run k turns of intrinsic self-correction and write results/<run>/.

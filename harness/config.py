@@ -69,6 +69,14 @@ class RunConfig:
     pipeline_parallel_size: int = field(default=1, metadata={"help": "vllm: pipeline stages"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: share of GPU memory to use"})
     max_model_len: int | None = field(default=None, metadata={"help": "vllm: context length (default: the model's)"})
+    # Engine options: llamacpp
+    parallel: int = field(
+        default=16, metadata={"help": "llamacpp: sequences decoded together (slots, refilled as sequences finish)"}
+    )
+    n_ctx: int = field(
+        default=4096,
+        metadata={"help": "llamacpp: context tokens per sequence (prompt + completion); each slot holds this many"},
+    )
     # Engine options: hf and vllm
     dtype: str = field(
         default="auto",
@@ -97,6 +105,8 @@ class RunConfig:
                 self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size >= 1),
                 f"--batch-size must be a positive number or 'auto' (got {self.batch_size})",
             ),
+            (self.parallel >= 1, f"--parallel must be at least 1 (got {self.parallel})"),
+            (self.n_ctx >= 1, f"--n-ctx must be at least 1 (got {self.n_ctx})"),
             (self.concurrency >= 1, f"--concurrency must be at least 1 (got {self.concurrency})"),
             (
                 self.data_parallel_size >= 1,
@@ -150,6 +160,8 @@ class RunConfig:
             "max_model_len",
             "seed",
             "dtype",
+            "parallel",
+            "n_ctx",
         )
         return {k: getattr(self, k) for k in keys}
 

@@ -86,6 +86,22 @@ def resolve_model(spec: str | None) -> tuple[str, str]:
     return spec, spec
 
 
+def resolve_gguf(spec: str | None) -> tuple[str, Path]:
+    """Return (display name, GGUF file) for a --model value an engine that reads GGUF files runs
+    (llamacpp): nothing (the embedded default) or a path to a .gguf file."""
+    if spec is None:
+        return DEFAULT_MODEL_NAME, embedded_gguf()
+    path = Path(spec).expanduser()
+    if path.suffix != ".gguf":
+        raise HarnessError(
+            f"--backend llamacpp runs a .gguf file, and {spec} is not one; pass --model path/to/model.gguf "
+            "(or no --model for the embedded default), or use --backend hf for a checkpoint directory or hub id"
+        )
+    if not path.is_file():
+        raise HarnessError(f"model file {path} does not exist; check the --model path")
+    return spec, path
+
+
 def gguf_to_checkpoint(gguf: Path, name: str | None = None) -> Path:
     """Dequantise a GGUF file once into a cached safetensors checkpoint and return its directory."""
     stat = gguf.stat()

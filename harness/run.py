@@ -95,8 +95,11 @@ def redact_command(argv: list[str]) -> list[str]:
 
 
 # Engine facts that say how a run is spread over hardware, not what it computes: a run may resume on
-# other servers (base_url: runs before several servers were allowed), GPUs or batch sizes.
-HOW_NOT_WHAT = ("batch_size", "device", "concurrency", "base_url", "servers", "data_parallel_size")
+# other servers (base_url: runs before several servers were allowed), GPUs, batch sizes or llama.cpp
+# slots and threads (tests check the hf batch size and the llamacpp slots).
+HOW_NOT_WHAT = (
+    "batch_size", "device", "concurrency", "base_url", "servers", "data_parallel_size", "parallel", "threads",
+)  # fmt: skip
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 from harness.engines.base import Completion, Engine, Message, SamplingSettings
 from harness.errors import HarnessError
 
-BACKENDS = ("hf", "vllm", "openai")
+BACKENDS = ("hf", "vllm", "openai", "llamacpp")
 
 
 def make_engine(backend: str, model: str | None, options: dict[str, Any]) -> Engine:
@@ -44,6 +44,10 @@ def make_engine(backend: str, model: str | None, options: dict[str, Any]) -> Eng
             concurrency=options["concurrency"],
             request_timeout=options["request_timeout"],
         )
+    if backend == "llamacpp":
+        from harness.engines.llamacpp import LlamaCppEngine
+
+        return LlamaCppEngine.from_model(model, parallel=options["parallel"], n_ctx=options["n_ctx"])
     raise HarnessError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
 
 

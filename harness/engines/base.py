@@ -53,6 +53,22 @@ class Completion:
     prompt_token_ids: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
 
 
+class Collector:
+    """The completions of one `chat` call as they finish, in input order; each conversation goes to
+    `on_done` once all `n` of its completions are in (engines that finish them one by one share this)."""
+
+    def __init__(self, conversations: int, n: int, on_done: DoneCallback | None):
+        self.results: list[list[Completion | None]] = [[None] * n for _ in range(conversations)]
+        self.waiting = [n] * conversations
+        self.on_done = on_done
+
+    def add(self, conv: int, sample: int, completion: Completion) -> None:
+        self.results[conv][sample] = completion
+        self.waiting[conv] -= 1
+        if self.waiting[conv] == 0 and self.on_done:
+            self.on_done(conv, self.results[conv])
+
+
 class Engine(Protocol):
     """What every backend provides."""
 

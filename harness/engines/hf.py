@@ -13,7 +13,7 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 
-from harness.engines.base import PROMPT_TOO_LONG, Completion, Conversation, DoneCallback, SamplingSettings
+from harness.engines.base import PROMPT_TOO_LONG, Collector, Completion, Conversation, DoneCallback, SamplingSettings
 
 # Used only when a tokenizer ships no chat template (e.g. a base model); a warning says so.
 PLAIN_CHAT_TEMPLATE = (
@@ -93,14 +93,8 @@ class HFEngine:
         n = settings.n
         seeds = seeds or [settings.seed + i for i in range(len(conversations))]
         encoded = [self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"] for c in conversations]
-        results: list[list[Completion | None]] = [[None] * n for _ in conversations]
-        waiting = [n] * len(conversations)
-
-        def finish(conv: int, sample: int, completion: Completion) -> None:
-            results[conv][sample] = completion
-            waiting[conv] -= 1
-            if waiting[conv] == 0 and on_done:
-                on_done(conv, results[conv])
+        collected = Collector(len(conversations), n, on_done)
+        finish = collected.add
 
         def finished(job: Job, tokens: list[int], stopped: bool) -> None:
             conv, sample = divmod(job.key, n)
@@ -122,7 +116,7 @@ class HFEngine:
         while True:
             try:
                 decoder.run(queue, self.batch_size)
-                return results
+                return collected.results
             except torch.OutOfMemoryError:
                 # The rows in flight went back to the queue; their random streams restart with them.
                 if not self.auto_batch or self.batch_size == 1:

@@ -139,6 +139,11 @@ class TrainConfig:
             (self.save_every >= 1, "--save-every must be at least 1"),
             (self.eval_every >= 0, "--eval-every must not be negative"),
             (
+                self.rollout_backend != "llamacpp",
+                "--rollout-backend llamacpp is not possible: llama.cpp runs a fixed GGUF file and cannot see the "
+                "policy's updated weights; use hf or vllm (llamacpp serves `score-eval run`)",
+            ),
+            (
                 self.rollout_backend in ("hf", "vllm"),
                 f"--rollout-backend must be hf or vllm (got {self.rollout_backend})",
             ),

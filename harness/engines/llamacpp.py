@@ -1,0 +1,320 @@
+"""llama.cpp backend: many conversations decoded together over a GGUF file, in this process.
+
+llama-cpp-python's low-level API drives one llama.cpp context with `parallel` sequences. Each
+sequence (slot) has a key/value stream of its own (`kv_unified` off), so a token attends only to
+its own sequence's cells, and every decode step is one `llama_decode` call carrying the next token
+of every busy slot. A finished slot takes the next waiting completion at once (continuous batching);
+its prompt is computed alone first (see UBATCH). llama.cpp splits a call into "ubatches" of
+consecutive sequence ids only, so once nothing waits, the last busy slot moves into the lowest free
+one (a copy of its KV stream) and the busy slots stay one consecutive run: one ubatch per step
+instead of one per gap.
+
+Prompts are the GGUF's own chat template rendered as the hf engine renders it, tokenised by
+llama.cpp; tokens are chosen by harness.engines.sampling, so greedy decoding is the argmax and a
+sampled completion draws from its own seeded stream whatever shares its batch. Completions stop
+at llama.cpp's end-of-generation tokens. llama-cpp-python is an optional extra
+(`pip install 'score-eval[llamacpp]'`), imported only when this backend is chosen. It runs a fixed
+GGUF file: it cannot see weights a trainer updates, so it is no rollout engine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.engines.base import PROMPT_TOO_LONG, Collector, Completion, Conversation, DoneCallback, SamplingSettings
+from harness.errors import HarnessError
+
+INSTALL = "pip install 'score-eval[llamacpp]'"
+# A prompt is computed alone, in pieces of at most UBATCH tokens from its start, as llama-cpp-python's
+# own `Llama` computes it (n_batch 512): llama.cpp's arithmetic depends on how a prompt is cut into
+# pieces (a prompt computed as 90 + 86 tokens gave other greedy tokens than computed whole), so this
+# keeps a completion independent of what else is running. Decode steps carry one token per slot.
+UBATCH = 512
+
+
+def import_llama_cpp():
+    """The llama_cpp module, or one clear error saying how to get it (callers check before slow work)."""
+    try:
+        import llama_cpp
+    except (ImportError, OSError) as exc:
+        raise HarnessError(
+            f"the llamacpp backend needs llama-cpp-python, which is not installed ({exc}); run `{INSTALL}` "
+            "(it compiles llama.cpp, about 11 minutes on 2 cores), or use --backend hf"
+        ) from exc
+    return llama_cpp
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass
+class _Job:
+    """One completion to generate: a prompt and the random stream its tokens are drawn from."""
+
+    key: int  # conversation * n + sample
+    prompt: list[int]
+    generator: Any  # torch.Generator, or None when greedy
+
+
+@dataclass
+class _Row:
+    """A job in a slot and the tokens it has sampled; its KV stream holds the prompt and all but the last."""
+
+    job: _Job
+    tokens: list[int] = field(default_factory=list)
+
+
+# Called as each row ends: (job, sampled token ids, whether it stopped on a stop token).
+Finished = Callable[[_Job, list[int], bool], None]
+
+
+class LlamaCppEngine:
+    name = "llamacpp"
+
+    def __init__(self, lib, path: Path, model_name: str, parallel: int = 16, n_ctx: int = 4096, threads: int = 0):
+        """`parallel` sequences of up to `n_ctx` tokens each (prompt and completion), on `threads`
+        threads (0: every core this process may use)."""
+        self.lib, self.model_name, self.model_path = lib, model_name, path
+        self.parallel, self.n_ctx = parallel, n_ctx
+        self.threads = threads or available_cores()
+        limit = lib.llama_max_parallel_sequences()
+        if not 1 <= parallel <= limit:
+            raise HarnessError(f"--parallel must be between 1 and {limit} (got {parallel})")
+        # llama.cpp reports through this logger's level; keep its load chatter off the screen.
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        lib.llama_backend_init()
+        self._model = lib.llama_model_load_from_file(str(path).encode(), lib.llama_model_default_params())
+        if not self._model:
+            raise HarnessError(
+                f"llama.cpp could not load {path}; check that it is a GGUF file, or pass another --model"
+            )
+        # What this engine must free, in order of creation; freed in reverse when it is collected.
+        self._owned: list[tuple[Callable, Any]] = [(lib.llama_model_free, self._model)]
+        weakref.finalize(self, _release, self._owned)
+        self.vocab = lib.llama_model_get_vocab(self._model)
+        self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
+        trained = lib.llama_model_n_ctx_train(self._model)
+        if not 1 <= n_ctx <= trained:
+            raise HarnessError(f"--n-ctx must be between 1 and the model's context, {trained} (got {n_ctx})")
+        params = lib.llama_context_default_params()
+        params.n_ctx = n_ctx * parallel
+        params.n_seq_max = parallel
+        params.kv_unified = False
+        params.n_batch = params.n_ubatch = max(UBATCH, parallel)
+        params.n_threads = params.n_threads_batch = self.threads
+        # Flash attention: on 2 CPU cores it measured 1.3x faster than without at 16 sequences (and the same alone).
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        params.no_perf = True
+        self._ctx = lib.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            raise HarnessError(
+                f"llama.cpp could not make a context of {parallel} x {n_ctx} tokens (out of memory?); "
+                "lower --parallel or --n-ctx"
+            )
+        self._owned.append((lib.llama_free, self._ctx))
+        self._memory = lib.llama_get_memory(self._ctx)
+        self._batch = lib.llama_batch_init(max(UBATCH, parallel), 0, 1)
+        self._owned.append((lib.llama_batch_free, self._batch))
+        # Ids that end a completion; a benchmark empties the set to keep every row busy.
+        self.stop_ids = {t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(self.vocab, t)}
+        self._formatter = self._chat_formatter()
+
+    @classmethod
+    def from_model(cls, model: str | None, parallel: int = 16, n_ctx: int = 4096, threads: int = 0) -> LlamaCppEngine:
+        lib = import_llama_cpp()
+        from harness.models import resolve_gguf
+
+        display, path = resolve_gguf(model)
+        return cls(lib, path, display, parallel=parallel, n_ctx=n_ctx, threads=threads)
+
+    def describe(self) -> dict:
+        import llama_cpp
+
+        return {
+            "backend": self.name,
+            "model": self.model_name,
+            "model_path": str(self.model_path),
+            "parallel": self.parallel,
+            "n_ctx": self.n_ctx,
+            "threads": self.threads,
+            "llama_cpp_python": llama_cpp.__version__,
+        }
+
+    def _chat_formatter(self):
+        """The GGUF's chat template, rendered with the settings transformers uses (as the hf engine does)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        from harness.engines.hf import PLAIN_CHAT_TEMPLATE
+
+        template = self.lib.llama_model_chat_template(self._model, None)
+        if not template:
+            logging.getLogger("score_eval").warning(
+                "%s has no chat template; using a plain 'Role: text' template", self.model_name
+            )
+        special = {}
+        for name, token in (("bos_token", self.lib.llama_vocab_bos), ("eos_token", self.lib.llama_vocab_eos)):
+            tid = token(self.vocab)
+            special[name] = self.lib.llama_vocab_get_text(self.vocab, tid).decode() if tid >= 0 else ""
+        return Jinja2ChatFormatter(template.decode() if template else PLAIN_CHAT_TEMPLATE, **special)
+
+    def render(self, conversation: Conversation) -> str:
+        """The exact prompt text the model sees for a conversation."""
+        return self._formatter(messages=list(conversation)).prompt
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text`, special tokens parsed, nothing added (the hf engine's add_special_tokens=False)."""
+        data = text.encode()
+        size = len(data) + 1
+        while True:
+            ids = (self.lib.llama_token * size)()
+            n = self.lib.llama_tokenize(self.vocab, data, len(data), ids, size, False, True)
+            if n >= 0:
+                return list(ids[:n])
+            size = -n
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of `ids`, special tokens left out (as the hf engine's skip_special_tokens=True)."""
+        tokens = (self.lib.llama_token * len(ids))(*ids)
+        size = 8 * len(ids) + 16
+        while True:
+            text = ctypes.create_string_buffer(size)
+            n = self.lib.llama_detokenize(self.vocab, tokens, len(ids), text, size, False, False)
+            if n >= 0:
+                return text.raw[:n].decode("utf-8", errors="replace")
+            size = -n
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        settings: SamplingSettings,
+        on_done: DoneCallback | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        """See Engine.chat. Completion j of conversation i samples from its own stream, seeded by
+        `seeds[i]` (default `settings.seed + i`) and j, whatever slot or batch it runs in."""
+        from harness.engines.sampling import row_generator
+
+        n = settings.n
+        seeds = seeds or [settings.seed + i for i in range(len(conversations))]
+        encoded = [self.tokenize(self.render(c)) for c in conversations]
+        collected = Collector(len(conversations), n, on_done)
+        finish = collected.add
+
+        def finished(job: _Job, tokens: list[int], stopped: bool) -> None:
+            conv, sample = divmod(job.key, n)
+            finish(conv, sample, self._completion(encoded[conv], tokens, stopped))
+
+        queue: deque[_Job] = deque()
+        for conv, ids in enumerate(encoded):
+            for sample in range(n):
+                if len(ids) >= self.n_ctx:
+                    finish(conv, sample, Completion("", len(ids), 0, PROMPT_TOO_LONG, (), tuple(ids)))
+                else:
+                    generator = None if settings.greedy else row_generator(seeds[conv], sample)
+                    queue.append(_Job(conv * n + sample, ids, generator))
+        self._decode(queue, settings, finished)
+        return collected.results
+
+    def _completion(self, prompt: list[int], tokens: list[int], stopped: bool) -> Completion:
+        return Completion(
+            text=self.detokenize(tokens[:-1] if stopped else tokens),
+            prompt_tokens=len(prompt),
+            completion_tokens=len(tokens),
+            finish_reason="stop" if stopped else "length",
+            token_ids=tuple(tokens),
+            prompt_token_ids=tuple(prompt),
+        )
+
+    def _decode(self, queue: deque[_Job], settings: SamplingSettings, on_finished: Finished) -> None:
+        """Generate every queued job with at most `parallel` in flight, slot s holding sequence s."""
+        import numpy as np
+        import torch
+
+        from harness.engines.sampling import choose
+
+        lib = self.lib
+        slots: list[_Row | None] = [None] * self.parallel
+
+        def take(picks: list[tuple[int, _Row]]) -> None:
+            """Choose each row's next token from the last call's logits (one row per pick, in
+            order); hand back and free the rows that are done."""
+            logits = np.ctypeslib.as_array(lib.llama_get_logits(self._ctx), shape=(len(picks), self.n_vocab))
+            chosen = choose(torch.from_numpy(logits), settings, [row.job.generator for _, row in picks])
+            for (s, row), token in zip(picks, chosen):
+                row.tokens.append(token)
+                stopped = token in self.stop_ids
+                full = len(row.job.prompt) + len(row.tokens) >= self.n_ctx
+                if stopped or full or len(row.tokens) >= settings.max_new_tokens:
+                    on_finished(row.job, row.tokens, stopped)
+                    lib.llama_memory_seq_rm(self._memory, s, -1, -1)
+                    slots[s] = None
+
+        lib.llama_memory_clear(self._memory, True)
+        # torch's own worker threads spin after each op and take the cores from llama.cpp's threads
+        # (measured: one stream 13x slower); the per-step choice over a few rows needs none of them.
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            while queue or any(slots):
+                for s, row in enumerate(slots):
+                    if row is None and queue:
+                        slots[s] = _Row(queue.popleft())
+                        self._prefill(s, slots[s].job.prompt)
+                        take([(s, slots[s])])
+                if not queue:
+                    self._compact(slots)
+                busy = [(s, row) for s, row in enumerate(slots) if row is not None]
+                if busy:
+                    self._run([(s, len(row.job.prompt) + len(row.tokens) - 1, row.tokens[-1]) for s, row in busy])
+                    take(busy)
+        finally:
+            torch.set_num_threads(torch_threads)
+            lib.llama_memory_clear(self._memory, True)
+
+    def _prefill(self, seq: int, prompt: list[int]) -> None:
+        """Compute a prompt into sequence `seq`, alone, in pieces of UBATCH tokens; the last token's
+        logits are kept."""
+        for start in range(0, len(prompt), UBATCH):
+            piece = prompt[start : start + UBATCH]
+            self._run([(seq, start + j, token) for j, token in enumerate(piece)], last_only=True)
+
+    def _run(self, tokens: list[tuple[int, int, int]], last_only: bool = False) -> None:
+        """One llama_decode call over (sequence, position, token) triples, asking logits of every
+        token, or of the last only."""
+        batch = self._batch
+        for i, (seq, pos, token) in enumerate(tokens):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = not last_only or i == len(tokens) - 1
+        batch.n_tokens = len(tokens)
+        status = self.lib.llama_decode(self._ctx, batch)
+        if status != 0:
+            raise HarnessError(f"llama_decode failed (status {status}) on {len(tokens)} tokens")
+
+    def _compact(self, slots: list[_Row | None]) -> None:
+        """Move the highest busy slot into the lowest free one until the busy slots are 0..k-1."""
+        while True:
+            free = [s for s, row in enumerate(slots) if row is None]
+            busy = [s for s, row in enumerate(slots) if row is not None]
+            if not free or not busy or free[0] > busy[-1]:
+                return
+            source, target = busy[-1], free[0]
+            self.lib.llama_memory_seq_cp(self._memory, source, target, -1, -1)
+            self.lib.llama_memory_seq_rm(self._memory, source, -1, -1)
+            slots[target], slots[source] = slots[source], None
+
+
+def _release(owned: list[tuple[Callable, Any]]) -> None:
+    """Free the batch, context and model, last made first."""
+    while owned:
+        free, handle = owned.pop()
+        free(handle)

@@ -1,0 +1,188 @@
+"""The llamacpp engine on the embedded SmolLM2 GGUF, through the real llama-cpp-python (skipped only
+where it is not installed; `bash scripts/install.sh test` installs it).
+
+What is checked: the slots change nothing (greedy outputs with 1, 4 and 8 slots are identical, and
+equal to llama-cpp-python's own `Llama.create_chat_completion`); a sampled completion depends on its
+conversation's seed alone; the prompt is the one the hf engine builds; the limits (prompt too long,
+context full, max_new_tokens, stop) end completions with the right finish reason; and a whole run
+goes through the CLI.
+"""
+
+import json
+import sys
+
+import pytest
+
+from harness.engines.base import PROMPT_TOO_LONG, SamplingSettings
+from harness.errors import HarnessError
+from tests.conftest import run_cli
+
+CONVS = [
+    [{"role": "user", "content": "What is 12 + 7? Answer with the number only."}],
+    [{"role": "user", "content": "Write a short poem about the sea."}],
+    [
+        {"role": "user", "content": "Name a prime number."},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "There might be an error in the solution above. Try again."},
+    ],
+    [{"role": "user", "content": "Say hello."}],
+    [{"role": "system", "content": "You answer in French."}, {"role": "user", "content": "How are you today?"}],
+    [{"role": "user", "content": "Compute 3 * 4 - 5 step by step, then write the result as 'Answer: <number>'."}],
+]
+
+
+@pytest.fixture(scope="module")
+def llama_cpp():
+    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (scripts/install.sh test)")
+
+
+@pytest.fixture(scope="module")
+def engines(llama_cpp):
+    """Engines on the embedded GGUF by number of slots (small contexts keep the KV cache small)."""
+    from harness.engines.llamacpp import LlamaCppEngine
+
+    # One thread: llama.cpp's threads wait for each other by spinning, which crawls on a busy shared
+    # machine; the CLI test below runs the default (every core).
+    return {
+        parallel: LlamaCppEngine.from_model(None, parallel=parallel, n_ctx=512, threads=1) for parallel in (1, 4, 8)
+    }
+
+
+def ids_and_reasons(out):
+    return [[(c.token_ids, c.finish_reason, c.text) for c in completions] for completions in out]
+
+
+def test_greedy_outputs_are_the_same_whatever_the_number_of_slots(engines, monkeypatch, llama_cpp):
+    # Six conversations on four slots: two wait for a slot, and once none waits, finished slots
+    # leave gaps that are closed by moving the last busy sequence (a KV stream copy).
+    copies = []
+    real_copy = llama_cpp.llama_memory_seq_cp
+    monkeypatch.setattr(llama_cpp, "llama_memory_seq_cp", lambda *args: copies.append(args[1:3]) or real_copy(*args))
+    settings = SamplingSettings(max_new_tokens=40)
+    alone = ids_and_reasons(engines[1].chat(CONVS, settings))
+    assert copies == []  # one slot: nothing to move
+    assert ids_and_reasons(engines[4].chat(CONVS, settings)) == alone
+    assert copies, "no sequence was moved, so the four-slot run did not exercise compaction"
+    assert ids_and_reasons(engines[8].chat(CONVS, settings)) == alone
+    # The outputs are real text, some stopped and some cut at max_new_tokens.
+    reasons = {c[0][1] for c in alone}
+    assert reasons == {"stop", "length"} and all(c[0][2].strip() for c in alone)
+
+
+def test_greedy_matches_llama_cpp_pythons_own_chat_completion(engines, llama_cpp):
+    """The reference: llama-cpp-python's high-level API, one conversation at a time, temperature 0
+    (its greedy sampler), on the same file with the same attention kernel."""
+    engine = engines[4]
+    reference = llama_cpp.Llama(
+        model_path=str(engine.model_path), n_ctx=512, n_threads=1, n_threads_batch=1, flash_attn=True, verbose=False
+    )
+    ours = engine.chat(CONVS[:3], SamplingSettings(max_new_tokens=40))
+    for conversation, (completion,) in zip(CONVS[:3], ours):
+        theirs = reference.create_chat_completion(conversation, temperature=0.0, max_tokens=40)
+        choice = theirs["choices"][0]
+        assert completion.text == choice["message"]["content"]
+        assert completion.finish_reason == choice["finish_reason"]
+        assert completion.prompt_tokens == theirs["usage"]["prompt_tokens"]
+        # Their count leaves out the end-of-generation token; ours includes it (the hf engine's count).
+        stopped = completion.finish_reason == "stop"
+        assert completion.completion_tokens == theirs["usage"]["completion_tokens"] + stopped
+
+
+def test_sampling_depends_on_the_conversations_seed_not_its_neighbours(engines):
+    settings = SamplingSettings(max_new_tokens=16, temperature=1.0, top_p=0.9, n=2)
+    alone = engines[1].chat([CONVS[1]], settings, seeds=[77])[0]
+    mixed = engines[4].chat([CONVS[0], CONVS[3], CONVS[1], CONVS[2]], settings, seeds=[5, 6, 77, 8])[2]
+    assert [c.token_ids for c in mixed] == [c.token_ids for c in alone]
+    assert alone[0].token_ids != alone[1].token_ids  # the two samples draw from different streams
+    other_seed = engines[4].chat([CONVS[1]], settings, seeds=[78])[0]
+    assert other_seed[0].token_ids != alone[0].token_ids
+
+
+def test_prompt_longer_than_the_context_is_reported_not_run(llama_cpp):
+    from harness.engines.llamacpp import LlamaCppEngine
+
+    engine = LlamaCppEngine.from_model(None, parallel=2, n_ctx=64, threads=1)
+    long = [{"role": "user", "content": "Repeat after me: " + "one two three " * 30}]
+    out = engine.chat([long, CONVS[1]], SamplingSettings(max_new_tokens=200))
+    too_long, poem = out[0][0], out[1][0]
+    assert too_long.finish_reason == PROMPT_TOO_LONG and too_long.completion_tokens == 0 and too_long.text == ""
+    assert too_long.prompt_tokens == len(engine.tokenize(engine.render(long))) >= 64
+    # The poem fills the context: prompt and completion together hold exactly n_ctx tokens.
+    assert poem.finish_reason == "length" and poem.prompt_tokens + poem.completion_tokens == 64
+
+
+def test_finish_reasons_and_token_ids(engines):
+    out = engines[4].chat(CONVS, SamplingSettings(max_new_tokens=40))
+    engine = engines[4]
+    for conversation, (c,) in zip(CONVS, out):
+        assert list(c.prompt_token_ids) == engine.tokenize(engine.render(conversation))
+        assert c.prompt_tokens == len(c.prompt_token_ids) and c.completion_tokens == len(c.token_ids)
+        if c.finish_reason == "stop":
+            assert c.token_ids[-1] in engine.stop_ids and len(c.token_ids) <= 40
+            assert engine.detokenize(c.token_ids[:-1]) == c.text
+        else:
+            assert c.finish_reason == "length" and len(c.token_ids) == 40
+            assert engine.detokenize(c.token_ids) == c.text
+        assert not set(c.token_ids[:-1]) & engine.stop_ids
+
+
+def test_prompt_text_and_ids_are_the_hf_engines(engines, embedded_checkpoint):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_checkpoint)
+    engine = engines[1]
+    for conversation in CONVS:
+        text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        assert engine.render(conversation) == text
+        assert engine.tokenize(text) == tokenizer(text, add_special_tokens=False)["input_ids"]
+    sample = "Déjà vu: 3×4 = 12, naïve café 🙂\n\tdone<|im_end|>"
+    ids = tokenizer(sample, add_special_tokens=False)["input_ids"]
+    assert engine.detokenize(ids) == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_each_conversation_is_reported_once_and_n_completions_come_in_order(engines):
+    seen = []
+    settings = SamplingSettings(max_new_tokens=4, n=3, temperature=1.0)
+    out = engines[4].chat(CONVS[:3], settings, on_done=lambda i, cs: seen.append((i, cs)))
+    assert sorted(i for i, _ in seen) == [0, 1, 2] and all(out[i] == cs for i, cs in seen)
+    assert [len(c) for c in out] == [3, 3, 3]
+
+
+def test_run_end_to_end_through_the_cli(tmp_path, llama_cpp):
+    args = ["run", "--backend", "llamacpp", "--task", "arithmetic", "--limit", "4", "--turns", "2"]
+    args += ["--max-new-tokens", "16", "--parallel", "3", "--n-ctx", "512"]
+    result = run_cli([*args, "--output-dir", str(tmp_path), "--run-name", "lc"])
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "lc"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["n"] == 4 and summary["run"]["backend"] == "llamacpp"
+    engine = json.loads((run_dir / "config.json").read_text())["engine"]
+    assert (engine["backend"], engine["parallel"], engine["n_ctx"]) == ("llamacpp", 3, 512)
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4
+    assert all(len(s["turns"]) == 2 and 0 < t["completion_tokens"] <= 16 for s in samples for t in s["turns"])
+
+
+def test_missing_llama_cpp_is_one_clear_error(monkeypatch):
+    from harness.config import RunConfig
+    from harness.engines import make_engine
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` fail
+    with pytest.raises(HarnessError, match=r"pip install 'score-eval\[llamacpp\]'"):
+        make_engine("llamacpp", None, RunConfig(backend="llamacpp").validate().engine_options())
+
+
+def test_a_checkpoint_directory_is_refused_with_the_fix(tmp_path):
+    from harness.models import resolve_gguf
+
+    with pytest.raises(HarnessError, match=r"runs a \.gguf file.*--backend hf"):
+        resolve_gguf(str(tmp_path))
+    with pytest.raises(HarnessError, match=r"does not exist"):
+        resolve_gguf(str(tmp_path / "missing.gguf"))
+
+
+def test_the_trainer_refuses_llamacpp_rollouts():
+    from harness.train.config import TrainConfig
+
+    with pytest.raises(HarnessError, match=r"cannot see the policy's updated weights"):
+        TrainConfig(rollout_backend="llamacpp").validate()
