@@ -177,3 +177,36 @@ def test_top_p_near_zero_samples_the_greedy_tokens(engine):
     greedy = engine.chat(MANY, SamplingSettings(max_new_tokens=6))
     narrow = engine.chat(MANY, SamplingSettings(max_new_tokens=6, temperature=1.0, top_p=1e-6))
     assert [c[0].token_ids for c in narrow] == [c[0].token_ids for c in greedy]
+
+
+def test_prefill_groups_keep_every_row_at_least_four_fifths_prompt():
+    from harness.engines.slots import prefill_groups
+
+    # Longest first: 501 alone (362 < 0.8 * 501 = 400.8); 362 and 309 (>= 289.6); 251 and 218
+    # (>= 200.8); 176 alone. Indices point into the given list.
+    assert prefill_groups([176, 501, 309, 362, 218, 251]) == [[1], [3, 2], [5, 4], [0]]
+    assert prefill_groups([40, 40, 40]) == [[0, 1, 2]]
+    assert prefill_groups([10]) == [[0]]
+
+
+# One admission of prompts from a few tokens to several hundred: split into several prefills.
+SPREAD = [[{"role": "user", "content": "Count: " + "seven " * k}] for k in (0, 150, 3, 60, 61, 20, 150, 1)]
+
+
+def test_one_admission_of_very_different_prompts_prefills_in_groups_with_the_same_greedy_tokens(engine, monkeypatch):
+    import functools
+
+    expected = static_batch_token_ids(engine, SPREAD, max_new_tokens=6, batch_size=8)
+    real, shapes = engine.model.forward, []
+
+    @functools.wraps(real)
+    def forward(*args, **kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", forward)
+    out = engine.chat(SPREAD, SamplingSettings(max_new_tokens=6))
+    assert [(c[0].prompt_token_ids, c[0].token_ids) for c in out] == expected
+    prefills = [rows for rows, width in shapes if width > 1]
+    assert len(prefills) >= 3 and sum(prefills) == len(SPREAD)  # one admission, several prefills
+    assert shapes[len(prefills)] == (len(SPREAD), 1)  # then every row decodes together

@@ -4,10 +4,11 @@ A static batch keeps computing rows that have already stopped until its longest 
 finished row leaves the batch at once and the next waiting prompt takes its place. All rows share
 one left-padded `DynamicCache`: each row's tokens sit at the right end of the cache, the columns
 to their left are padding hidden by the attention mask, and positions count only a row's own
-tokens, so every row computes what it would compute alone. Admitted prompts are prefilled
-together in a cache of their own, which is then padded to the same width as the running cache and
-appended to it along the batch dimension; leading columns that are padding in every row are
-dropped as rows leave, so the cache stays as wide as its longest live row.
+tokens, so every row computes what it would compute alone. Admitted prompts are prefilled in
+groups of similar length (see prefill_groups), each in a cache of its own; these are padded to the
+width of the running cache and appended to it along the batch dimension in one copy; leading
+columns that are padding in every row are dropped as rows leave, so the cache stays as wide as its
+longest live row.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class _Row:
         return len(self.job.prompt) + len(self.tokens) - 1
 
 
+# A prompt shorter than this share of its prefill group's longest starts a group of its own.
+PREFILL_MIN_FILL = 0.8
+
 # Called as each row ends: (job, sampled token ids, whether it stopped on a stop token).
 Finished = Callable[[Job, list[int], bool], None]
 
@@ -82,25 +86,26 @@ class SlotDecoder:
             raise
 
     def _admit(self) -> None:
-        """Prefill the admitted jobs together (left-padded among themselves), take their first
-        tokens, and join them to the batch."""
-        jobs = self.admitting
-        width = max(len(job.prompt) for job in jobs)
-        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for r, job in enumerate(jobs):
-            ids[r, width - len(job.prompt) :] = torch.tensor(job.prompt)
-            mask[r, width - len(job.prompt) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp_(min=0)
-        cache = DynamicCache()
-        logits = self._forward(ids, mask, positions, cache)
-        _check_cache(cache, width)
-        new_rows = [_Row(job) for job in jobs]
-        self._take(new_rows, logits)
-        if self.cache is None:
-            self.cache = cache
-        else:
-            _append_rows(self.cache, cache)
+        """Prefill the admitted jobs in groups of similar prompt length (left-padded within a group),
+        take their first tokens, and join them to the batch."""
+        caches, new_rows = [], []
+        for group in prefill_groups([len(job.prompt) for job in self.admitting]):
+            jobs = [self.admitting[i] for i in group]
+            width = len(jobs[0].prompt)
+            ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(jobs), width), dtype=torch.long)
+            for r, job in enumerate(jobs):
+                ids[r, width - len(job.prompt) :] = torch.tensor(job.prompt)
+                mask[r, width - len(job.prompt) :] = 1
+            positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+            cache = DynamicCache()
+            logits = self._forward(ids, mask, positions, cache)
+            _check_cache(cache, width)
+            rows = [_Row(job) for job in jobs]
+            self._take(rows, logits)
+            caches.append(cache)
+            new_rows += rows
+        self.cache = _join_rows(([self.cache] if self.cache is not None else []) + caches)
         self.rows, self.admitting = self.rows + new_rows, []
         self._retire()
 
@@ -163,12 +168,17 @@ def _check_cache(cache: DynamicCache, width: int) -> None:
         )
 
 
-def _append_rows(cache: DynamicCache, new: DynamicCache) -> None:
-    """Append `new`'s rows to `cache`, left-padding whichever is narrower to the other's width."""
-    width = max(cache.get_seq_length(), new.get_seq_length())
-    for layer, added in zip(cache.layers, new.layers):
-        layer.keys = torch.cat([_left_pad(layer.keys, width), _left_pad(added.keys, width)])
-        layer.values = torch.cat([_left_pad(layer.values, width), _left_pad(added.values, width)])
+def _join_rows(caches: list[DynamicCache]) -> DynamicCache:
+    """One cache holding every row of `caches` in order, each left-padded to the widest; a single
+    copy of each layer, however many caches join."""
+    if len(caches) == 1:
+        return caches[0]
+    width = max(cache.get_seq_length() for cache in caches)
+    joined = caches[0]
+    for index, layer in enumerate(joined.layers):
+        layer.keys = torch.cat([_left_pad(cache.layers[index].keys, width) for cache in caches])
+        layer.values = torch.cat([_left_pad(cache.layers[index].values, width) for cache in caches])
+    return joined
 
 
 def _left_pad(states: torch.Tensor, width: int) -> torch.Tensor:
@@ -176,3 +186,19 @@ def _left_pad(states: torch.Tensor, width: int) -> torch.Tensor:
     if missing == 0:
         return states
     return torch.nn.functional.pad(states, (0, 0, missing, 0))
+
+
+def prefill_groups(lengths: list[int], min_fill: float = PREFILL_MIN_FILL) -> list[list[int]]:
+    """Split prompts, longest first, into groups prefilled together: a prompt joins the current
+    group while it is at least `min_fill` of the group's width (its first, longest prompt), so no
+    row of a prefill is more than 1 - min_fill padding. Batching similar prompts keeps the large
+    matrix products of a joint prefill; one padded batch of 501- and 176-token prompts spends
+    half its work on padding. Returns indices into `lengths`."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and lengths[i] >= min_fill * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
