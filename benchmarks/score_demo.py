@@ -20,6 +20,7 @@ The default sizes fit 60 minutes on 2 cores (see SIZES); the README gives the me
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -36,6 +37,24 @@ SIZES = {
     "full": (500, 48, 12, 16, 4),
     "quick": (4, 12, 1, 4, 2),
 }
+
+
+def second_attempts(run_dir: Path) -> tuple[int, int, int]:
+    """(two-turn episodes, second attempts that repeat the first word for word, second attempts whose
+    extracted answer differs from the first's): what tells a model that never revises from one that
+    revises badly, which Δ alone does not."""
+    turns = [json.loads(line)["turns"] for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    pairs = [t for t in turns if len(t) >= 2]
+    repeated = sum(t[0]["response"].strip() == t[1]["response"].strip() for t in pairs)
+    changed = sum(t[0]["extracted"] != t[1]["extracted"] for t in pairs)
+    return len(pairs), repeated, changed
+
+
+def print_second_attempts(out: Path, names: list[str]) -> None:
+    print("\n| run | episodes | second attempt repeats the first | answer changed |\n|---|---:|---:|---:|")
+    for name in names:
+        n, repeated, changed = second_attempts(out / name)
+        print(f"| {name} | {n} | {repeated} ({100 * repeated / n:.1f}%) | {changed} ({100 * changed / n:.1f}%) |")
 
 
 def main() -> None:
@@ -116,6 +135,7 @@ def main() -> None:
         if done.returncode != 0:
             sys.exit(f"error: `score-eval {command[0]}` failed (exit {done.returncode}); see its output above")
         print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
+    print_second_attempts(out, ["base", "stage2", "baseline"])
     load = os.getloadavg()
     print(
         f"\ndemo finished in {time.perf_counter() - started:.0f} s; load average now "
