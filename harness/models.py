@@ -66,13 +66,10 @@ def resolve_model(spec: str | None) -> tuple[str, str]:
     """Return (display name, local directory or hub id) for a --model value, ready to load (every
     model the harness loads comes through here, so this is where the loading bar is hidden)."""
     hide_loading_bar()
-    if spec is None:
-        return DEFAULT_MODEL_NAME, str(gguf_to_checkpoint(embedded_gguf(), DEFAULT_MODEL_NAME))
-    path = Path(spec).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise HarnessError(f"model file {path} does not exist; check the --model path")
-        return spec, str(gguf_to_checkpoint(path))
+    path = Path(spec).expanduser() if spec is not None else None
+    if path is None or path.suffix == ".gguf":
+        name, gguf = resolve_gguf(spec)
+        return name, str(gguf_to_checkpoint(gguf, DEFAULT_MODEL_NAME if spec is None else None))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise HarnessError(

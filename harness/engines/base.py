@@ -53,6 +53,12 @@ class Completion:
     prompt_token_ids: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
 
 
+def conversation_seeds(settings: SamplingSettings, count: int, seeds: Sequence[int] | None) -> list[int]:
+    """Each conversation's sampling seed in a `chat` call: the caller's, else Engine.chat's default,
+    `settings.seed` plus the conversation's position."""
+    return list(seeds) if seeds else [settings.seed + i for i in range(count)]
+
+
 class Collector:
     """The completions of one `chat` call as they finish, in input order; each conversation goes to
     `on_done` once all `n` of its completions are in (engines that finish them one by one share this)."""

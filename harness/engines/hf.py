@@ -13,7 +13,15 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 
-from harness.engines.base import PROMPT_TOO_LONG, Collector, Completion, Conversation, DoneCallback, SamplingSettings
+from harness.engines.base import (
+    PROMPT_TOO_LONG,
+    Collector,
+    Completion,
+    Conversation,
+    DoneCallback,
+    SamplingSettings,
+    conversation_seeds,
+)
 
 # Used only when a tokenizer ships no chat template (e.g. a base model); a warning says so.
 PLAIN_CHAT_TEMPLATE = (
@@ -91,7 +99,7 @@ class HFEngine:
         from harness.engines.slots import Job, SlotDecoder
 
         n = settings.n
-        seeds = seeds or [settings.seed + i for i in range(len(conversations))]
+        seeds = conversation_seeds(settings, len(conversations), seeds)
         encoded = [self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"] for c in conversations]
         collected = Collector(len(conversations), n, on_done)
         finish = collected.add

@@ -27,10 +27,21 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.engines.base import PROMPT_TOO_LONG, Collector, Completion, Conversation, DoneCallback, SamplingSettings
+from harness.engines.base import (
+    PROMPT_TOO_LONG,
+    Collector,
+    Completion,
+    Conversation,
+    DoneCallback,
+    SamplingSettings,
+    conversation_seeds,
+)
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:  # torch is imported only when the engine generates
+    from harness.engines.sampling import Finished, Job
 
 INSTALL = "pip install 'score-eval[llamacpp]'"
 # A prompt is computed alone, in pieces of at most UBATCH tokens from its start, as llama-cpp-python's
@@ -57,24 +68,11 @@ def available_cores() -> int:
 
 
 @dataclass
-class _Job:
-    """One completion to generate: a prompt and the random stream its tokens are drawn from."""
-
-    key: int  # conversation * n + sample
-    prompt: list[int]
-    generator: Any  # torch.Generator, or None when greedy
-
-
-@dataclass
 class _Row:
     """A job in a slot and the tokens it has sampled; its KV stream holds the prompt and all but the last."""
 
-    job: _Job
+    job: Job
     tokens: list[int] = field(default_factory=list)
-
-
-# Called as each row ends: (job, sampled token ids, whether it stopped on a stop token).
-Finished = Callable[[_Job, list[int], bool], None]
 
 
 class LlamaCppEngine:
@@ -201,26 +199,26 @@ class LlamaCppEngine:
     ) -> list[list[Completion]]:
         """See Engine.chat. Completion j of conversation i samples from its own stream, seeded by
         `seeds[i]` (default `settings.seed + i`) and j, whatever slot or batch it runs in."""
-        from harness.engines.sampling import row_generator
+        from harness.engines.sampling import Job, row_generator
 
         n = settings.n
-        seeds = seeds or [settings.seed + i for i in range(len(conversations))]
+        seeds = conversation_seeds(settings, len(conversations), seeds)
         encoded = [self.tokenize(self.render(c)) for c in conversations]
         collected = Collector(len(conversations), n, on_done)
         finish = collected.add
 
-        def finished(job: _Job, tokens: list[int], stopped: bool) -> None:
+        def finished(job: Job, tokens: list[int], stopped: bool) -> None:
             conv, sample = divmod(job.key, n)
             finish(conv, sample, self._completion(encoded[conv], tokens, stopped))
 
-        queue: deque[_Job] = deque()
+        queue: deque[Job] = deque()
         for conv, ids in enumerate(encoded):
             for sample in range(n):
                 if len(ids) >= self.n_ctx:
                     finish(conv, sample, Completion("", len(ids), 0, PROMPT_TOO_LONG, (), tuple(ids)))
                 else:
                     generator = None if settings.greedy else row_generator(seeds[conv], sample)
-                    queue.append(_Job(conv * n + sample, ids, generator))
+                    queue.append(Job(conv * n + sample, ids, generator))
         self._decode(queue, settings, finished)
         return collected.results
 
@@ -234,7 +232,7 @@ class LlamaCppEngine:
             prompt_token_ids=tuple(prompt),
         )
 
-    def _decode(self, queue: deque[_Job], settings: SamplingSettings, on_finished: Finished) -> None:
+    def _decode(self, queue: deque[Job], settings: SamplingSettings, on_finished: Finished) -> None:
         """Generate every queued job with at most `parallel` in flight, slot s holding sequence s."""
         import numpy as np
         import torch

@@ -16,7 +16,14 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
-from harness.engines.base import PROMPT_TOO_LONG, Completion, Conversation, DoneCallback, SamplingSettings
+from harness.engines.base import (
+    PROMPT_TOO_LONG,
+    Completion,
+    Conversation,
+    DoneCallback,
+    SamplingSettings,
+    conversation_seeds,
+)
 from harness.engines.server_pool import Server, ServerPool
 from harness.errors import HarnessError
 
@@ -88,23 +95,24 @@ class OpenAIEngine:
         on_done: DoneCallback | None = None,
         seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        seeds = seeds or [settings.seed + i for i in range(len(conversations))]
+        seeds = conversation_seeds(settings, len(conversations), seeds)
         results: list[list[Completion]] = [[] for _ in conversations]
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai") as pool:
-            futures = {
-                pool.submit(self._complete, conv, settings, seed): i
-                for i, (conv, seed) in enumerate(zip(conversations, seeds))
-            }
+        futures = {self.submit(conv, settings, seed): i for i, (conv, seed) in enumerate(zip(conversations, seeds))}
+        try:
             for future in as_completed(futures):
                 i = futures[future]
                 results[i] = future.result()
                 if on_done:
                     on_done(i, results[i])
+        finally:  # a failed call sends no more of its requests (those in flight finish)
+            for future in futures:
+                future.cancel()
         return results
 
     def submit(self, conversation: Conversation, settings: SamplingSettings, seed: int) -> Future[list[Completion]]:
         """One conversation's completions, requested as soon as one of `concurrency` threads is free
-        (base.RequestEngine): the k-turn loop sends an episode's next turn as soon as it has this one."""
+        (base.RequestEngine): the k-turn loop sends an episode's next turn as soon as it has this one,
+        and `chat` sends a whole call's conversations through the same threads."""
         return self._requests.submit(self._complete, conversation, settings, seed)
 
     @functools.cached_property

@@ -9,7 +9,8 @@ same tokens alone, in any batch, and after a resume.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -19,6 +20,20 @@ from harness.engines.base import SamplingSettings
 # generator keeps 32 bits of its seed): the golden-ratio stride sends a conversation's samples far
 # from each other and from the seeds of other conversations (consecutive by default, hashes in episodes).
 SAMPLE_SEED_STRIDE = 0x9E3779B9
+
+
+@dataclass
+class Job:
+    """One completion to generate (hf's slot decoder, the llamacpp engine): a prompt and the random
+    stream its tokens are drawn from."""
+
+    key: int  # the caller's handle for this completion: conversation * n + sample
+    prompt: list[int]
+    generator: torch.Generator | None  # None when greedy
+
+
+# Called as each job's row ends: (job, sampled token ids, whether it stopped on a stop token).
+Finished = Callable[[Job, list[int], bool], None]
 
 
 def row_generator(seed: int, sample: int) -> torch.Generator:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import inspect
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -23,17 +22,8 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from harness.engines.base import SamplingSettings
-from harness.engines.sampling import choose
+from harness.engines.sampling import Finished, Job, choose
 from harness.errors import HarnessError
-
-
-@dataclass
-class Job:
-    """One completion to generate: a prompt and the random stream its tokens are drawn from."""
-
-    key: int  # the caller's handle for this completion
-    prompt: list[int]
-    generator: torch.Generator | None
 
 
 @dataclass
@@ -49,9 +39,6 @@ class _Row:
 
 # A prompt shorter than this share of its prefill group's longest starts a group of its own.
 PREFILL_MIN_FILL = 0.8
-
-# Called as each row ends: (job, sampled token ids, whether it stopped on a stop token).
-Finished = Callable[[Job, list[int], bool], None]
 
 
 class SlotDecoder:

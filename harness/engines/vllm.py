@@ -13,7 +13,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from unittest import mock
 
-from harness.engines.base import PROMPT_TOO_LONG, Completion, Conversation, DoneCallback, SamplingSettings
+from harness.engines.base import (
+    PROMPT_TOO_LONG,
+    Completion,
+    Conversation,
+    DoneCallback,
+    SamplingSettings,
+    conversation_seeds,
+)
 from harness.errors import HarnessError
 
 
@@ -103,7 +110,7 @@ class VLLMEngine:
         lengths = [len(self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"]) for c in conversations]
         runnable = [i for i, n in enumerate(lengths) if n < limit]
         results: list[list[Completion]] = [[Completion("", n, 0, PROMPT_TOO_LONG)] * settings.n for n in lengths]
-        seeds = seeds or [settings.seed + i for i in range(len(conversations))]
+        seeds = conversation_seeds(settings, len(conversations), seeds)
         # One SamplingParams per prompt, each with the conversation's own seed.
         params = [
             vllm.SamplingParams(

@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 from unittest import mock
 
-from harness.engines.base import Completion, Conversation, DoneCallback, SamplingSettings
+from harness.engines.base import Completion, Conversation, DoneCallback, SamplingSettings, conversation_seeds
 from harness.errors import HarnessError
 
 
@@ -122,7 +122,7 @@ class ReplicatedVLLMEngine:
         on_done: DoneCallback | None = None,
         seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        seeds = list(seeds or [settings.seed + i for i in range(len(conversations))])
+        seeds = conversation_seeds(settings, len(conversations), seeds)
         parts = shares(len(conversations), len(self.connections))
         busy = [r for r, part in enumerate(parts) if part]
         for r in busy:
