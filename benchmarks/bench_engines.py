@@ -12,10 +12,12 @@ Then, for hf, the very conversations the harness sent (each turn's call) are gen
     batches of the same size, each row kept until its batch's longest ends), as the baseline.
   - transformers' own continuous batching, `model.generate_batch`, on the same prompts.
 With `--engines llamacpp` (llama-cpp-python installed), the llamacpp engine runs the same loop with
-`--parallel` slots on the embedded GGUF, and its calls are generated again:
+`--parallel` slots on the embedded model (its float32 copy, see llamacpp.float32_copy), and its calls
+are generated again:
   - all rows busy: no stop tokens, every slot generates all M tokens (its ceiling).
-  - the llamacpp engine with one slot, and llama.cpp one stream: llama-cpp-python's own
-    `Llama.create_chat_completion`, one conversation after another (the baseline).
+  - the llamacpp engine with one slot, and on the embedded Q4_1 file itself (the previous default).
+  - llama.cpp one stream: llama-cpp-python's own `Llama.create_chat_completion` on the engine's
+    file, one conversation after another (the baseline).
 "Useful" tokens are those kept in completions (up to and including the stop token). For `openai` the
 script also replays the same requests with a bare `openai` client (the same concurrency, no harness).
 
@@ -169,9 +171,15 @@ def llamacpp_rows(task, problems, settings, turns: int, parallel: int) -> tuple[
     one = LlamaCppEngine.from_model(None, parallel=1)
     rows.append(("llamacpp engine, parallel 1", *timed_tokens(lambda c, s: generated(one, c, s), lc["calls"])))
     show(rows[-1])
-    # The engine's attention kernel and thread count.
+    del one
+    # The embedded file itself (4-bit weights), where the engine runs its float32 copy.
+    q4 = LlamaCppEngine.from_model(str(embedded_gguf()), parallel=parallel)
+    rows.append(("llamacpp on the Q4_1 file", *timed_tokens(lambda c, s: generated(q4, c, s), lc["calls"])))
+    show(rows[-1])
+    del q4
+    # The engine's file, attention kernel and thread count.
     reference = llama_cpp.Llama(
-        model_path=str(embedded_gguf()), n_ctx=4096, n_threads=available_cores(), flash_attn=True, verbose=False
+        model_path=str(engine.model_path), n_ctx=4096, n_threads=available_cores(), flash_attn=True, verbose=False
     )
     rows.append(("llama.cpp one stream", *timed_tokens(lambda c, s: llama_one_stream(reference, c, s), lc["calls"])))
     show(rows[-1])

@@ -99,11 +99,17 @@ def resolve_gguf(spec: str | None) -> tuple[str, Path]:
     return spec, path
 
 
+def cached_copy(source: Path, name: str) -> Path:
+    """Where the cache keeps something made from `source`: named `name`, keyed by the file's path,
+    size and modification time, so a replaced file gets a new copy."""
+    stat = source.stat()
+    key = hashlib.sha256(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / f"{name}-{key}"
+
+
 def gguf_to_checkpoint(gguf: Path, name: str | None = None) -> Path:
     """Dequantise a GGUF file once into a cached safetensors checkpoint and return its directory."""
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = cache_dir() / f"{name or gguf.stem}-{key}"
+    target = cached_copy(gguf, name or gguf.stem)
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     import struct

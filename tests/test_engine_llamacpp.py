@@ -1,5 +1,5 @@
-"""The llamacpp engine on the embedded SmolLM2 GGUF, through the real llama-cpp-python (skipped only
-where it is not installed; `bash scripts/install.sh test` installs it).
+"""The llamacpp engine on the embedded SmolLM2 model (its float32 copy), through the real
+llama-cpp-python (skipped only where it is not installed; `bash scripts/install.sh test` installs it).
 
 What is checked: the slots change nothing (greedy outputs with 1, 4 and 8 slots are identical, and
 equal to llama-cpp-python's own `Llama.create_chat_completion`); a sampled completion depends on its
@@ -69,10 +69,37 @@ def test_greedy_outputs_are_the_same_whatever_the_number_of_slots(engines, monke
     assert reasons == {"stop", "length"} and all(c[0][2].strip() for c in alone)
 
 
-def test_greedy_matches_llama_cpp_pythons_own_chat_completion(engines, llama_cpp):
-    """The reference: llama-cpp-python's high-level API, one conversation at a time, temperature 0
-    (its greedy sampler), on the same file with the same attention kernel."""
+def test_a_lone_token_computes_as_it_does_in_a_batch(engines):
+    """llama.cpp computes a one-token call by other arithmetic (logits up to 0.007 apart on the
+    float32 copy, measured); the engine gives a lone decode token a companion so this cannot happen."""
+    import numpy as np
+
     engine = engines[4]
+    lib = engine.lib
+    prompt = engine.tokenize(engine.render(CONVS[1]))
+
+    def logits_of_sequence_0(rows: int):
+        lib.llama_memory_clear(engine._memory, True)
+        for seq in range(rows):
+            engine._prefill(seq, prompt)
+        engine._run([(seq, len(prompt), 504) for seq in range(rows)], spare=rows)
+        return np.ctypeslib.as_array(lib.llama_get_logits(engine._ctx), shape=(rows, engine.n_vocab))[0].copy()
+
+    try:
+        assert np.array_equal(logits_of_sequence_0(1), logits_of_sequence_0(3))
+    finally:
+        lib.llama_memory_clear(engine._memory, True)
+
+
+def test_greedy_matches_llama_cpp_pythons_own_chat_completion(llama_cpp):
+    """The reference: llama-cpp-python's high-level API, one conversation at a time, temperature 0
+    (its greedy sampler), on the same file with the same attention kernel. The file is the embedded
+    Q4_1 one, whose arithmetic does not depend on how many tokens a call carries; on the float32
+    copy the reference's one-token steps compute otherwise (see the test above)."""
+    from harness.engines.llamacpp import LlamaCppEngine
+    from harness.models import embedded_gguf
+
+    engine = LlamaCppEngine.from_model(str(embedded_gguf()), parallel=4, n_ctx=512, threads=1)
     reference = llama_cpp.Llama(
         model_path=str(engine.model_path), n_ctx=512, n_threads=1, n_threads_batch=1, flash_attn=True, verbose=False
     )
@@ -138,6 +165,47 @@ def test_prompt_text_and_ids_are_the_hf_engines(engines, embedded_checkpoint):
     sample = "Déjà vu: 3×4 = 12, naïve café 🙂\n\tdone<|im_end|>"
     ids = tokenizer(sample, add_special_tokens=False)["input_ids"]
     assert engine.detokenize(ids) == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_default_model_runs_a_float32_copy_holding_the_hf_checkpoints_weights(engines, embedded_checkpoint):
+    """The expected weights come from transformers' own GGUF reader (gguf-py's numpy dequantisation,
+    code that is not llama.cpp's), through the checkpoint the hf engine loads."""
+    import numpy as np
+    from gguf import GGUFReader
+    from safetensors.numpy import load_file
+
+    from harness.models import cache_dir, embedded_gguf
+
+    path = engines[1].model_path
+    assert path.parent == cache_dir() and path.suffix == ".gguf" and path != embedded_gguf()
+    assert all(engine.model_path == path for engine in engines.values())  # made once, then reused
+    tensors = {t.name: t for t in GGUFReader(path).tensors}
+    assert {t.tensor_type.name for t in tensors.values()} == {"F32"}
+    hf = load_file(embedded_checkpoint / "model.safetensors")
+    names = {"attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj"}
+    names |= {"ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm"}
+    pairs = [("token_embd.weight", "model.embed_tokens.weight")]
+    pairs += [(f"blk.{i}.{g}.weight", f"model.layers.{i}.{h}.weight") for i in (0, 17, 29) for g, h in names.items()]
+    for ours, theirs in pairs:
+        weights = np.asarray(tensors[ours].data).reshape(hf[theirs].shape)
+        assert np.array_equal(weights, hf[theirs]), ours
+    # Query and key rows are stored in another order (llama.cpp's rotary layout); the values are the same.
+    for i in (0, 29):
+        for g, h in (("attn_q", "q_proj"), ("attn_k", "k_proj")):
+            weights = np.sort(np.asarray(tensors[f"blk.{i}.{g}.weight"].data).ravel())
+            assert np.array_equal(weights, np.sort(hf[f"model.layers.{i}.self_attn.{h}.weight"].ravel()))
+
+
+def test_a_gguf_file_passed_with_model_runs_as_it_is(engines, llama_cpp):
+    from harness.engines.llamacpp import LlamaCppEngine, float32_copy
+    from harness.models import embedded_gguf
+
+    engine = LlamaCppEngine.from_model(str(embedded_gguf()), parallel=1, n_ctx=256, threads=1)
+    assert engine.model_path == embedded_gguf()
+    # And the float32 copy, made once, is not written again.
+    copy = engines[1].model_path
+    written = copy.stat().st_mtime_ns
+    assert float32_copy(llama_cpp, embedded_gguf()) == copy and copy.stat().st_mtime_ns == written
 
 
 def test_each_conversation_is_reported_once_and_n_completions_come_in_order(engines):
