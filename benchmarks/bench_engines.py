@@ -171,12 +171,10 @@ def llamacpp_rows(task, problems, settings, turns: int, parallel: int) -> tuple[
     one = LlamaCppEngine.from_model(None, parallel=1)
     rows.append(("llamacpp engine, parallel 1", *timed_tokens(lambda c, s: generated(one, c, s), lc["calls"])))
     show(rows[-1])
-    del one
     # The embedded file itself (4-bit weights), where the engine runs its float32 copy.
     q4 = LlamaCppEngine.from_model(str(embedded_gguf()), parallel=parallel)
     rows.append(("llamacpp on the Q4_1 file", *timed_tokens(lambda c, s: generated(q4, c, s), lc["calls"])))
     show(rows[-1])
-    del q4
     # The engine's file, attention kernel and thread count.
     reference = llama_cpp.Llama(
         model_path=str(engine.model_path), n_ctx=4096, n_threads=available_cores(), flash_attn=True, verbose=False

@@ -340,8 +340,9 @@ def float32_copy(lib, gguf: Path) -> Path:
     48 MATH-500 prompts on 16 slots ran at 102 useful tokens/s on the Q4_1 file and 175 on this
     copy, measured in one run (benchmarks/bench_engines.py gives both). A Q4_1 weight is d * q + m,
     a Q8_0 one d * q, with d and m float16 numbers: a float32 holds each exactly, so the copy is the
-    same model with no rounding added, and its weights equal those the hf engine runs (tested). llama.cpp's own quantize call
-    writes it (dequantising every tensor to float32). A GGUF file passed with --model runs as it is.
+    same model with no rounding added, and its weights equal those the hf engine runs (tested).
+    llama.cpp's own quantize call writes it (dequantising every tensor to float32). A GGUF file
+    passed with --model runs as it is.
     """
     from harness.models import cached_copy
 
