@@ -108,7 +108,7 @@ class LlamaCppEngine:
         params.n_ctx = n_ctx * (parallel + 1)
         params.n_seq_max = parallel + 1
         params.kv_unified = False
-        params.n_batch = params.n_ubatch = max(UBATCH, parallel) + 1  # + 1: a lone token's companion
+        params.n_batch = params.n_ubatch = max(UBATCH, parallel + 1)  # + 1: a lone token's companion
         params.n_threads = params.n_threads_batch = self.threads
         # Flash attention: on 2 CPU cores it measured 1.3x faster than without at 16 sequences (and the same alone).
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
@@ -121,7 +121,7 @@ class LlamaCppEngine:
             )
         self._owned.append((lib.llama_free, self._ctx))
         self._memory = lib.llama_get_memory(self._ctx)
-        self._batch = lib.llama_batch_init(max(UBATCH, parallel) + 1, 0, 1)
+        self._batch = lib.llama_batch_init(max(UBATCH, parallel + 1), 0, 1)
         self._owned.append((lib.llama_batch_free, self._batch))
         # Ids that end a completion; a benchmark empties the set to keep every row busy.
         self.stop_ids = {t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(self.vocab, t)}
