@@ -5,6 +5,9 @@ task's correction instruction, with no outside feedback (intrinsic self-correcti
 t+1 never depends on the grade of turn t, grading runs in a background thread while generation goes on.
 
 How generation is scheduled depends on what the engine can do, never on which engine it is:
+- an engine that generates from one queue in this process and takes follow-ups (base.FollowUpEngine,
+  e.g. hf) gets the whole run in one call: each episode's next turn joins its queue as soon as
+  that episode's previous turn is back, so its rows stay busy across turns;
 - an engine that takes requests as they come (base.RequestEngine, e.g. a server) gets each
   episode's next turn as soon as that episode's previous turn is back, with at most
   `engine.concurrency` requests in flight: no turn waits for the slowest answer of the turn before;
@@ -19,8 +22,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,6 +34,7 @@ from harness.engines.base import (
     Completion,
     Conversation,
     Engine,
+    FollowUpEngine,
     RequestEngine,
     SamplingSettings,
 )
@@ -183,7 +188,9 @@ def run_episodes(
         _restore(episodes, journal.replay())
     save = journal.append if journal is not None else (lambda events: None)
     loop = _Loop(task, grader, turns, settings, progress, save, keep_token_ids)
-    if isinstance(engine, RequestEngine):
+    if isinstance(engine, FollowUpEngine):
+        _run_with_follow_ups(loop, episodes, engine)
+    elif isinstance(engine, RequestEngine):
         _run_pipelined(loop, episodes, engine)
     else:
         _run_by_turn(loop, episodes, engine)
@@ -250,6 +257,80 @@ def _run_by_turn(loop: _Loop, episodes: list[Episode], engine: Engine) -> None:
             future.result()
 
 
+class _Continuous:
+    """What both schedules without a turn barrier share: the episodes' missing turns, the progress
+    steps, and what happens when one turn is back (save it, count it, queue it for grading)."""
+
+    def __init__(self, loop: _Loop, episodes: list[Episode]):
+        self.loop, self.turns = loop, loop.turns
+        self.ungraded = [
+            (e, t) for e in episodes for t in range(min(self.turns, len(e.turns))) if e.turns[t].correct is None
+        ]
+        self.to_generate = sum(self.missing(e) for e in episodes)
+        self.waiting = deque(e for e in episodes if self.missing(e))
+
+    def missing(self, e: Episode) -> int:
+        return 0 if e.skipped is not None else max(0, self.turns - len(e.turns))
+
+    @contextmanager
+    def steps(self) -> Iterator[Callable[..., None]]:
+        """Progress steps for generation and grading, and grading in the background; yields the
+        generation step's `advance`. Every turn handed to `back` is graded before this ends."""
+        span = f"turns 1-{self.turns}" if self.turns > 1 else "turn 1/1"
+        with self.loop.progress.step(f"{span}: grading", len(self.ungraded) + self.to_generate) as graded:
+            self.graded = graded
+            self.grading = _BackgroundGrading(self.loop.grader, self.loop.save, graded)
+            try:
+                self.grading.add(self.ungraded)
+                with self.loop.progress.step(f"{span}: generating", self.to_generate) as generated:
+                    self.generated = generated
+                    yield generated
+            except BaseException:
+                self.grading.close()
+                raise
+            error = self.grading.close()
+            if error is not None:
+                raise error
+
+    def back(self, episode: Episode, completion: Completion) -> None:
+        """One turn of `episode` is back: save it and queue it for grading."""
+        t = len(episode.turns)
+        self.loop.record(episode, t, completion)
+        self.generated(1, tokens=completion.completion_tokens)
+        if episode.skipped is None:
+            self.grading.add([(episode, t)])
+        else:  # the turns it will never have count as done
+            self.generated(self.turns - t - 1)
+            self.graded(self.turns - t)
+
+    def next_turn(self, episode: Episode) -> tuple[Conversation, SamplingSettings, int]:
+        t = len(episode.turns)
+        return self.loop.conversation(episode), self.loop.turn_settings(t), self.loop.seed(episode, t)
+
+
+def _run_with_follow_ups(loop: _Loop, episodes: list[Episode], engine: FollowUpEngine) -> None:
+    """One engine call for the whole run: as each episode's turn is back, its next turn joins the
+    engine's queue, and the engine's rows stay busy until the run's last turn (base.FollowUpEngine).
+    The turns' settings differ only in their seed, which each conversation carries."""
+    run = _Continuous(loop, episodes)
+    started = list(run.waiting)
+    by_index = list(started)  # the episode of each conversation of the call, follow-ups included
+
+    def done(index: int, completions: list[Completion]) -> tuple[Conversation, int] | None:
+        episode = by_index[index]
+        run.back(episode, completions[0])
+        if not run.missing(episode):
+            return None
+        by_index.append(episode)
+        conversation, _, seed = run.next_turn(episode)
+        return conversation, seed
+
+    with run.steps():
+        if started:
+            firsts = [run.next_turn(e) for e in started]
+            engine.chat_with_follow_ups([c for c, _, _ in firsts], firsts[0][1], done, [s for _, _, s in firsts])
+
+
 def _run_pipelined(loop: _Loop, episodes: list[Episode], engine: RequestEngine) -> None:
     """Each episode goes on to its next turn as soon as its own previous turn is back.
 
@@ -258,59 +339,32 @@ def _run_pipelined(loop: _Loop, episodes: list[Episode], engine: RequestEngine) 
     the next episode not yet started. After a failed request no new request goes out; the ones in
     flight are still awaited and saved, then the failure is raised.
     """
-
-    turns = loop.turns
-
-    def missing(e: Episode) -> int:
-        return 0 if e.skipped is not None else max(0, turns - len(e.turns))
-
-    ungraded = [(e, t) for e in episodes for t in range(min(turns, len(e.turns))) if e.turns[t].correct is None]
-    to_generate = sum(missing(e) for e in episodes)
-    waiting = deque(e for e in episodes if missing(e))
+    run = _Continuous(loop, episodes)
     in_flight: dict[Future[list[Completion]], Episode] = {}
     failure: BaseException | None = None
 
     def submit(e: Episode) -> None:
-        t = len(e.turns)
-        in_flight[engine.submit(loop.conversation(e), loop.turn_settings(t), loop.seed(e, t))] = e
+        in_flight[engine.submit(*run.next_turn(e))] = e
 
-    span = f"turns 1-{turns}" if turns > 1 else "turn 1/1"
-    with loop.progress.step(f"{span}: grading", len(ungraded) + to_generate) as graded:
-        grading = _BackgroundGrading(loop.grader, loop.save, graded)
-        try:
-            grading.add(ungraded)
-            with loop.progress.step(f"{span}: generating", to_generate) as generated:
-                while waiting and len(in_flight) < max(1, engine.concurrency):
-                    submit(waiting.popleft())
-                while in_flight:
-                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        episode = in_flight.pop(future)
-                        try:
-                            completion = future.result()[0]
-                        except Exception as exc:  # noqa: BLE001 - raised once the requests in flight are saved
-                            failure = failure or exc
-                            continue
-                        t = len(episode.turns)
-                        loop.record(episode, t, completion)
-                        generated(1, tokens=completion.completion_tokens)
-                        if episode.skipped is None:
-                            grading.add([(episode, t)])
-                        else:  # the turns it will never have count as done
-                            generated(turns - t - 1)
-                            graded(turns - t)
-                        if failure is None:
-                            follow = episode if missing(episode) else waiting.popleft() if waiting else None
-                            if follow is not None:
-                                submit(follow)
-                if failure is not None:  # inside the step: a failed step gets no closing line
-                    raise failure
-        except BaseException:
-            grading.close()
-            raise
-        error = grading.close()
-        if error is not None:
-            raise error
+    with run.steps():
+        while run.waiting and len(in_flight) < max(1, engine.concurrency):
+            submit(run.waiting.popleft())
+        while in_flight:
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                episode = in_flight.pop(future)
+                try:
+                    completion = future.result()[0]
+                except Exception as exc:  # noqa: BLE001 - raised once the requests in flight are saved
+                    failure = failure or exc
+                    continue
+                run.back(episode, completion)
+                if failure is None:
+                    follow = episode if run.missing(episode) else run.waiting.popleft() if run.waiting else None
+                    if follow is not None:
+                        submit(follow)
+        if failure is not None:  # inside the steps: a failed step gets no closing line
+            raise failure
 
 
 class _BackgroundGrading:

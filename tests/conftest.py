@@ -72,6 +72,24 @@ class ScriptedEngine:
 
 
 @pytest.fixture(scope="session")
+def varied_engine(tiny_model_dir):
+    """The hf engine on the tiny Llama re-drawn with larger weights (initializer_range 0.2): with
+    the default 0.02 it answers every prompt with the same repeated token, which would make order
+    and identity checks vacuous; this one's greedy tokens differ from prompt to prompt and step to
+    step. Batch size 8; tests that change the engine put it back."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    from harness.engines.hf import HFEngine
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.initializer_range = 0.2
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    return HFEngine(model, AutoTokenizer.from_pretrained(tiny_model_dir), "tiny-varied", batch_size=8)
+
+
+@pytest.fixture(scope="session")
 def embedded_checkpoint() -> Path:
     """The embedded SmolLM2 model as a cached safetensors checkpoint (converted once per machine)."""
     from harness.models import resolve_model

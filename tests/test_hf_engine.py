@@ -3,7 +3,6 @@
 import pytest
 
 from harness.engines.base import SamplingSettings
-from harness.engines.hf import HFEngine
 
 CONVS = [
     [{"role": "user", "content": "What is 1+1?"}],
@@ -16,19 +15,9 @@ CONVS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir):
-    """The tiny Llama re-drawn with larger weights (initializer_range 0.2): with the default 0.02
-    it answers every prompt with the same repeated token, which would make order and identity
-    checks vacuous; this one's greedy tokens differ from prompt to prompt and step to step."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
-
-    config = AutoConfig.from_pretrained(tiny_model_dir)
-    config.initializer_range = 0.2
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    return HFEngine(model, AutoTokenizer.from_pretrained(tiny_model_dir), "tiny-varied", batch_size=8)
+@pytest.fixture
+def engine(varied_engine):
+    return varied_engine
 
 
 def test_prompt_is_the_tokenizers_chat_template(engine):

@@ -18,6 +18,11 @@ Conversation = list[Message]
 # thread that called `chat`.
 DoneCallback = Callable[[int, list["Completion"]], None]
 
+# Like DoneCallback, for engines that take follow-ups (FollowUpEngine): it may answer with the
+# conversation's next turn and that turn's seed, which the engine queues at once as a new
+# conversation (the next index).
+FollowUp = Callable[[int, list["Completion"]], "tuple[Conversation, int] | None"]
+
 # finish_reason of a conversation the engine did not run because its prompt alone fills the model's
 # context window; its completion text is empty.
 PROMPT_TOO_LONG = "prompt_too_long"
@@ -59,20 +64,15 @@ def conversation_seeds(settings: SamplingSettings, count: int, seeds: Sequence[i
     return list(seeds) if seeds else [settings.seed + i for i in range(count)]
 
 
-class Collector:
-    """The completions of one `chat` call as they finish, in input order; each conversation goes to
-    `on_done` once all `n` of its completions are in (engines that finish them one by one share this)."""
+def ignoring_follow_ups(on_done: Callable[[int, list[Completion]], object] | None) -> FollowUp | None:
+    """`chat`'s on_done returns nothing that counts; whatever it returns must not queue a follow-up."""
+    if on_done is None:
+        return None
 
-    def __init__(self, conversations: int, n: int, on_done: DoneCallback | None):
-        self.results: list[list[Completion | None]] = [[None] * n for _ in range(conversations)]
-        self.waiting = [n] * conversations
-        self.on_done = on_done
+    def done(index: int, completions: list[Completion]) -> None:
+        on_done(index, completions)
 
-    def add(self, conv: int, sample: int, completion: Completion) -> None:
-        self.results[conv][sample] = completion
-        self.waiting[conv] -= 1
-        if self.waiting[conv] == 0 and self.on_done:
-            self.on_done(conv, self.results[conv])
+    return done
 
 
 class Engine(Protocol):
@@ -116,3 +116,25 @@ class RequestEngine(Engine, Protocol):
         """Start `settings.n` completions of one conversation (sampled with `seed`) and return at
         once; the future holds them, or the error that stopped them. Safe to call while earlier
         futures are pending."""
+
+
+@runtime_checkable
+class FollowUpEngine(Engine, Protocol):
+    """An engine that generates from one queue in this process (hf, llamacpp) and takes a
+    conversation's next turn while the rest of its batch is still running.
+
+    The k-turn loop hands it a whole run in one call: as each episode's turn finishes, its next
+    turn joins the queue, so rows stay busy until the last turn of the run, instead of draining at
+    the end of every turn while the slowest answers finish.
+    """
+
+    def chat_with_follow_ups(
+        self,
+        conversations: Sequence[Conversation],
+        settings: SamplingSettings,
+        on_done: FollowUp,
+        seeds: Sequence[int],
+    ) -> list[list[Completion]]:
+        """As Engine.chat, and each conversation `on_done` answers with (conversation, seed) is
+        generated too, under the next index; returns every conversation's completions, follow-ups
+        included, in index order."""

@@ -10,17 +10,16 @@ repetition penalty), like vLLM given explicit sampling parameters.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Sequence
 
 from harness.engines.base import (
-    PROMPT_TOO_LONG,
-    Collector,
     Completion,
     Conversation,
     DoneCallback,
+    FollowUp,
     SamplingSettings,
     conversation_seeds,
+    ignoring_follow_ups,
 )
 
 # Used only when a tokenizer ships no chat template (e.g. a base model); a warning says so.
@@ -93,38 +92,29 @@ class HFEngine:
     ) -> list[list[Completion]]:
         """See Engine.chat. Completion j of conversation i samples from its own stream, seeded by
         `seeds[i]` (default `settings.seed + i`) and j, whatever batch or slot it runs in."""
+        seeds = conversation_seeds(settings, len(conversations), seeds)
+        return self.chat_with_follow_ups(conversations, settings, ignoring_follow_ups(on_done), seeds)
+
+    def chat_with_follow_ups(
+        self,
+        conversations: Sequence[Conversation],
+        settings: SamplingSettings,
+        on_done: FollowUp | None,
+        seeds: Sequence[int],
+    ) -> list[list[Completion]]:
+        """See base.FollowUpEngine: follow-ups join the slot decoder's queue as they come."""
         import torch
 
-        from harness.engines.sampling import row_generator
-        from harness.engines.slots import Job, SlotDecoder
+        from harness.engines.jobs import JobQueue
+        from harness.engines.slots import SlotDecoder
 
-        n = settings.n
-        seeds = conversation_seeds(settings, len(conversations), seeds)
-        encoded = [self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"] for c in conversations]
-        collected = Collector(len(conversations), n, on_done)
-        finish = collected.add
-
-        def finished(job: Job, tokens: list[int], stopped: bool) -> None:
-            conv, sample = divmod(job.key, n)
-            finish(conv, sample, self._completion(encoded[conv], tokens, stopped))
-
-        context = self.context_length
-        jobs = []
-        for conv, ids in enumerate(encoded):
-            for sample in range(n):
-                if context is not None and len(ids) >= context:
-                    finish(conv, sample, Completion("", len(ids), 0, PROMPT_TOO_LONG))
-                else:
-                    generator = None if settings.greedy else row_generator(seeds[conv], sample)
-                    jobs.append(Job(conv * n + sample, ids, generator))
-        # Longest prompts first, so rows in flight together have similar lengths and pad little.
-        jobs.sort(key=lambda job: -len(job.prompt))
-        queue = deque(jobs)
-        decoder = SlotDecoder(self.model, settings, self.stop_ids, self.tokenizer.pad_token_id, finished)
+        jobs = JobQueue(settings, self._encode, self._completion, self.context_length, on_done)
+        jobs.add(conversations, seeds)
+        decoder = SlotDecoder(self.model, settings, self.stop_ids, self.tokenizer.pad_token_id, jobs.finished)
         while True:
             try:
-                decoder.run(queue, self.batch_size)
-                return collected.results
+                decoder.run(jobs.queue, self.batch_size)
+                return jobs.results
             except torch.OutOfMemoryError:
                 # The rows in flight went back to the queue; their random streams restart with them.
                 if not self.auto_batch or self.batch_size == 1:
@@ -133,9 +123,10 @@ class HFEngine:
                 logging.getLogger("score_eval").warning("out of memory; batch size lowered to %d", self.batch_size)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                for job in queue:
-                    if job.generator is not None:
-                        job.generator = row_generator(seeds[job.key // n], job.key % n)
+                jobs.restart_streams()
+
+    def _encode(self, conversation: Conversation) -> list[int]:
+        return self.tokenizer(self.render(conversation), add_special_tokens=False)["input_ids"]
 
     @property
     def context_length(self) -> int | None:

@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.engines.base import (
-    PROMPT_TOO_LONG,
-    Collector,
     Completion,
     Conversation,
     DoneCallback,
+    FollowUp,
     SamplingSettings,
     conversation_seeds,
+    ignoring_follow_ups,
 )
 from harness.errors import HarnessError
 
@@ -202,28 +202,23 @@ class LlamaCppEngine:
     ) -> list[list[Completion]]:
         """See Engine.chat. Completion j of conversation i samples from its own stream, seeded by
         `seeds[i]` (default `settings.seed + i`) and j, whatever slot or batch it runs in."""
-        from harness.engines.sampling import Job, row_generator
-
-        n = settings.n
         seeds = conversation_seeds(settings, len(conversations), seeds)
-        encoded = [self.tokenize(self.render(c)) for c in conversations]
-        collected = Collector(len(conversations), n, on_done)
-        finish = collected.add
+        return self.chat_with_follow_ups(conversations, settings, ignoring_follow_ups(on_done), seeds)
 
-        def finished(job: Job, tokens: list[int], stopped: bool) -> None:
-            conv, sample = divmod(job.key, n)
-            finish(conv, sample, self._completion(encoded[conv], tokens, stopped))
+    def chat_with_follow_ups(
+        self,
+        conversations: Sequence[Conversation],
+        settings: SamplingSettings,
+        on_done: FollowUp | None,
+        seeds: Sequence[int],
+    ) -> list[list[Completion]]:
+        """See base.FollowUpEngine: follow-ups join the queue the slots refill from as they come."""
+        from harness.engines.jobs import JobQueue
 
-        queue: deque[Job] = deque()
-        for conv, ids in enumerate(encoded):
-            for sample in range(n):
-                if len(ids) >= self.n_ctx:
-                    finish(conv, sample, Completion("", len(ids), 0, PROMPT_TOO_LONG, (), tuple(ids)))
-                else:
-                    generator = None if settings.greedy else row_generator(seeds[conv], sample)
-                    queue.append(Job(conv * n + sample, ids, generator))
-        self._decode(queue, settings, finished)
-        return collected.results
+        jobs = JobQueue(settings, lambda c: self.tokenize(self.render(c)), self._completion, self.n_ctx, on_done)
+        jobs.add(conversations, seeds)
+        self._decode(jobs.queue, settings, jobs.finished)
+        return jobs.results
 
     def _completion(self, prompt: list[int], tokens: list[int], stopped: bool) -> Completion:
         return Completion(
