@@ -5,7 +5,10 @@ The workload: N MATH-500 problems, `--turns` turns, greedy, M new tokens. It run
 k-turn loop (conversations, journal, grading in the background) on each backend; the time inside the
 engine's `chat` calls is measured in the same run, so the harness's overhead is
     overhead = wall time of the whole loop / time inside the engine - 1.
-Then, for hf, the very conversations the harness sent (each turn's call) are generated again:
+hf and llamacpp take follow-ups, so the loop hands them the whole run in one call and each episode's
+next turn joins the queue as soon as its previous turn is back; with `--turns` 2 or more the loop
+also runs once more driving the engine one call per turn (the turn barrier, as before), as the
+baseline of that. Then, for hf, the very conversations the harness sent are generated again:
   - all rows busy: the same engine with no stop tokens, so every row generates all M tokens; the
     engine's ceiling on this machine. busy ratio = harness useful tokens/s / this figure.
   - static batches: the previous engine's algorithm (longest prompts first, `model.generate` on static
@@ -39,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harness.data import load_problems
-from harness.engines.base import SamplingSettings
+from harness.engines.base import FollowUpEngine, SamplingSettings
 from harness.engines.llamacpp import available_cores
 from harness.episodes import conversation, run_episodes
 from harness.grading import get_grader
@@ -67,8 +70,31 @@ class TimedEngine:
         return self.engine.describe()
 
 
-def measure(engine, task, problems, settings, turns: int) -> dict:
-    timed = TimedEngine(engine)
+class TimedFollowUpEngine(TimedEngine):
+    """The same for an engine that takes follow-ups (the harness hands it the whole run in one
+    call); a call's conversations include the follow-ups it was given."""
+
+    def chat_with_follow_ups(self, conversations, settings, on_done, seeds):
+        generated = list(conversations)
+        self.calls.append((generated, settings))
+
+        def done(index, completions):
+            follow_up = on_done(index, completions)
+            if follow_up is not None:
+                generated.append(follow_up[0])
+            return follow_up
+
+        start = time.perf_counter()
+        try:
+            return self.engine.chat_with_follow_ups(conversations, settings, done, seeds)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def measure(engine, task, problems, settings, turns: int, by_turn: bool = False) -> dict:
+    """The harness's k-turn loop on `engine`; `by_turn`: one `chat` call per turn, as an engine
+    that takes no follow-ups is driven (the turn barrier), where it would take them."""
+    timed = TimedEngine(engine) if by_turn or not isinstance(engine, FollowUpEngine) else TimedFollowUpEngine(engine)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         episodes = run_episodes(
@@ -166,6 +192,10 @@ def llamacpp_rows(task, problems, settings, turns: int, parallel: int) -> tuple[
     lc = measure(engine, task, problems, settings, turns)
     rows = [(f"llamacpp harness (parallel {parallel})", lc["wall"], lc["tokens"])]
     show(rows[-1])
+    if turns > 1:
+        by_turn = measure(engine, task, problems, settings, turns, by_turn=True)
+        rows.append(("llamacpp, one call per turn", by_turn["wall"], by_turn["tokens"]))
+        show(rows[-1])
     rows.append(("llamacpp, all rows busy", *timed_tokens(lambda c, s: all_rows_busy(engine, c, s), lc["calls"])))
     show(rows[-1])
     one = LlamaCppEngine.from_model(None, parallel=1)
@@ -198,6 +228,10 @@ def hf_engine_rows(task, problems, settings, args) -> tuple[list, dict]:
     hf = measure(engine, task, problems, settings, args.turns)
     rows = [("hf harness (slot refill)", hf["wall"], hf["tokens"])]
     show(rows[-1])
+    if args.turns > 1:
+        by_turn = measure(engine, task, problems, settings, args.turns, by_turn=True)
+        rows.append(("hf, one call per turn", by_turn["wall"], by_turn["tokens"]))
+        show(rows[-1])
     for label, generate in (
         ("hf, all rows busy", lambda c, s: all_rows_busy(engine, c, s)),
         ("static batches (previous hf)", lambda c, s: static_batches(engine, c, s)),
@@ -298,9 +332,9 @@ def main() -> None:
         f"load average now {load_average()}"
     )
     if hf_rows:
-        table("hf engine", hf_rows, busy=hf_rows[1])
+        table("hf engine", hf_rows, busy=next(r for r in hf_rows if r[0] == "hf, all rows busy"))
     if lc_rows:
-        table("llamacpp engine", lc_rows, busy=lc_rows[1], base=lc_rows[-1])
+        table("llamacpp engine", lc_rows, busy=next(r for r in lc_rows if "all rows busy" in r[0]), base=lc_rows[-1])
     header = f"{'backend':8} {'wall s':>8} {'engine s':>9} {'overhead':>9} {'tokens':>7} {'tok/s':>7}"
     print(f"\n{header} {'bare client s':>14}")
     for name, r, bare in overheads:
