@@ -254,3 +254,52 @@ def test_the_trainer_refuses_llamacpp_rollouts():
 
     with pytest.raises(HarnessError, match=r"cannot see the policy's updated weights"):
         TrainConfig(rollout_backend="llamacpp").validate()
+
+
+def test_decode_steps_run_slots_0_to_k_and_a_lone_step_has_company(llama_cpp, monkeypatch):
+    """llama.cpp computes a sequence after a gap apart, as a lone token; a row that ends on its
+    first token frees its slot at once, which left a gap while others still waited (found in
+    review). So every decode step must carry slots 0..k-1, and a one-row step its companion."""
+    from harness.engines.llamacpp import LlamaCppEngine
+
+    engine = LlamaCppEngine.from_model(None, parallel=3, n_ctx=512, threads=1)
+    first = engine.chat(CONVS, SamplingSettings(max_new_tokens=1))
+    # The first token of the second prompt admitted (longest first) ends its row at once.
+    order = sorted(range(len(CONVS)), key=lambda i: -first[i][0].prompt_tokens)
+    monkeypatch.setattr(engine, "stop_ids", engine.stop_ids | {first[order[1]][0].token_ids[0]})
+    steps = []
+    real = engine._run
+
+    def spy(tokens, last_only=False, spare=None):
+        if not last_only:  # a decode step (prompt pieces ask the last logits only)
+            steps.append(([seq for seq, _, _ in tokens], spare))
+        return real(tokens, last_only, spare)
+
+    monkeypatch.setattr(engine, "_run", spy)
+    out = engine.chat(CONVS, SamplingSettings(max_new_tokens=12))
+    assert any(c[0].completion_tokens == 1 for c in out)  # a row did end on its first token
+    assert steps and all(seqs == list(range(len(seqs))) for seqs, _ in steps)
+    assert any(len(seqs) == 1 for seqs, _ in steps) and all(spare == len(seqs) for seqs, spare in steps)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
+def test_one_call_with_follow_ups_gives_the_turn_by_turn_records(engines, temperature):
+    from harness.data import Problem
+    from harness.episodes import run_episodes
+    from harness.grading import get_grader
+    from harness.tasks import load_task
+    from tests.test_episodes_follow_ups import ByTurn
+
+    problems = [
+        Problem(f"p{i}", str(2 * i), {"problem": f"What is {i} + {i}?", "answer": str(2 * i)}) for i in range(3)
+    ]
+    settings = SamplingSettings(max_new_tokens=12, temperature=temperature, seed=4)
+
+    def records(engine):
+        episodes = run_episodes(
+            load_task("math"), problems, engine, get_grader("math"), turns=2, samples=2, settings=settings
+        )
+        return [e.record() for e in episodes]
+
+    by_turn = ByTurn(engines[4])
+    assert records(engines[4]) == records(by_turn) and by_turn.calls == 2

@@ -138,3 +138,19 @@ class FollowUpEngine(Engine, Protocol):
         """As Engine.chat, and each conversation `on_done` answers with (conversation, seed) is
         generated too, under the next index; returns every conversation's completions, follow-ups
         included, in index order."""
+
+
+class ChatThroughFollowUps:
+    """`chat` for an engine that has `chat_with_follow_ups` (hf, llamacpp): the same call, no follow-ups."""
+
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        settings: SamplingSettings,
+        on_done: DoneCallback | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        """See Engine.chat. Completion j of conversation i samples from its own stream, seeded by
+        `seeds[i]` (default `settings.seed + i`) and j, whatever batch or slot it runs in."""
+        seeds = conversation_seeds(settings, len(conversations), seeds)
+        return self.chat_with_follow_ups(conversations, settings, ignoring_follow_ups(on_done), seeds)

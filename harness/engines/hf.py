@@ -13,13 +13,11 @@ import logging
 from collections.abc import Sequence
 
 from harness.engines.base import (
+    ChatThroughFollowUps,
     Completion,
     Conversation,
-    DoneCallback,
     FollowUp,
     SamplingSettings,
-    conversation_seeds,
-    ignoring_follow_ups,
 )
 
 # Used only when a tokenizer ships no chat template (e.g. a base model); a warning says so.
@@ -29,7 +27,7 @@ PLAIN_CHAT_TEMPLATE = (
 )
 
 
-class HFEngine:
+class HFEngine(ChatThroughFollowUps):
     name = "hf"
 
     def __init__(self, model, tokenizer, model_name: str, batch_size: int | str = 16):
@@ -82,18 +80,6 @@ class HFEngine:
     def render(self, conversation: Conversation) -> str:
         """The exact prompt text the model sees for a conversation."""
         return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-
-    def chat(
-        self,
-        conversations: Sequence[Conversation],
-        settings: SamplingSettings,
-        on_done: DoneCallback | None = None,
-        seeds: Sequence[int] | None = None,
-    ) -> list[list[Completion]]:
-        """See Engine.chat. Completion j of conversation i samples from its own stream, seeded by
-        `seeds[i]` (default `settings.seed + i`) and j, whatever batch or slot it runs in."""
-        seeds = conversation_seeds(settings, len(conversations), seeds)
-        return self.chat_with_follow_ups(conversations, settings, ignoring_follow_ups(on_done), seeds)
 
     def chat_with_follow_ups(
         self,

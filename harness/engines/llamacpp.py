@@ -5,9 +5,9 @@ sequence (slot) has a key/value stream of its own (`kv_unified` off), so a token
 its own sequence's cells, and every decode step is one `llama_decode` call carrying the next token
 of every busy slot. A finished slot takes the next waiting completion at once (continuous batching);
 its prompt is computed alone first (see UBATCH). llama.cpp splits a call into "ubatches" of
-consecutive sequence ids only, so once nothing waits, the last busy slot moves into the lowest free
-one (a copy of its KV stream) and the busy slots stay one consecutive run: one ubatch per step
-instead of one per gap.
+consecutive sequence ids only (a sequence after a gap is computed apart, as a lone token: see _run),
+so free slots are filled lowest first and, once nothing waits, the last busy slot moves into the
+lowest free one (a copy of its KV stream): the busy slots stay one consecutive run from slot 0.
 
 Prompts are the GGUF's own chat template rendered as the hf engine renders it, tokenised by
 llama.cpp; tokens are chosen by harness.engines.sampling, so greedy decoding is the argmax and a
@@ -30,13 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.engines.base import (
+    ChatThroughFollowUps,
     Completion,
     Conversation,
-    DoneCallback,
     FollowUp,
     SamplingSettings,
-    conversation_seeds,
-    ignoring_follow_ups,
 )
 from harness.errors import HarnessError
 
@@ -77,7 +75,7 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(ChatThroughFollowUps):
     name = "llamacpp"
 
     def __init__(self, lib, path: Path, model_name: str, parallel: int = 16, n_ctx: int = 4096, threads: int = 0):
@@ -193,18 +191,6 @@ class LlamaCppEngine:
                 return text.raw[:n].decode("utf-8", errors="replace")
             size = -n
 
-    def chat(
-        self,
-        conversations: Sequence[Conversation],
-        settings: SamplingSettings,
-        on_done: DoneCallback | None = None,
-        seeds: Sequence[int] | None = None,
-    ) -> list[list[Completion]]:
-        """See Engine.chat. Completion j of conversation i samples from its own stream, seeded by
-        `seeds[i]` (default `settings.seed + i`) and j, whatever slot or batch it runs in."""
-        seeds = conversation_seeds(settings, len(conversations), seeds)
-        return self.chat_with_follow_ups(conversations, settings, ignoring_follow_ups(on_done), seeds)
-
     def chat_with_follow_ups(
         self,
         conversations: Sequence[Conversation],
@@ -261,18 +247,20 @@ class LlamaCppEngine:
         torch.set_num_threads(1)
         try:
             while queue or any(slots):
-                for s, row in enumerate(slots):
-                    if row is None and queue:
-                        slots[s] = _Row(queue.popleft())
-                        self._prefill(s, slots[s].job.prompt)
-                        take([(s, slots[s])])
-                if not queue:
-                    self._compact(slots)
+                # Fill every free slot (a row that ends on its first token frees its slot again, and
+                # a finished turn may queue its follow-up), so the busy slots are 0..k-1 whenever
+                # the queue is not empty; once it is, compaction keeps them so.
+                while queue and None in slots:
+                    s = slots.index(None)
+                    slots[s] = _Row(queue.popleft())
+                    self._prefill(s, slots[s].job.prompt)
+                    take([(s, slots[s])])
+                self._compact(slots)
                 busy = [(s, row) for s, row in enumerate(slots) if row is not None]
                 if busy:
                     steps = [(s, len(row.job.prompt) + len(row.tokens) - 1, row.tokens[-1]) for s, row in busy]
-                    # With one busy slot every other is free, so the sequence after it (a slot or the spare) is empty.
-                    self._run(steps, spare=steps[0][0] + 1)
+                    # Busy slots are 0..k-1, so the sequence after the last (a slot or the spare) is empty.
+                    self._run(steps, spare=steps[-1][0] + 1)
                     take(busy)
         finally:
             torch.set_num_threads(torch_threads)
