@@ -14,7 +14,9 @@ llama.cpp; tokens are chosen by harness.engines.sampling, so greedy decoding is 
 sampled completion draws from its own seeded stream whatever shares its batch. Completions stop
 at llama.cpp's end-of-generation tokens. llama-cpp-python is an optional extra
 (`pip install 'score-eval[llamacpp]'`), imported only when this backend is chosen. It runs a fixed
-GGUF file: it cannot see weights a trainer updates, so it is no rollout engine.
+GGUF file: it cannot see weights a trainer updates, so it is no rollout engine. The embedded
+default runs as a float32 copy of its GGUF (see float32_copy). A conversation's next turn joins the
+queue as soon as its turn is back (base.FollowUpEngine, engines/jobs.py).
 """
 
 from __future__ import annotations
