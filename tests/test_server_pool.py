@@ -185,3 +185,24 @@ def test_base_url_given_twice_on_the_command_line_uses_both_servers(tmp_path):
     config = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert config["engine"]["servers"] == [a.base_url, b.base_url]
     assert config["settings"]["base_url"] == [a.base_url, b.base_url]
+
+
+def test_a_dead_server_is_left_out_at_its_first_failure_while_another_serves():
+    """With the client's retries on (6, the default), a server that drops every connection got 7
+    attempts, about 23 s of backoff, before it was left out; while another server is live it gets one.
+    a stays listening and drops each request, so every attempt reaches it and is counted."""
+    with FakeOpenAIServer() as a, FakeOpenAIServer() as b:
+        engine = OpenAIEngine.from_server([a.base_url, b.base_url], concurrency=1)
+        a.dead.set()  # from now on drops every request, its listening socket kept
+        out = engine.chat(CONVS[:4], SamplingSettings(4))
+    assert _texts(out) == [[f"turn 1: {c[0]['content']} seed={i} #0"] for i, c in enumerate(CONVS[:4])]
+    assert len(a.requests) == 1 and b.answered == 4 and engine.pool.servers[0].down
+
+
+def test_a_busy_answer_is_retried_on_the_same_server_while_another_serves():
+    """429 and 5xx come from a server that is up: the client's retries still apply, and it stays in."""
+    with FakeOpenAIServer(fail_first=[503, 429]) as a, FakeOpenAIServer(delay=0.5) as b:
+        engine = OpenAIEngine.from_server([a.base_url, b.base_url], concurrency=1)
+        out = engine.chat(CONVS[:2], SamplingSettings(4))
+    assert [len(c) for c in out] == [1, 1] and engine.pool.servers[0].down is None
+    assert len(a.requests) >= 3 and a.answered >= 1

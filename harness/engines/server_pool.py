@@ -2,11 +2,13 @@
 server with the fewest requests in flight, at most `concurrency` at a time per server, and a server
 that stops answering is taken out so that its requests go to the others.
 
-A server is taken out when a request to it fails with a connection error or a timeout after its
-client's own retries (a killed or unreachable server, a network split). It stays out for the rest of
-the process: a server that comes back joins the next run (or `--resume`). Answers that are errors
-(4xx, 5xx) come from a server that is up, and are the caller's to report. When the last server is
-taken out, every waiting and later request fails with one HarnessError naming each server and why.
+A server is taken out when a request to it fails with a connection error or a timeout: at once
+while another server is live, after its client's own retries when it is the last (a killed or
+unreachable server, a network split; a single dropped connection too, while another serves). It
+stays out for the rest of the process: a server that comes back joins the next run (or `--resume`).
+Answers that are errors (4xx, 5xx) come from a server that is up, and are the caller's to report.
+When the last server is taken out, every waiting and later request fails with one HarnessError
+naming each server and why.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ class ServerPool:
             with self._changed:
                 server.in_flight -= 1
                 self._changed.notify_all()
+
+    def others_live(self, server: Server) -> bool:
+        """Whether a server other than `server` still serves."""
+        return any(s is not server and s.down is None for s in self.servers)
 
     def take_out(self, server: Server, error: BaseException) -> None:
         """Stop sending requests to `server`; the first failure seen gives the reason."""
