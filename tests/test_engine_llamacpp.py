@@ -249,11 +249,62 @@ def test_a_checkpoint_directory_is_refused_with_the_fix(tmp_path):
         resolve_gguf(str(tmp_path / "missing.gguf"))
 
 
-def test_the_trainer_refuses_llamacpp_rollouts():
+def test_the_trainer_takes_llamacpp_rollouts_for_the_embedded_model_only():
     from harness.train.config import TrainConfig
 
-    with pytest.raises(HarnessError, match=r"cannot see the policy's updated weights"):
-        TrainConfig(rollout_backend="llamacpp").validate()
+    TrainConfig(rollout_backend="llamacpp").validate()
+    with pytest.raises(HarnessError, match=r"embedded default model only.*leave out --model"):
+        TrainConfig(rollout_backend="llamacpp", model="some/checkpoint").validate()
+
+
+@pytest.fixture(scope="module")
+def trainee(llama_cpp):
+    from harness.engines.llamacpp import LlamaCppEngine
+
+    return LlamaCppEngine.for_training(parallel=2, n_ctx=256, threads=1)
+
+
+def test_load_weights_puts_each_hf_parameter_where_llama_cpp_keeps_it(trainee, llama_cpp, embedded_checkpoint):
+    """Zeros first (every tensor is written), then the hf checkpoint's weights: the file then equals
+    the float32 copy, tensor for tensor, query and key rows in llama.cpp's rotary order included."""
+    import numpy as np
+    import torch
+    from gguf import GGUFReader
+    from safetensors.torch import load_file
+
+    from harness.engines.llamacpp import float32_copy
+    from harness.models import embedded_gguf
+
+    hf = load_file(embedded_checkpoint / "model.safetensors")
+    trainee.load_weights((name, torch.zeros_like(tensor)) for name, tensor in hf.items())
+    assert all(not np.asarray(t.data).any() for t in GGUFReader(trainee.model_path).tensors)
+    trainee.load_weights(hf.items())
+    expected = {t.name: np.asarray(t.data) for t in GGUFReader(float32_copy(llama_cpp, embedded_gguf())).tensors}
+    written = {t.name: np.asarray(t.data) for t in GGUFReader(trainee.model_path).tensors}
+    assert written.keys() == expected.keys()
+    assert [name for name in expected if not np.array_equal(written[name], expected[name])] == []
+
+
+def test_the_next_generation_uses_the_loaded_weights(trainee, embedded_checkpoint):
+    """llama.cpp maps the file shared, so weights written into it change the running engine's
+    output, with no reload: the same output as an engine started afresh on the file."""
+    import torch
+    from safetensors.torch import load_file
+
+    from harness.engines.llamacpp import LlamaCppEngine
+
+    name = "model.layers.0.mlp.down_proj.weight"
+    original = load_file(embedded_checkpoint / "model.safetensors")[name]
+    settings = SamplingSettings(max_new_tokens=12)
+    before = trainee.chat(CONVS[1:2], settings)[0][0].token_ids
+    trainee.load_weights([(name, torch.zeros_like(original))])
+    try:
+        after = trainee.chat(CONVS[1:2], settings)[0][0].token_ids
+        fresh = LlamaCppEngine(trainee.lib, trainee.model_path, "fresh", parallel=1, n_ctx=256, threads=1)
+        assert after != before and after == fresh.chat(CONVS[1:2], settings)[0][0].token_ids
+    finally:
+        trainee.load_weights([(name, original)])
+    assert trainee.chat(CONVS[1:2], settings)[0][0].token_ids == before
 
 
 def test_decode_steps_run_slots_0_to_k_and_a_lone_step_has_company(llama_cpp, monkeypatch):
@@ -303,3 +354,19 @@ def test_one_call_with_follow_ups_gives_the_turn_by_turn_records(engines, temper
 
     by_turn = ByTurn(engines[4])
     assert records(engines[4]) == records(by_turn) and by_turn.calls == 2
+
+
+def test_train_with_llamacpp_rollouts_end_to_end(tmp_path, llama_cpp):
+    """The embedded model, one step of each stage, rollouts sampled by llama.cpp from the float32
+    copy that takes the policy's weights after every step."""
+    from harness.train.config import SMOKE_DATA
+
+    out = tmp_path / "score"
+    args = ["train", "--data", str(SMOKE_DATA), "--output-dir", str(out), "--rollout-backend", "llamacpp"]
+    args += ["--stage1-steps", "1", "--stage2-steps", "1", "--batch-size", "2", "--samples", "2"]
+    result = run_cli([*args, "--micro-batch-size", "2", "--max-new-tokens", "8", "--seed", "3"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    settings = json.loads((out / "config.json").read_text())["settings"]
+    assert settings["rollout_backend"] == "llamacpp"
+    log = (out / "train_log.csv").read_text().splitlines()
+    assert len(log) == 3 and (out / "stage2" / "config.json").is_file()

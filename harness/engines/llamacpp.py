@@ -13,10 +13,11 @@ Prompts are the GGUF's own chat template rendered as the hf engine renders it, t
 llama.cpp; tokens are chosen by harness.engines.sampling, so greedy decoding is the argmax and a
 sampled completion draws from its own seeded stream whatever shares its batch. Completions stop
 at llama.cpp's end-of-generation tokens. llama-cpp-python is an optional extra
-(`pip install 'score-eval[llamacpp]'`), imported only when this backend is chosen. It runs a fixed
-GGUF file: it cannot see weights a trainer updates, so it is no rollout engine. The embedded
-default runs as a float32 copy of its GGUF (see float32_copy). A conversation's next turn joins the
-queue as soon as its turn is back (base.FollowUpEngine, engines/jobs.py).
+(`pip install 'score-eval[llamacpp]'`), imported only when this backend is chosen. The embedded
+default runs as a float32 copy of its GGUF (see float32_copy); as a trainer's rollout engine it
+runs a private copy that takes the policy's weights after every step (for_training, load_weights).
+A conversation's next turn joins the queue as soon as its turn is back (base.FollowUpEngine,
+engines/jobs.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import logging
 import os
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,6 +127,7 @@ class LlamaCppEngine(ChatThroughFollowUps):
         # Ids that end a completion; a benchmark empties the set to keep every row busy.
         self.stop_ids = {t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(self.vocab, t)}
         self._formatter = self._chat_formatter()
+        self._tensors: dict[str, Any] | None = None  # the file's tensors, writable (load_weights)
 
     @classmethod
     def from_model(cls, model: str | None, parallel: int = 16, n_ctx: int = 4096, threads: int = 0) -> LlamaCppEngine:
@@ -136,6 +138,52 @@ class LlamaCppEngine(ChatThroughFollowUps):
         if model is None:
             path = float32_copy(lib, path)
         return cls(lib, path, display, parallel=parallel, n_ctx=n_ctx, threads=threads)
+
+    @classmethod
+    def for_training(cls, parallel: int = 16, n_ctx: int = 2048, threads: int = 0) -> LlamaCppEngine:
+        """An engine on a private copy of the embedded model's float32 GGUF, whose weights
+        `load_weights` overwrites (a trainer's rollouts); the copy is deleted with the engine."""
+        import shutil
+        import tempfile
+
+        lib = import_llama_cpp()
+        from harness.models import DEFAULT_MODEL_NAME, embedded_gguf
+
+        handle, name = tempfile.mkstemp(prefix="score-eval-rollouts-", suffix=".gguf")
+        os.close(handle)
+        path = Path(name)
+        shutil.copyfile(float32_copy(lib, embedded_gguf()), path)
+        engine = cls(lib, path, DEFAULT_MODEL_NAME, parallel=parallel, n_ctx=n_ctx, threads=threads)
+        weakref.finalize(engine, path.unlink, missing_ok=True)
+        return engine
+
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """Write (Hugging Face parameter name, tensor) pairs of a Llama model into this engine's
+        float32 GGUF file, in place, as a trainer does after every optimizer step. llama.cpp maps
+        the file shared and computes float32 tensors where they lie, so the next call generates
+        with the new weights, with no reload (measured: a layer zeroed in the file changed the
+        running engine's output, equal to a fresh load). Use it on a file of its own only
+        (for_training): it changes the file."""
+        import numpy as np
+        from gguf import GGUFReader
+
+        if self._tensors is None:
+            self._tensors = {t.name: t for t in GGUFReader(self.model_path, "r+").tensors}
+        heads = {
+            "attn_q": self.lib.llama_model_n_head(self._model),
+            "attn_k": self.lib.llama_model_n_head_kv(self._model),
+        }
+        for name, tensor in weights:
+            target = self._tensors.get(gguf_tensor_name(name))
+            if target is None:
+                continue  # lm_head.weight of a model whose output layer is its embedding (tied)
+            if target.tensor_type.name != "F32":
+                raise HarnessError(f"llamacpp rollouts need a float32 GGUF; {target.name} is {target.tensor_type.name}")
+            values = tensor.detach().to("cpu", copy=True).float().numpy()
+            kind = target.name.split(".")[-2]
+            if kind in heads:
+                values = _rotary_rows(values, heads[kind])
+            np.copyto(target.data, values.reshape(target.data.shape))
 
     def describe(self) -> dict:
         import llama_cpp
@@ -315,6 +363,47 @@ class LlamaCppEngine(ChatThroughFollowUps):
             self.lib.llama_memory_seq_cp(self._memory, source, target, -1, -1)
             self.lib.llama_memory_seq_rm(self._memory, source, -1, -1)
             slots[target], slots[source] = slots[source], None
+
+
+# Hugging Face Llama parameter names (below model.layers.N.) and the GGUF tensor names llama.cpp gives them.
+_LAYER_TENSORS = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+_MODEL_TENSORS = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+
+
+def gguf_tensor_name(name: str) -> str:
+    """The GGUF tensor that holds Hugging Face Llama parameter `name`."""
+    import re
+
+    if name in _MODEL_TENSORS:
+        return _MODEL_TENSORS[name]
+    match = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", name)
+    if match is None or match.group(2) not in _LAYER_TENSORS:
+        raise HarnessError(f"llamacpp rollouts cannot place parameter {name} in a GGUF file (Llama models only)")
+    return f"blk.{match.group(1)}.{_LAYER_TENSORS[match.group(2)]}.weight"
+
+
+def _rotary_rows(weights, heads: int):
+    """Query or key projection rows in llama.cpp's order: its converter interleaves the two halves
+    of each head's rotary dimensions (convert_hf_to_gguf.py's `permute`)."""
+    return (
+        weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 def float32_copy(lib, gguf: Path) -> Path:

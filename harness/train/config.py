@@ -67,7 +67,9 @@ class TrainConfig:
     micro_batch_size: int = _f(8, "sequences per forward/backward; gradient accumulation covers the rest")
     rollout_batch_size: int = _f(64, "conversations per generation batch in the engine")
     rollout_backend: str = _f(
-        "hf", "engine for rollouts: hf (the policy model itself) or vllm (a vLLM copy, weights loaded after each step)"
+        "hf",
+        "engine for rollouts: hf (the policy model itself), vllm (a vLLM copy, weights loaded after each step) "
+        "or llamacpp (the embedded model's float32 GGUF on CPU, weights written into it after each step)",
     )
     vllm_gpu_memory_utilization: float = _f(
         0.3, "share of GPU memory the vllm rollout engine may take (the rest is the trainer's)"
@@ -139,13 +141,13 @@ class TrainConfig:
             (self.save_every >= 1, "--save-every must be at least 1"),
             (self.eval_every >= 0, "--eval-every must not be negative"),
             (
-                self.rollout_backend != "llamacpp",
-                "--rollout-backend llamacpp is not possible: llama.cpp runs a fixed GGUF file and cannot see the "
-                "policy's updated weights; use hf or vllm (llamacpp serves `score-eval run`)",
+                self.rollout_backend != "llamacpp" or self.model is None,
+                "--rollout-backend llamacpp trains the embedded default model only (the policy's weights are "
+                "written into its float32 GGUF after every step); leave out --model, or use hf or vllm",
             ),
             (
-                self.rollout_backend in ("hf", "vllm"),
-                f"--rollout-backend must be hf or vllm (got {self.rollout_backend})",
+                self.rollout_backend in ("hf", "vllm", "llamacpp"),
+                f"--rollout-backend must be hf, vllm or llamacpp (got {self.rollout_backend})",
             ),
             (
                 0 < self.vllm_gpu_memory_utilization < 1,

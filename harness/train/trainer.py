@@ -104,6 +104,10 @@ def train(
         from harness.engines.vllm import import_vllm
 
         import_vllm()  # fail before loading the model
+    if config.rollout_backend == "llamacpp":
+        from harness.engines.llamacpp import import_llama_cpp
+
+        import_llama_cpp()  # fail before loading the model
     out = Path(config.output_dir)
     state_dir, log_path = out / "state", out / "train_log.csv"
     position = read_position(state_dir) if resume else None
@@ -215,8 +219,9 @@ def _keep_best(out: Path, log_path: Path, round_no: int) -> None:
 
 def make_rollouts(config: TrainConfig, task: Task, problems: list[Problem], policy: Policy) -> Rollouts:
     """The rollout engine: `hf` samples from the policy model itself; `vllm` is a second copy of the
-    model in vLLM on the same GPU, which gets the policy's weights now (so a resumed run samples from
-    its restored weights) and after every optimizer step."""
+    model in vLLM on the same GPU, and `llamacpp` a float32 GGUF copy of the embedded model on the CPU;
+    each of those gets the policy's weights now (so a resumed run samples from its restored weights)
+    and after every optimizer step."""
     max_new_tokens = config.max_new_tokens or int(task.generation.get("max_new_tokens", 512))
     settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=config.temperature, top_p=config.top_p)
     stop_ids = stop_token_ids(policy.model, policy.tokenizer)
@@ -229,6 +234,20 @@ def make_rollouts(config: TrainConfig, task: Task, problems: list[Problem], poli
                 yield
 
         return Rollouts(task, problems, get_grader(task.grader), engine, settings, stop_ids, policy.autocast, sampling)
+    if config.rollout_backend == "llamacpp":
+        from harness.engines.llamacpp import LlamaCppEngine
+
+        lc = LlamaCppEngine.for_training(parallel=min(config.rollout_batch_size, 16))
+        lc.model_name = policy.name
+        # Attempts end where the trainer's token masks expect them to (llama.cpp would also stop at
+        # its other end-of-generation tokens).
+        lc.stop_ids = stop_ids
+
+        def write() -> None:
+            lc.load_weights(policy.merged_weights())
+
+        write()
+        return Rollouts(task, problems, get_grader(task.grader), lc, settings, stop_ids, sync=write)
     from harness.engines.vllm import VLLMEngine
 
     if policy.location is None:
