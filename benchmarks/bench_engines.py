@@ -60,9 +60,12 @@ class TimedEngine:
 
     def chat(self, conversations, settings, *args, **kwargs):
         self.calls.append((list(conversations), settings))
+        return self._timed(self.engine.chat, conversations, settings, *args, **kwargs)
+
+    def _timed(self, call, *args, **kwargs):
         start = time.perf_counter()
         try:
-            return self.engine.chat(conversations, settings, *args, **kwargs)
+            return call(*args, **kwargs)
         finally:
             self.seconds += time.perf_counter() - start
 
@@ -84,11 +87,7 @@ class TimedFollowUpEngine(TimedEngine):
                 generated.append(follow_up[0])
             return follow_up
 
-        start = time.perf_counter()
-        try:
-            return self.engine.chat_with_follow_ups(conversations, settings, done, seeds)
-        finally:
-            self.seconds += time.perf_counter() - start
+        return self._timed(self.engine.chat_with_follow_ups, conversations, settings, done, seeds)
 
 
 def measure(engine, task, problems, settings, turns: int, by_turn: bool = False) -> dict:
@@ -131,7 +130,7 @@ def all_rows_busy(engine, conversations, settings) -> int:
 
 
 def prompt_ids(engine, conversations) -> list[list[int]]:
-    return [engine.tokenizer(engine.render(c), add_special_tokens=False)["input_ids"] for c in conversations]
+    return [engine.encode(c) for c in conversations]
 
 
 def useful(rows, stop_ids) -> int:

@@ -41,7 +41,7 @@ def engine(varied_engine, monkeypatch):
     from harness.episodes import conversation
 
     def length(problem, previous):
-        return len(varied_engine._encode(conversation(task, problem, previous)))
+        return len(varied_engine.encode(conversation(task, problem, previous)))
 
     # Each later turn adds its answer (at most 10 tokens) and the correction prompt around it.
     added = length(PROBLEMS[0], [""]) - length(PROBLEMS[0], [])

@@ -64,17 +64,6 @@ def conversation_seeds(settings: SamplingSettings, count: int, seeds: Sequence[i
     return list(seeds) if seeds else [settings.seed + i for i in range(count)]
 
 
-def ignoring_follow_ups(on_done: Callable[[int, list[Completion]], object] | None) -> FollowUp | None:
-    """`chat`'s on_done returns nothing that counts; whatever it returns must not queue a follow-up."""
-    if on_done is None:
-        return None
-
-    def done(index: int, completions: list[Completion]) -> None:
-        on_done(index, completions)
-
-    return done
-
-
 class Engine(Protocol):
     """What every backend provides."""
 
@@ -153,4 +142,10 @@ class ChatThroughFollowUps:
         """See Engine.chat. Completion j of conversation i samples from its own stream, seeded by
         `seeds[i]` (default `settings.seed + i`) and j, whatever batch or slot it runs in."""
         seeds = conversation_seeds(settings, len(conversations), seeds)
-        return self.chat_with_follow_ups(conversations, settings, ignoring_follow_ups(on_done), seeds)
+        if on_done is None:
+            return self.chat_with_follow_ups(conversations, settings, None, seeds)
+
+        def done(index: int, completions: list[Completion]) -> None:
+            on_done(index, completions)  # whatever a DoneCallback returns queues no follow-up
+
+        return self.chat_with_follow_ups(conversations, settings, done, seeds)

@@ -96,7 +96,7 @@ class HFEngine(ChatThroughFollowUps):
         from harness.engines.jobs import JobQueue
         from harness.engines.slots import SlotDecoder
 
-        jobs = JobQueue(settings, self._encode, self._completion, self.context_length, on_done)
+        jobs = JobQueue(settings, self.encode, self._completion, self.context_length, on_done)
         jobs.add(conversations, seeds)
         decoder = SlotDecoder(self.model, settings, self.stop_ids, self.tokenizer.pad_token_id, jobs.finished)
         while True:
@@ -113,7 +113,8 @@ class HFEngine(ChatThroughFollowUps):
                     torch.cuda.empty_cache()
                 jobs.restart_streams()
 
-    def _encode(self, conversation: Conversation) -> list[int]:
+    def encode(self, conversation: Conversation) -> list[int]:
+        """The prompt ids the model is given for a conversation."""
         return self.tokenizer(self.render(conversation), add_special_tokens=False)["input_ids"]
 
     @property

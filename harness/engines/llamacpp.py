@@ -230,6 +230,10 @@ class LlamaCppEngine(ChatThroughFollowUps):
                 return list(ids[:n])
             size = -n
 
+    def encode(self, conversation: Conversation) -> list[int]:
+        """The prompt ids the model is given for a conversation."""
+        return self.tokenize(self.render(conversation))
+
     def detokenize(self, ids: Sequence[int]) -> str:
         """Text of `ids`, special tokens left out (as the hf engine's skip_special_tokens=True)."""
         tokens = (self.lib.llama_token * len(ids))(*ids)
@@ -251,7 +255,7 @@ class LlamaCppEngine(ChatThroughFollowUps):
         """See base.FollowUpEngine: follow-ups join the queue the slots refill from as they come."""
         from harness.engines.jobs import JobQueue
 
-        jobs = JobQueue(settings, lambda c: self.tokenize(self.render(c)), self._completion, self.n_ctx, on_done)
+        jobs = JobQueue(settings, self.encode, self._completion, self.n_ctx, on_done)
         jobs.add(conversations, seeds)
         self._decode(jobs.queue, settings, jobs.finished)
         return jobs.results
