@@ -185,6 +185,8 @@ SPREAD = [[{"role": "user", "content": "Count: " + "seven " * k}] for k in (0, 1
 def test_one_admission_of_very_different_prompts_prefills_in_groups_with_the_same_greedy_tokens(engine, monkeypatch):
     import functools
 
+    from harness.engines.slots import MIN_SHARED_TOKENS
+
     expected = static_batch_token_ids(engine, SPREAD, max_new_tokens=6, batch_size=8)
     real, shapes = engine.model.forward, []
 
@@ -196,6 +198,118 @@ def test_one_admission_of_very_different_prompts_prefills_in_groups_with_the_sam
     monkeypatch.setattr(engine.model, "forward", forward)
     out = engine.chat(SPREAD, SamplingSettings(max_new_tokens=6))
     assert [(c[0].prompt_token_ids, c[0].token_ids) for c in out] == expected
-    prefills = [rows for rows, width in shapes if width > 1]
+    # First the start all prompts share (the chat template's system prompt and "Count:"), computed
+    # once; then the rest of each prompt in groups of similar length; then every row decodes together.
+    head, *prefills = [rows for rows, width in shapes if width > 1]
+    assert head == 1 and shapes[0][1] >= MIN_SHARED_TOKENS
     assert len(prefills) >= 3 and sum(prefills) == len(SPREAD)  # one admission, several prefills
-    assert shapes[len(prefills)] == (len(SPREAD), 1)  # then every row decodes together
+    assert shapes[1 + len(prefills)] == (len(SPREAD), 1)
+
+
+def record_forwards(engine, monkeypatch) -> list[tuple[int, int]]:
+    """The (rows, width) of every input the model is given from now on."""
+    import functools
+
+    real, shapes = engine.model.forward, []
+
+    @functools.wraps(real)
+    def forward(*args, **kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", forward)
+    return shapes
+
+
+def test_a_shared_prompt_start_is_computed_once_and_reused_by_later_admissions(engine, monkeypatch):
+    from harness.engines.slots import common_prefix_length
+
+    expected = static_batch_token_ids(engine, MANY, max_new_tokens=5, batch_size=8)
+    prompts = [engine.encode(c) for c in MANY]
+    first = sorted(prompts, key=len)[-3:]  # the first admission: the three longest prompts
+    head = first[0][: common_prefix_length([p[:-1] for p in first])]  # system prompt, "... number seven" x12
+    engine.batch_size = 3
+    try:
+        shapes = record_forwards(engine, monkeypatch)
+        out = engine.chat(MANY, SamplingSettings(max_new_tokens=5))
+    finally:
+        engine.batch_size = 8
+    assert [(c[0].prompt_token_ids, c[0].token_ids) for c in out] == expected
+    prefills = [shape for shape in shapes if shape[1] > 1]
+    assert prefills[0] == (1, len(head))  # the shared start, once
+    # Every other prefill (the first admission's and each refill's) computes only what follows the
+    # part of that start the prompt shares.
+    suffixes = {len(p) - common_prefix_length([head, p[:-1]]) for p in prompts}
+    assert all(width in suffixes for _, width in prefills[1:])
+    assert sum(rows for rows, _ in prefills[1:]) == len(MANY)
+
+
+def test_a_follow_up_prefills_only_what_follows_its_previous_turn(engine, monkeypatch):
+    """The keys and values of a finished turn (its prompt and answer) are reused by the next turn,
+    which then gives the tokens a fresh call on the same conversation gives."""
+    from harness.engines.slots import common_prefix_length
+
+    settings = SamplingSettings(max_new_tokens=6)
+    follow_ups = []  # in the order they were queued, which is their index in the call's results
+
+    def on_done(index, completions):
+        if index >= 3:  # a follow-up's own answer
+            return None
+        follow_ups.append(
+            (
+                index,
+                MANY[index]
+                + [
+                    {"role": "assistant", "content": completions[0].text},
+                    {"role": "user", "content": "Check it once more."},
+                ],
+            )
+        )
+        return follow_ups[-1][1], 0
+
+    shapes = record_forwards(engine, monkeypatch)
+    out = engine.chat_with_follow_ups(MANY[:3], settings, on_done, [0, 0, 0])
+    assert len(out) == 6
+    fresh = engine.chat([conversation for _, conversation in follow_ups], settings)
+    assert [c[0].token_ids for c in out[3:]] == [c[0].token_ids for c in fresh]
+    for (index, _), second in zip(follow_ups, out[3:]):
+        first = out[index][0]
+        previous = list(first.prompt_token_ids + first.token_ids[:-1])  # what the cache held
+        follow = list(second[0].prompt_token_ids)
+        kept = common_prefix_length([previous, follow[:-1]])
+        assert kept > len(first.prompt_token_ids)  # the answer's tokens too, not just the prompt
+        # Its prefill (with the other follow-ups of similar length) starts where the turn left off.
+        assert len(follow) - kept in {width for _, width in shapes}
+
+
+def test_growing_layer_holds_what_a_dynamic_layer_holds_and_appends_in_place():
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from harness.engines.kv_cache import ROOM, GrowingLayer
+
+    growing, dynamic = GrowingLayer(), DynamicLayer()
+
+    def both(step):
+        for layer in (growing, dynamic):
+            step(layer)
+        assert torch.equal(growing.keys, dynamic.keys) and torch.equal(growing.values, dynamic.values)
+
+    torch.manual_seed(0)
+    prefill = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    both(lambda layer: layer.update(*prefill))
+    buffer = growing.keys.data_ptr()
+    for _ in range(ROOM):  # decode steps within the room: written in place, no new buffer
+        token = torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4)
+        both(lambda layer, token=token: layer.update(*token))
+    assert growing.keys.data_ptr() == buffer and growing.get_seq_length() == 5 + ROOM
+
+    def keep_rows_0_and_2_drop_3_columns(layer):  # as the slot decoder does when a row leaves
+        index = torch.tensor([0, 2])
+        layer.keys = layer.keys[index, :, 3:]
+        layer.values = layer.values[index, :, 3:]
+
+    both(keep_rows_0_and_2_drop_3_columns)
+    token = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    both(lambda layer: layer.update(*token))
+    assert growing.get_seq_length() == 5 + ROOM - 3 + 1
