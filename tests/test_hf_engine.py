@@ -182,30 +182,6 @@ def test_prefill_groups_keep_every_row_at_least_four_fifths_prompt():
 SPREAD = [[{"role": "user", "content": "Count: " + "seven " * k}] for k in (0, 150, 3, 60, 61, 20, 150, 1)]
 
 
-def test_one_admission_of_very_different_prompts_prefills_in_groups_with_the_same_greedy_tokens(engine, monkeypatch):
-    import functools
-
-    from harness.engines.slots import MIN_SHARED_TOKENS
-
-    expected = static_batch_token_ids(engine, SPREAD, max_new_tokens=6, batch_size=8)
-    real, shapes = engine.model.forward, []
-
-    @functools.wraps(real)
-    def forward(*args, **kwargs):
-        shapes.append(tuple(kwargs["input_ids"].shape))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine.model, "forward", forward)
-    out = engine.chat(SPREAD, SamplingSettings(max_new_tokens=6))
-    assert [(c[0].prompt_token_ids, c[0].token_ids) for c in out] == expected
-    # First the start all prompts share (the chat template's system prompt and "Count:"), computed
-    # once; then the rest of each prompt in groups of similar length; then every row decodes together.
-    head, *prefills = [rows for rows, width in shapes if width > 1]
-    assert head == 1 and shapes[0][1] >= MIN_SHARED_TOKENS
-    assert len(prefills) >= 3 and sum(prefills) == len(SPREAD)  # one admission, several prefills
-    assert shapes[1 + len(prefills)] == (len(SPREAD), 1)
-
-
 def record_forwards(engine, monkeypatch) -> list[tuple[int, int]]:
     """The (rows, width) of every input the model is given from now on."""
     import functools
@@ -219,6 +195,21 @@ def record_forwards(engine, monkeypatch) -> list[tuple[int, int]]:
 
     monkeypatch.setattr(engine.model, "forward", forward)
     return shapes
+
+
+def test_one_admission_of_very_different_prompts_prefills_in_groups_with_the_same_greedy_tokens(engine, monkeypatch):
+    from harness.engines.slots import MIN_SHARED_TOKENS
+
+    expected = static_batch_token_ids(engine, SPREAD, max_new_tokens=6, batch_size=8)
+    shapes = record_forwards(engine, monkeypatch)
+    out = engine.chat(SPREAD, SamplingSettings(max_new_tokens=6))
+    assert [(c[0].prompt_token_ids, c[0].token_ids) for c in out] == expected
+    # First the start all prompts share (the chat template's system prompt and "Count:"), computed
+    # once; then the rest of each prompt in groups of similar length; then every row decodes together.
+    head, *prefills = [rows for rows, width in shapes if width > 1]
+    assert head == 1 and shapes[0][1] >= MIN_SHARED_TOKENS
+    assert len(prefills) >= 3 and sum(prefills) == len(SPREAD)  # one admission, several prefills
+    assert shapes[1 + len(prefills)] == (len(SPREAD), 1)
 
 
 def test_a_shared_prompt_start_is_computed_once_and_reused_by_later_admissions(engine, monkeypatch):
@@ -244,10 +235,13 @@ def test_a_shared_prompt_start_is_computed_once_and_reused_by_later_admissions(e
     assert sum(rows for rows, _ in prefills[1:]) == len(MANY)
 
 
-def test_a_follow_up_prefills_only_what_follows_its_previous_turn(engine, monkeypatch):
+@pytest.mark.parametrize("batch_size", [8, 1])
+def test_a_follow_up_prefills_only_what_follows_its_previous_turn(engine, monkeypatch, batch_size):
     """The keys and values of a finished turn (its prompt and answer) are reused by the next turn,
-    which then gives the tokens a fresh call on the same conversation gives."""
-    from harness.engines.slots import common_prefix_length
+    which then gives the tokens a fresh call on the same conversation gives. With one row, a
+    follow-up waits behind the other prompts and what is kept is capped at the running cache's
+    size, so the first follow-up is continued and the others prefill their whole prompts."""
+    from harness.engines.slots import common_prefix_length, prefill_groups
 
     settings = SamplingSettings(max_new_tokens=6)
     follow_ups = []  # in the order they were queued, which is their index in the call's results
@@ -255,31 +249,32 @@ def test_a_follow_up_prefills_only_what_follows_its_previous_turn(engine, monkey
     def on_done(index, completions):
         if index >= 3:  # a follow-up's own answer
             return None
-        follow_ups.append(
-            (
-                index,
-                MANY[index]
-                + [
-                    {"role": "assistant", "content": completions[0].text},
-                    {"role": "user", "content": "Check it once more."},
-                ],
-            )
-        )
+        again = [{"role": "assistant", "content": completions[0].text}, {"role": "user", "content": "Check it."}]
+        follow_ups.append((index, MANY[index] + again))
         return follow_ups[-1][1], 0
 
     shapes = record_forwards(engine, monkeypatch)
+    monkeypatch.setattr(engine, "batch_size", batch_size)
     out = engine.chat_with_follow_ups(MANY[:3], settings, on_done, [0, 0, 0])
+    prefills = [width for _, width in shapes if width > 1]
     assert len(out) == 6
     fresh = engine.chat([conversation for _, conversation in follow_ups], settings)
     assert [c[0].token_ids for c in out[3:]] == [c[0].token_ids for c in fresh]
+    suffixes = []  # each follow-up's prompt less what its previous turn left in the cache
     for (index, _), second in zip(follow_ups, out[3:]):
         first = out[index][0]
         previous = list(first.prompt_token_ids + first.token_ids[:-1])  # what the cache held
         follow = list(second[0].prompt_token_ids)
         kept = common_prefix_length([previous, follow[:-1]])
         assert kept > len(first.prompt_token_ids)  # the answer's tokens too, not just the prompt
-        # Its prefill (with the other follow-ups of similar length) starts where the turn left off.
-        assert len(follow) - kept in {width for _, width in shapes}
+        suffixes.append(len(follow) - kept)
+    if batch_size == 8:  # admitted together, the follow-ups prefill from where their turns left off
+        groups = prefill_groups(suffixes)
+        assert prefills[-len(groups) :] == [suffixes[group[0]] for group in groups]
+    else:  # one row at a time: three first turns, the first follow-up continued, two whole prompts
+        firsts = [c[0].prompt_tokens for c in out[:3]]
+        wholes = [c[0].prompt_tokens for c in out[4:]]
+        assert prefills == sorted(firsts, reverse=True) + [suffixes[0]] + wholes
 
 
 def test_growing_layer_holds_what_a_dynamic_layer_holds_and_appends_in_place():

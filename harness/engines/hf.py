@@ -2,9 +2,10 @@
 
 Completions are queued longest prompt first and generated `batch_size` rows at a time; a row that
 finishes is replaced by the next waiting prompt at once (see slots.py), so no row idles until the
-slowest of its batch ends; a conversation's next turn joins the same queue as soon as its turn is
-back (base.FollowUpEngine, engines/jobs.py). Results are returned in input order; float32 on CPU,
-bfloat16 on CUDA.
+slowest of its batch ends; a conversation's next turn joins the queue as soon as its turn is back
+(base.FollowUpEngine, engines/jobs.py) and reuses that turn's keys and values, and a
+prompt start shared with other prompts is computed once (slots.py). Results are returned in input
+order; float32 on CPU, bfloat16 on CUDA.
 Decoding applies temperature and top-p only (not the model's generation_config extras, such as a
 repetition penalty), like vLLM given explicit sampling parameters.
 """

@@ -4,9 +4,7 @@ Both engines decode from one queue, one job per completion, and refill a row as 
 up. This holds what they share: each conversation's prompt ids and seed, its jobs (each drawing
 from its own seeded random stream), and its completions as they finish. The caller's `on_done`
 may answer a finished conversation with the conversation's next turn (base.FollowUp): that turn
-joins the queue at once, ahead of what is waiting (so the next free row takes it while the hf
-engine still holds the finished turn's keys and values, see slots.py, and episodes in flight stay
-few), so the k-turn loop hands an engine a whole run in
+joins the queue at once, behind what is waiting, so the k-turn loop hands an engine a whole run in
 one call and an episode's next turn starts while other episodes are still on the turn before,
 instead of every turn waiting for the slowest answer of the previous one.
 """
@@ -45,8 +43,7 @@ class JobQueue:
         self.results: list[list[Completion | None]] = []
         self._waiting: list[int] = []
 
-    def add(self, conversations: Sequence[Conversation], seeds: Sequence[int], front: bool = False) -> None:
-        """Queue the conversations' jobs, longest prompt first, behind those waiting or (`front`) before them."""
+    def add(self, conversations: Sequence[Conversation], seeds: Sequence[int]) -> None:
         n = self.settings.n
         start = len(self.prompts)
         # Every conversation is entered before any is reported, as a report can add more.
@@ -64,10 +61,7 @@ class JobQueue:
                 else:
                     jobs.append(Job(index * n + sample, ids, self._stream(index, sample)))
         jobs.sort(key=lambda job: -len(job.prompt))
-        if front:
-            self.queue.extendleft(reversed(jobs))
-        else:
-            self.queue.extend(jobs)
+        self.queue.extend(jobs)
 
     def finished(self, job: Job, tokens: list[int], stopped: bool) -> None:
         """The decoder's callback (sampling.Finished) as each job's row ends."""
@@ -89,4 +83,4 @@ class JobQueue:
         if self._waiting[conversation] == 0 and self.on_done:
             follow_up = self.on_done(conversation, self.results[conversation])
             if follow_up is not None:
-                self.add([follow_up[0]], [follow_up[1]], front=True)
+                self.add([follow_up[0]], [follow_up[1]])

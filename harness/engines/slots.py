@@ -80,6 +80,7 @@ class SlotDecoder:
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.cache_kwarg = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
         self.queue: deque[Job] = deque()
+        self.slots = 0
         self.rows: list[_Row] = []
         self.admitting: list[Job] = []  # taken from the queue, not yet rows
         self.cache: GrowingCache | None = None
@@ -90,7 +91,7 @@ class SlotDecoder:
     def run(self, queue: deque[Job], slots: int) -> None:
         """Generate until `queue` is empty. On an exception (e.g. out of memory) the jobs in flight
         go back to the front of the queue, in order, so a retry loses and repeats nothing."""
-        self.queue = queue
+        self.queue, self.slots = queue, slots
         try:
             with torch.inference_mode():
                 while queue or self.rows:
@@ -191,8 +192,8 @@ class SlotDecoder:
             stopped = row.tokens[-1] in self.stop_ids
             if stopped or len(row.tokens) >= self.settings.max_new_tokens:
                 waiting = len(self.queue)
-                self.on_finished(row.job, row.tokens, stopped)  # may queue the next turn at the front
-                self._keep_for_follow_ups(index, row, list(islice(self.queue, len(self.queue) - waiting)))
+                self.on_finished(row.job, row.tokens, stopped)  # may queue the next turn
+                self._keep_for_follow_ups(index, row, list(islice(self.queue, waiting, None)))
             else:
                 keep.append(index)
         if len(keep) == len(self.rows):
@@ -211,8 +212,14 @@ class SlotDecoder:
             layer.values = layer.values[index, :, drop:]
 
     def _keep_for_follow_ups(self, index: int, row: _Row, follow_ups: list[Job]) -> None:
-        """Keep a finished row's keys and values for the jobs of its next turn that begin with them."""
+        """Keep a finished row's keys and values for the jobs of its next turn that begin with them,
+        while all that is kept holds no more tokens than the running cache can (the next turn waits
+        behind the prompts already queued, so in a long run most follow-ups find it spent and
+        prefill their whole prompt but the shared start)."""
         ids = row.job.prompt + row.tokens[:-1]
+        kept = sum(len(head.ids) for head in {id(h): h for h in self.continued.values()}.values())
+        if kept + len(ids) > self.slots * self.mask.shape[1]:
+            return
         head = None
         for job in follow_ups:
             if common_prefix_length([ids, job.prompt[:-1]]) >= MIN_SHARED_TOKENS:
