@@ -277,6 +277,47 @@ def test_hf_auto_batch_size_halves_on_out_of_memory_and_loses_nothing(tiny_model
     assert [[c.token_ids for c in cs] for cs in out] == [[c.token_ids for c in cs] for cs in expected]
 
 
+def test_out_of_memory_after_a_row_is_reported_does_not_generate_it_again(varied_engine, monkeypatch):
+    """A row that finished is reported (which may queue its next turn) before it leaves the batch,
+    and its keys and values are copied for that next turn in between. Memory running out in that
+    copy once sent the reported job back to the queue, and the retry generated and reported it a
+    second time (found in review, scenario by the reviewer)."""
+    from collections import Counter
+
+    import torch
+
+    from harness.engines import jobs, slots
+
+    reports, real_finished = Counter(), jobs.JobQueue.finished
+    failed, real_keep = [], slots.SlotDecoder._keep_for_follow_ups
+
+    def finished(self, job, tokens, stopped):
+        reports[job.key] += 1
+        real_finished(self, job, tokens, stopped)
+
+    def keep(self, index, row, follow_ups):
+        if follow_ups and not failed:  # memory runs out once, copying the first finished turn
+            failed.append(row.job.key)
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_keep(self, index, row, follow_ups)
+
+    monkeypatch.setattr(jobs.JobQueue, "finished", finished)
+    monkeypatch.setattr(slots.SlotDecoder, "_keep_for_follow_ups", keep)
+    monkeypatch.setattr(varied_engine, "auto_batch", True)
+    monkeypatch.setattr(varied_engine, "batch_size", 8)
+    firsts = [[{"role": "user", "content": "Tell me about the number " + "seven " * k}] for k in (0, 9, 2, 30)]
+
+    def on_done(index, completions):
+        if index >= len(firsts):
+            return None
+        again = [{"role": "assistant", "content": completions[0].text}, {"role": "user", "content": "Again."}]
+        return firsts[index] + again, 0
+
+    out = varied_engine.chat_with_follow_ups(firsts, SamplingSettings(max_new_tokens=8), on_done, [0, 1, 2, 3])
+    assert failed and varied_engine.batch_size == 4 and len(out) == 2 * len(firsts)
+    assert sorted(reports) == list(range(2 * len(firsts))) and set(reports.values()) == {1}
+
+
 def test_dtype_reaches_both_local_engines_and_auto_keeps_each_engines_rule(tiny_model_dir, stand_in_vllm):
     """--dtype: hf loads in it (auto: float32 on CPU); vllm gets it (auto: vLLM's own rule, not passed)."""
     import torch

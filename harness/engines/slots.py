@@ -46,6 +46,7 @@ MIN_SHARED_TOKENS = 16
 class _Row:
     job: Job
     tokens: list[int] = field(default_factory=list)  # sampled so far; the last is not yet in the cache
+    reported: bool = False  # handed back, though still in the batch until _retire drops it
 
     @property
     def cached(self) -> int:
@@ -101,7 +102,7 @@ class SlotDecoder:
                     if self.rows:
                         self._step()
         except BaseException:
-            queue.extendleft(reversed([row.job for row in self.rows] + self.admitting))
+            queue.extendleft(reversed([row.job for row in self.rows if not row.reported] + self.admitting))
             self.rows, self.cache, self.mask, self.admitting = [], None, None, []
             self.shared, self.continued = None, {}
             raise
@@ -192,6 +193,7 @@ class SlotDecoder:
             stopped = row.tokens[-1] in self.stop_ids
             if stopped or len(row.tokens) >= self.settings.max_new_tokens:
                 waiting = len(self.queue)
+                row.reported = True  # an error from here on must not queue it again (see run)
                 self.on_finished(row.job, row.tokens, stopped)  # may queue the next turn
                 self._keep_for_follow_ups(index, row, list(islice(self.queue, waiting, None)))
             else:
