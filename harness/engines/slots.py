@@ -13,8 +13,8 @@ Prompts are not prefilled from scratch when their start was computed before (see
     instruction: 90 of a MATH prompt's 176 tokens on average) compute it once, and later prompts
     with the same start reuse it;
   - an episode's next turn begins with its previous turn's prompt and answer, whose keys and values
-    are in the cache when that turn ends: they are kept for the follow-up, which then prefills only
-    the correction prompt.
+    are in the cache when that turn ends: they are kept for the follow-up (up to a cap, see
+    _keep_for_follow_ups), which then prefills only the correction prompt.
 Only the rest of each prompt (its suffix) is prefilled, in groups of similar suffix length (see
 prefill_groups), each in a cache of its own that starts with its rows' heads; these are joined to
 the running cache along the batch dimension in one copy. Reused keys and values are the same
