@@ -258,21 +258,21 @@ def test_hf_auto_batch_size_halves_on_out_of_memory_and_loses_nothing(tiny_model
     expected = HFEngine.from_model(str(tiny_model_dir), batch_size=4).chat(CONVS * 4, settings)
     engine = HFEngine.from_model(str(tiny_model_dir), batch_size="auto")
     assert engine.batch_size == 16
-    real, steps, done = engine.model.forward, [], []
+    real, failed, done = engine.model.forward, [], []
 
     @functools.wraps(real)
     def forward(*args, **kwargs):
-        batch, width = kwargs["input_ids"].shape
-        if width == 1:  # a decode step: memory runs out whenever more than 4 rows decode
-            steps.append(batch)
-            if batch > 4:
-                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        rows = kwargs["input_ids"].shape[0]
+        if rows > 4:  # memory runs out whenever more than 4 rows go through the model at once
+            failed.append(rows)
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine.model, "forward", forward)
     out = engine.chat(CONVS * 4, settings, on_done=lambda i, cs: done.append(i))
-    # The first step of all 12 rows runs out, then the first of 8; 4 rows fit.
-    assert engine.batch_size == 4 and steps[:3] == [12, 8, 4]
+    # The prompts' 3 distinct texts are prefilled once each (their 4 copies share it); the first
+    # step of all 12 rows runs out, then the first of 8; 4 rows fit.
+    assert engine.batch_size == 4 and failed == [12, 8]
     assert sorted(done) == list(range(12))
     assert [[c.token_ids for c in cs] for cs in out] == [[c.token_ids for c in cs] for cs in expected]
 

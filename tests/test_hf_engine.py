@@ -208,7 +208,8 @@ def test_one_admission_of_very_different_prompts_prefills_in_groups_with_the_sam
     # once; then the rest of each prompt in groups of similar length; then every row decodes together.
     head, *prefills = [rows for rows, width in shapes if width > 1]
     assert head == 1 and shapes[0][1] >= MIN_SHARED_TOKENS
-    assert len(prefills) >= 3 and sum(prefills) == len(SPREAD)  # one admission, several prefills
+    # One admission, several prefills; the two identical prompts are computed once.
+    assert len(prefills) >= 3 and sum(prefills) == len({c[0]["content"] for c in SPREAD}) == len(SPREAD) - 1
     assert shapes[1 + len(prefills)] == (len(SPREAD), 1)
 
 
@@ -308,3 +309,13 @@ def test_growing_layer_holds_what_a_dynamic_layer_holds_and_appends_in_place():
     token = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
     both(lambda layer: layer.update(*token))
     assert growing.get_seq_length() == 5 + ROOM - 3 + 1
+
+
+def test_the_samples_of_a_conversation_prefill_its_prompt_once(engine, monkeypatch):
+    shapes = record_forwards(engine, monkeypatch)
+    out = engine.chat(MANY[:2], SamplingSettings(max_new_tokens=4, temperature=1.0, n=4, seed=1))
+    prefills = [rows for rows, width in shapes if width > 1]
+    assert prefills[0] == 1  # the start both prompts share, once
+    assert sum(prefills[1:]) == 2  # then each prompt's rest once, not once per sample
+    assert shapes[len(prefills)] == (8, 1)  # all 8 samples decode
+    assert all(len({c.token_ids for c in completions}) > 1 for completions in out)  # each its own stream

@@ -14,7 +14,9 @@ Prompts are not prefilled from scratch when their start was computed before (see
     with the same start reuse it;
   - an episode's next turn begins with its previous turn's prompt and answer, whose keys and values
     are in the cache when that turn ends: they are kept for the follow-up (up to a cap, see
-    _keep_for_follow_ups), which then prefills only the correction prompt.
+    _keep_for_follow_ups), which then prefills only the correction prompt;
+  - jobs with the same prompt (the samples of one conversation) admitted together prefill it once
+    and copy its keys and values.
 Only the rest of each prompt (its suffix) is prefilled, in groups of similar suffix length (see
 prefill_groups), each in a cache of its own that starts with its rows' heads; these are joined to
 the running cache along the batch dimension in one copy. Reused keys and values are the same
@@ -109,25 +111,35 @@ class SlotDecoder:
 
     def _admit(self) -> None:
         """Prefill the admitted jobs' suffixes in groups of similar length (left-padded within a
-        group, after their heads), take their first tokens, and join them to the batch."""
+        group, after their heads), take their first tokens, and join them to the batch. Jobs with
+        the same prompt and head (the samples of one conversation) are prefilled once and copied."""
         heads = self._heads(self.admitting)
         suffixes = [job.prompt[shared:] for job, (_, shared) in zip(self.admitting, heads)]
         parts, new_rows = [], []
         for group in prefill_groups([len(suffix) for suffix in suffixes]):
-            jobs = [self.admitting[i] for i in group]
-            cache, head_mask = _cache_from_heads([heads[i] for i in group], self.device)
-            width = len(suffixes[group[0]])
-            ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(jobs), width), dtype=torch.long)
-            for r, i in enumerate(group):
+            firsts: dict[tuple, int] = {}  # (prompt, head) -> its row in this prefill
+            keys = [(tuple(self.admitting[i].prompt), id(heads[i][0])) for i in group]
+            copy_of = [firsts.setdefault(key, len(firsts)) for key in keys]
+            computed = [group[copy_of.index(r)] for r in range(len(firsts))]
+            cache, head_mask = _cache_from_heads([heads[i] for i in computed], self.device)
+            width = len(suffixes[computed[0]])
+            ids = torch.full((len(computed), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(computed), width), dtype=torch.long)
+            for r, i in enumerate(computed):
                 ids[r, width - len(suffixes[i]) :] = torch.tensor(suffixes[i])
                 mask[r, width - len(suffixes[i]) :] = 1
-            start = torch.tensor([[heads[i][1]] for i in group])
+            start = torch.tensor([[heads[i][1]] for i in computed])
             positions = (mask.cumsum(-1) - 1).clamp_(min=0) + start
             mask = torch.cat([head_mask, mask], dim=1)
             logits = self._forward(ids, mask, positions, cache)
             _check_cache(cache, mask.shape[1])
-            rows = [_Row(job) for job in jobs]
+            if len(computed) < len(group):
+                index = torch.tensor(copy_of)
+                logits, mask = logits[index.to(logits.device)], mask[index]
+                for layer in cache.layers:
+                    layer.keys = layer.keys[index.to(self.device)]
+                    layer.values = layer.values[index.to(self.device)]
+            rows = [_Row(self.admitting[i]) for i in group]
             self._take(rows, logits)
             parts.append((cache, mask))
             new_rows += rows
