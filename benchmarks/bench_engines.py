@@ -9,6 +9,8 @@ hf and llamacpp take follow-ups, so the loop hands them the whole run in one cal
 next turn joins the queue as soon as its previous turn is back; with `--turns` 2 or more the loop
 also runs once more driving the engine one call per turn (the turn barrier, as before), as the
 baseline of that. Then, for hf, the very conversations the harness sent are generated again:
+  - unpacked weights: the same engine with its Linear layers through F.linear (MKL) instead of
+    oneDNN with weights packed once (engines/packed_linear.py);
   - all rows busy: the same engine with no stop tokens, so every row generates all M tokens; the
     engine's ceiling on this machine. busy ratio = harness useful tokens/s / this figure.
   - static batches: the previous engine's algorithm (longest prompts first, `model.generate` on static
@@ -129,6 +131,15 @@ def all_rows_busy(engine, conversations, settings) -> int:
         engine.stop_ids = saved
 
 
+def unpacked(engine, conversations, settings) -> int:
+    """The harness with its Linear layers computed by F.linear (see engines/packed_linear.py)."""
+    engine.packed_linears.enabled = False
+    try:
+        return sum(c[0].completion_tokens for c in engine.chat(conversations, settings))
+    finally:
+        engine.packed_linears.enabled = True
+
+
 def prompt_ids(engine, conversations) -> list[list[int]]:
     return [engine.encode(c) for c in conversations]
 
@@ -232,6 +243,7 @@ def hf_engine_rows(task, problems, settings, args) -> tuple[list, dict]:
         rows.append(("hf, one call per turn", by_turn["wall"], by_turn["tokens"]))
         show(rows[-1])
     for label, generate in (
+        ("hf harness, unpacked weights", lambda c, s: unpacked(engine, c, s)),
         ("hf, all rows busy", lambda c, s: all_rows_busy(engine, c, s)),
         ("static batches (previous hf)", lambda c, s: static_batches(engine, c, s)),
         ("transformers generate_batch", lambda c, s: transformers_generate_batch(engine, c, s)),

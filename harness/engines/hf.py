@@ -22,6 +22,7 @@ from harness.engines.base import (
     FollowUp,
     SamplingSettings,
 )
+from harness.engines.packed_linear import PackedLinears
 
 # Used only when a tokenizer ships no chat template (e.g. a base model); a warning says so.
 PLAIN_CHAT_TEMPLATE = (
@@ -50,6 +51,7 @@ class HFEngine(ChatThroughFollowUps):
             tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
         # Ids that end a completion; a benchmark empties the set to keep every row busy.
         self.stop_ids = stop_token_ids(model, tokenizer)
+        self.packed_linears = PackedLinears()
 
     @classmethod
     def from_model(
@@ -78,6 +80,7 @@ class HFEngine(ChatThroughFollowUps):
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "device": str(self.model.device),
             "batch_size": "auto" if self.auto_batch else self.batch_size,
+            "packed_linear_layers": len(self.packed_linears.layers(self.model)),
         }
 
     def render(self, conversation: Conversation) -> str:
@@ -102,7 +105,8 @@ class HFEngine(ChatThroughFollowUps):
         decoder = SlotDecoder(self.model, settings, self.stop_ids, self.tokenizer.pad_token_id, jobs.finished)
         while True:
             try:
-                decoder.run(jobs.queue, self.batch_size)
+                with self.packed_linears.apply(self.model):
+                    decoder.run(jobs.queue, self.batch_size)
                 return jobs.results
             except torch.OutOfMemoryError:
                 # The rows in flight went back to the queue; their random streams restart with them.
