@@ -118,9 +118,19 @@ def stops_early(engine):
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
-def test_slot_refill_gives_the_same_greedy_tokens_as_static_batches(stops_early, batch_size):
+def test_slot_refill_gives_the_same_greedy_tokens_as_static_batches(stops_early, batch_size, monkeypatch):
+    from harness.engines.slots import SlotDecoder
+
     engine = stops_early
     expected = static_batch_token_ids(engine, MANY, max_new_tokens=10, batch_size=batch_size)
+    real_fill, filled = SlotDecoder._fill_places, []
+
+    def fill_places(self, rows, *args):  # records the groups written into finished rows' places
+        done = real_fill(self, rows, *args)
+        filled.extend([len(rows)] if done else [])
+        return done
+
+    monkeypatch.setattr(SlotDecoder, "_fill_places", fill_places)
     engine.batch_size = batch_size
     try:
         out = engine.chat(MANY, SamplingSettings(max_new_tokens=10))
@@ -128,6 +138,10 @@ def test_slot_refill_gives_the_same_greedy_tokens_as_static_batches(stops_early,
         engine.batch_size = 8
     got = [(c[0].prompt_token_ids, c[0].token_ids) for c in out]
     assert got == expected
+    # With 3 slots, rows finish while prompts wait, and some new rows take their places in the
+    # cache (the rest, wider than the cache, are joined to it); 1 slot empties the cache each time,
+    # and 8 slots take every prompt at once.
+    assert (sum(filled) > 0) == (batch_size == 3)
     reasons = [c[0].finish_reason for c in out]
     assert "stop" in reasons and "length" in reasons  # rows did finish at different times
     assert len({c[0].completion_tokens for c in out}) >= 3
@@ -309,6 +323,26 @@ def test_growing_layer_holds_what_a_dynamic_layer_holds_and_appends_in_place():
     token = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
     both(lambda layer: layer.update(*token))
     assert growing.get_seq_length() == 5 + ROOM - 3 + 1
+
+    # A finished row's place taken by a new row of 4 columns (right-aligned, zeros before), and 2
+    # leading columns dropped: in place in the GrowingLayer, by copies in the DynamicLayer.
+    buffer = growing._buffers["keys"].data_ptr()
+    new = torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 4)
+    growing.write_rows(torch.tensor([1]), *new)
+    for name, states in zip(("keys", "values"), new):
+        held = getattr(dynamic, name).clone()
+        held[1] = 0
+        held[1, :, -4:] = states[0]
+        setattr(dynamic, name, held)
+    growing.drop_leading(2)
+    dynamic.keys, dynamic.values = dynamic.keys[:, :, 2:], dynamic.values[:, :, 2:]
+    assert torch.equal(growing.keys, dynamic.keys) and torch.equal(growing.values, dynamic.values)
+    assert growing._buffers["keys"].data_ptr() == buffer
+    for _ in range(ROOM + 2):  # past the room: a new buffer holding the kept columns only
+        token = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+        both(lambda layer, token=token: layer.update(*token))
+    assert growing._buffers["keys"].data_ptr() != buffer
+    assert growing.get_seq_length() == 5 + ROOM - 3 + 1 - 2 + ROOM + 2
 
 
 def test_the_samples_of_a_conversation_prefill_its_prompt_once(engine, monkeypatch):

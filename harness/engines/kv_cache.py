@@ -24,15 +24,17 @@ class GrowingLayer(DynamicLayer):
 
     def __init__(self, *args, **kwargs):
         self._buffers: dict[str, torch.Tensor | None] = {"keys": None, "values": None}
-        self._filled = {"keys": 0, "values": 0}
+        self._start = {"keys": 0, "values": 0}  # the first column in use; those before it are dropped
+        self._filled = {"keys": 0, "values": 0}  # the column after the last in use
         super().__init__(*args, **kwargs)
 
     def _view(self, name: str) -> torch.Tensor | None:
         buffer = self._buffers[name]
-        return None if buffer is None else buffer[..., : self._filled[name], :]
+        return None if buffer is None else buffer[..., self._start[name] : self._filled[name], :]
 
     def _assign(self, name: str, states: torch.Tensor | None) -> None:
         self._buffers[name] = states
+        self._start[name] = 0
         self._filled[name] = 0 if states is None or states.dim() < 2 else states.shape[-2]
 
     keys = property(lambda self: self._view("keys"), lambda self, states: self._assign("keys", states))
@@ -42,14 +44,31 @@ class GrowingLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         for name, states in (("keys", key_states), ("values", value_states)):
-            buffer, start = self._buffers[name], self._filled[name]
-            end = start + states.shape[-2]
+            buffer, start, end = self._buffers[name], self._filled[name], self._filled[name] + states.shape[-2]
             if buffer.dim() < 2 or end > buffer.shape[-2]:
-                buffer = _with_room(self._view(name) if start else None, states, end + ROOM)
-                self._buffers[name] = buffer
+                held = self._view(name) if start > self._start[name] else None
+                start -= self._start[name]
+                end = start + states.shape[-2]
+                buffer = _with_room(held, states, end + ROOM)
+                self._buffers[name], self._start[name] = buffer, 0
             buffer[..., start:end, :] = states
             self._filled[name] = end
         return self.keys, self.values
+
+    def drop_leading(self, columns: int) -> None:
+        """Forget every row's first `columns` columns, without a copy (the views start later)."""
+        for name in self._start:
+            self._start[name] += columns
+
+    def write_rows(self, rows: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Put `keys` and `values` ([len(rows), heads, w, dim], w at most this layer's width) into
+        batch rows `rows` in place, aligned on the right, and zero those rows' columns before them:
+        a finished row's place taken by a new one without copying the rest of the cache."""
+        for name, states in (("keys", keys), ("values", values)):
+            view = self._view(name)
+            start = view.shape[-2] - states.shape[-2]
+            view[rows, :, :start] = 0
+            view[rows, :, start:] = states
 
 
 def _with_room(held: torch.Tensor | None, new: torch.Tensor, columns: int) -> torch.Tensor:

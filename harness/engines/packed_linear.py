@@ -1,13 +1,13 @@
 """Linear layers through oneDNN with their weights packed once, for generation on CPU.
 
-torch's float32 `F.linear` on CPU calls MKL's sgemm, which re-lays-out the weight matrix on every
-call. At the row counts of decoding that copy costs more than the product: over the linear layers of
+torch's float32 `F.linear` on CPU calls MKL's sgemm, which packs its operands into its own layout on
+every call; at the row counts of decoding that work is not amortised. Over the linear layers of
 the embedded model (SmolLM2-135M, float32, 2 cores) one decode step of 16 rows took 57 ms through
 F.linear and 21.6 ms with weights laid out once for oneDNN; 2 rows 37 against 13 ms, a 90-token
-prefill 190 against 65 ms (benchmarks/bench_packed_linear.py measures it again). torch.compile's CPU
+prefill 190 against 65 ms (`benchmarks/bench_engines.py` runs the engine both ways). torch.compile's CPU
 backend packs weights the same way (inductor's weight freezing), but it compiles per shape, and the
 slot decoder's shapes change at every step. So the two oneDNN ops inductor emits are called directly:
-`torch.ops.mkldnn._reorder_linear_weight` and `_linear_pointwise`. They are private, so `packed`
+`torch.ops.mkldnn._reorder_linear_weight` and `_linear_pointwise`. They are private, so `available`
 checks once that they run and agree with F.linear, and generation keeps the plain layers otherwise.
 
 The packed copy is a second copy of the weights (540 MB for the embedded model), made when a

@@ -84,7 +84,9 @@ class SlotDecoder:
         self.cache_kwarg = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
         self.queue: deque[Job] = deque()
         self.slots = 0
-        self.rows: list[_Row] = []
+        # The batch's rows in cache order; None marks a finished row's place, kept for the next
+        # admission to fill in place (see _retire), never present at a decode step.
+        self.rows: list[_Row | None] = []
         self.admitting: list[Job] = []  # taken from the queue, not yet rows
         self.cache: GrowingCache | None = None
         self.mask: torch.Tensor | None = None  # [rows, cache width]: 1 where a column is the row's own
@@ -98,21 +100,25 @@ class SlotDecoder:
         try:
             with torch.inference_mode():
                 while queue or self.rows:
-                    while queue and len(self.rows) < slots:
-                        self.admitting = [queue.popleft() for _ in range(min(slots - len(self.rows), len(queue)))]
+                    while queue and self._busy() < slots:
+                        self.admitting = [queue.popleft() for _ in range(min(slots - self._busy(), len(queue)))]
                         self._admit()
                     if self.rows:
                         self._step()
         except BaseException:
-            queue.extendleft(reversed([row.job for row in self.rows if not row.reported] + self.admitting))
+            queue.extendleft(reversed([row.job for row in self.rows if row and not row.reported] + self.admitting))
             self.rows, self.cache, self.mask, self.admitting = [], None, None, []
             self.shared, self.continued = None, {}
             raise
 
+    def _busy(self) -> int:
+        return sum(row is not None for row in self.rows)
+
     def _admit(self) -> None:
         """Prefill the admitted jobs' suffixes in groups of similar length (left-padded within a
-        group, after their heads), take their first tokens, and join them to the batch. Jobs with
-        the same prompt and head (the samples of one conversation) are prefilled once and copied."""
+        group, after their heads), take their first tokens, and put them in the batch: in the places
+        of finished rows where they fit, else joined to it. Jobs with the same prompt and head (the
+        samples of one conversation) are prefilled once and copied."""
         heads = self._heads(self.admitting)
         suffixes = [job.prompt[shared:] for job, (_, shared) in zip(self.admitting, heads)]
         parts, new_rows = [], []
@@ -141,13 +147,30 @@ class SlotDecoder:
                     layer.values = layer.values[index.to(self.device)]
             rows = [_Row(self.admitting[i]) for i in group]
             self._take(rows, logits)
-            parts.append((cache, mask))
-            new_rows += rows
+            if not self._fill_places(rows, cache, mask):
+                parts.append((cache, mask))
+                new_rows += rows
+        self._remove([i for i, row in enumerate(self.rows) if row is None])
         if self.cache is not None:
             parts.insert(0, (self.cache, self.mask))
-        self.cache, self.mask = _join_rows(parts)
+        if parts:
+            self.cache, self.mask = _join_rows(parts)
         self.rows, self.admitting = self.rows + new_rows, []
         self._retire()
+
+    def _fill_places(self, rows: list[_Row], cache: GrowingCache, mask: torch.Tensor) -> bool:
+        """Write a prefilled group into the places of finished rows, if there are enough and the
+        group is no wider than the running cache; a join would copy the whole cache instead."""
+        places = [i for i, row in enumerate(self.rows) if row is None][: len(rows)]
+        if len(places) < len(rows) or mask.shape[1] > self.mask.shape[1]:
+            return False
+        index = torch.tensor(places, device=self.device)
+        for layer, new in zip(self.cache.layers, cache.layers):
+            layer.write_rows(index, new.keys, new.values)
+        self.mask[places] = torch.nn.functional.pad(mask, (self.mask.shape[1] - mask.shape[1], 0))
+        for place, row in zip(places, rows):
+            self.rows[place] = row
+        return True
 
     def _heads(self, jobs: list[Job]) -> list[tuple[_Head | None, int]]:
         """Each job's head and how many of its prompt tokens it holds: the finished turn the job
@@ -199,31 +222,46 @@ class SlotDecoder:
             row.tokens.append(token)
 
     def _retire(self) -> None:
-        """Hand back rows that stopped or reached max_new_tokens and drop them from the cache."""
-        keep = []
+        """Hand back rows that stopped or reached max_new_tokens. As many of their places as the
+        queue can fill stay in the cache for the next admission (the run loop admits at once); the
+        rest are dropped from it."""
+        finished = []
         for index, row in enumerate(self.rows):
+            if row is None:
+                continue
             stopped = row.tokens[-1] in self.stop_ids
             if stopped or len(row.tokens) >= self.settings.max_new_tokens:
                 waiting = len(self.queue)
                 row.reported = True  # an error from here on must not queue it again (see run)
                 self.on_finished(row.job, row.tokens, stopped)  # may queue the next turn
                 self._keep_for_follow_ups(index, row, list(islice(self.queue, waiting, None)))
-            else:
-                keep.append(index)
-        if len(keep) == len(self.rows):
+                finished.append(index)
+        if not finished:
             return
-        self.rows = [self.rows[i] for i in keep]
-        if not self.rows:
-            self.cache, self.mask = None, None
+        places = finished[: len(self.queue)]
+        for index in places:
+            self.rows[index] = None
+        self.mask[places] = 0
+        self._remove(finished[len(places) :])
+
+    def _remove(self, indices: list[int]) -> None:
+        """Drop batch rows `indices` from the cache (one copy), then the leading columns no row uses
+        (none: the cache's views start later)."""
+        if not any(row is not None for i, row in enumerate(self.rows) if i not in indices):
+            self.rows, self.cache, self.mask = [], None, None
             return
-        index = torch.tensor(keep)
-        mask = self.mask[index]
-        drop = int(mask.any(dim=0).int().argmax())  # leading columns no remaining row uses
-        self.mask = mask[:, drop:]
-        index = index.to(self.device)
-        for layer in self.cache.layers:
-            layer.keys = layer.keys[index, :, drop:]
-            layer.values = layer.values[index, :, drop:]
+        if indices:
+            keep = [i for i in range(len(self.rows)) if i not in indices]
+            self.rows = [self.rows[i] for i in keep]
+            self.mask = self.mask[keep]
+            index = torch.tensor(keep, device=self.device)
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[index], layer.values[index]
+        drop = int(self.mask.any(dim=0).int().argmax())
+        if drop:
+            self.mask = self.mask[:, drop:]
+            for layer in self.cache.layers:
+                layer.drop_leading(drop)
 
     def _keep_for_follow_ups(self, index: int, row: _Row, follow_ups: list[Job]) -> None:
         """Keep a finished row's keys and values for the jobs of its next turn that begin with them,
