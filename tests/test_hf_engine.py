@@ -1,5 +1,7 @@
 """The transformers engine on a tiny random-weight Llama with the embedded tokenizer."""
 
+from collections import Counter
+
 import pytest
 
 from harness.engines.base import SamplingSettings
@@ -353,3 +355,124 @@ def test_the_samples_of_a_conversation_prefill_its_prompt_once(engine, monkeypat
     assert sum(prefills[1:]) == 2  # then each prompt's rest once, not once per sample
     assert shapes[len(prefills)] == (8, 1)  # all 8 samples decode
     assert all(len({c.token_ids for c in completions}) > 1 for completions in out)  # each its own stream
+
+
+# Finished rows' places filled in place (slots._fill_places): cases found in review.
+# Queued longest first. With 3 slots, the first row stops early (see the test) and the 4th prompt
+# takes its place; the 2nd and 3rd end together at max_new_tokens, so the 5th and 6th are admitted
+# together, and their suffixes (after the shared start) are far apart in length: two prefill groups.
+# (The 5th does not start like the first three, so the start they share does not shorten its suffix.)
+PLACES_PROMPTS = [
+    [{"role": "user", "content": "Tell me about the number " + words}]
+    for words in ("seven " * 30, "seven " * 17, "seven " * 12, "seven " * 9, "eight " * 8, "")
+]
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_memory_running_out_after_a_group_took_finished_places_loses_and_repeats_nothing(
+    varied_engine, monkeypatch, sampled
+):
+    """A prefilled group written into finished rows' places is in `rows` while its jobs are still in
+    `admitting`; memory running out later in the same admission (the next group's prefill) must
+    put each job back once, not twice. Sampled: 2 samples per conversation, each conversation
+    reported done once, with both its completions, and the tokens of a run that never ran out."""
+    import torch
+
+    from harness.engines import jobs, slots
+
+    engine = varied_engine
+    free = engine.chat(PLACES_PROMPTS, SamplingSettings(max_new_tokens=8))
+    # The first prompt's third greedy token becomes a stop token (no other row emits it early).
+    monkeypatch.setattr(engine, "stop_ids", engine.stop_ids | {free[0][0].token_ids[2]})
+    settings = SamplingSettings(max_new_tokens=8, n=2, temperature=0.01, seed=3) if sampled else SamplingSettings(8)
+    expected = [[c.token_ids for c in cs] for cs in engine.chat(PLACES_PROMPTS, settings)]
+
+    reports, real_finished = Counter(), jobs.JobQueue.finished
+    real_admit, real_fill, real_forward = (
+        slots.SlotDecoder._admit,
+        slots.SlotDecoder._fill_places,
+        slots.SlotDecoder._forward,
+    )
+    state = {}
+
+    def finished(self, job, tokens, stopped):
+        reports[job.key] += 1
+        real_finished(self, job, tokens, stopped)
+
+    def admit(self):
+        state["filled"] = False
+        try:
+            real_admit(self)
+        finally:
+            state["filled"] = False
+
+    def fill_places(self, rows, *args):
+        done = real_fill(self, rows, *args)
+        state["filled"] = state["filled"] or done  # this admission has put rows in places
+        return done
+
+    def forward(self, *args):
+        if state.get("filled") and "raised" not in state:
+            state["raised"] = True  # memory runs out once: the same admission's next prefill
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(self, *args)
+
+    monkeypatch.setattr(jobs.JobQueue, "finished", finished)
+    monkeypatch.setattr(slots.SlotDecoder, "_admit", admit)
+    monkeypatch.setattr(slots.SlotDecoder, "_fill_places", fill_places)
+    monkeypatch.setattr(slots.SlotDecoder, "_forward", forward)
+    monkeypatch.setattr(engine, "auto_batch", True)
+    monkeypatch.setattr(engine, "batch_size", 3)
+    done = []
+    out = engine.chat(PLACES_PROMPTS, settings, on_done=lambda i, cs: done.append((i, [c is not None for c in cs])))
+    assert state.get("raised"), "scenario not reached: no admission filled places and prefilled again"
+    assert engine.batch_size == 1
+    assert sorted(done) == [(i, [True] * settings.n) for i in range(len(PLACES_PROMPTS))]
+    assert sorted(reports) == list(range(len(PLACES_PROMPTS) * settings.n)) and set(reports.values()) == {1}, reports
+    assert [[c.token_ids for c in cs] for cs in out] == expected
+
+
+def test_a_next_turn_wider_than_the_running_cache_is_joined_to_it_though_places_are_free(varied_engine, monkeypatch):
+    """Next turns (prompt, answer and correction prompt) are wider than the rows still on the first
+    turn; when finished rows leave enough places, the group must still be joined (write_rows cannot
+    fit it), and every turn's greedy tokens are those of one row at a time. (Found in review: no
+    other test meets a group wider than the cache with enough places.)"""
+    from harness.engines import slots
+
+    engine = varied_engine
+    convs = [[{"role": "user", "content": "Tell me about the number " + words}] for words in PLACES_WORDS]
+
+    def k_turns(turns):
+        meta = {i: (i, 0, conv) for i, conv in enumerate(convs)}
+
+        def on_done(index, completions):
+            first, turn, conv = meta[index]
+            if turn + 1 >= turns:
+                return None
+            conv = conv + [{"role": "assistant", "content": completions[0].text}, {"role": "user", "content": "Again."}]
+            meta[len(meta)] = (first, turn + 1, conv)
+            return conv, 0
+
+        out = engine.chat_with_follow_ups(convs, SamplingSettings(max_new_tokens=6), on_done, [0] * len(convs))
+        return sorted((meta[i][:2], [c.token_ids for c in cs]) for i, cs in enumerate(out))
+
+    free = engine.chat(convs[:1], SamplingSettings(max_new_tokens=6))
+    # The first prompt's third greedy token becomes a stop token: rows finish at different steps.
+    monkeypatch.setattr(engine, "stop_ids", engine.stop_ids | {free[0][0].token_ids[2]})
+    monkeypatch.setattr(engine, "batch_size", 1)
+    expected = k_turns(3)
+    real_fill, wider = slots.SlotDecoder._fill_places, []
+
+    def fill_places(self, rows, cache, mask):
+        places = sum(row is None for row in self.rows)
+        wider.extend([1] if places >= len(rows) and mask.shape[1] > self.mask.shape[1] else [])
+        return real_fill(self, rows, cache, mask)
+
+    monkeypatch.setattr(slots.SlotDecoder, "_fill_places", fill_places)
+    monkeypatch.setattr(engine, "batch_size", 2)
+    assert k_turns(3) == expected
+    assert wider, "scenario not reached: no group wider than the cache found enough places"
+
+
+PLACES_WORDS = ["seven " * 30, "seven " * 17, "seven " * 12, "seven " * 9, "eight " * 8, "", "nine " * 3, "seven " * 2]
+PLACES_WORDS += ["ten " * 20, "x"]

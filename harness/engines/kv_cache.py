@@ -7,6 +7,8 @@ a buffer with spare columns and writes new tokens into them, reallocating only w
 out; `keys` and `values` are views of the filled part, so the values every layer sees are the
 same and the logits are bit for bit those of a DynamicCache. Assigning `keys`/`values` (the slot
 decoder does when rows join or leave) replaces the buffer; the next update gives it room again.
+`write_rows` (a new row in a finished row's place) and `drop_leading` (columns no row uses any more)
+change the buffer in place.
 """
 
 from __future__ import annotations
