@@ -35,24 +35,19 @@ def test_the_layers_are_given_back_after_the_block_even_on_an_error():
     assert all("forward" not in layer.__dict__ for layer in (net[0], net[2]))
 
 
-def test_weights_are_packed_once_and_again_after_an_in_place_update():
+def test_weights_updated_in_place_between_generations_are_followed():
     """The trainer's optimiser changes the weights in place between rollouts: the next generation
-    must use the new weights, and an unchanged weight must not be packed again."""
+    must compute with the new numbers."""
     net, packs = model(), PackedLinears()
     inputs = torch.randn(4, 48)
     with torch.inference_mode(), packs.apply(net):
         net(inputs)
-    first = packs._packed[net[0]][1]
-    with torch.inference_mode(), packs.apply(net):
-        net(inputs)
-    assert packs._packed[net[0]][1] is first
     with torch.no_grad():
         net[0].weight.mul_(-2.0)  # like optimizer.step(): same tensor, new numbers
     with torch.inference_mode():
         expected = net(inputs)
         with packs.apply(net):
             got = net(inputs)
-    assert packs._packed[net[0]][1] is not first
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -99,3 +94,85 @@ def test_under_autocast_a_layer_computes_in_the_autocast_dtype_as_f_linear_does(
             got = net(inputs)
     assert got.dtype == expected.dtype == torch.bfloat16
     assert torch.equal(got, expected)
+
+
+def test_a_weight_changed_through_its_data_is_not_served_stale():
+    """`p.data.copy_(...)` (a weight sync, an EMA) and peft's merge_adapter / unmerge_adapter
+    (`weight.data += delta`) change a weight's numbers without bumping its version counter, at
+    the same address; the next generation must still compute with the new numbers (found in review)."""
+    net, packs = model(), PackedLinears()
+    inputs = torch.randn(4, 48)
+    with torch.inference_mode(), packs.apply(net):
+        net(inputs)
+    net[0].weight.data.mul_(-2.0)
+    with torch.inference_mode():
+        expected = net(inputs)
+        with packs.apply(net):
+            got = net(inputs)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_inside_the_block_float32_inputs_go_through_the_packed_op(monkeypatch):
+    """The speed-up is the point: a float32 input outside autocast must not fall back to F.linear
+    (every other test here passes if `_packed_forward` always falls back)."""
+    net, inputs = model(), torch.randn(4, 48)
+    with torch.inference_mode():
+        expected = net(inputs)
+
+    def no_f_linear(*args, **kwargs):
+        raise AssertionError("F.linear called inside the packed block")
+
+    with torch.inference_mode(), PackedLinears().apply(net):
+        monkeypatch.setattr(torch.nn.functional, "linear", no_f_linear)
+        got = net(inputs)
+        monkeypatch.undo()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_fused_optimizer_step_is_followed():
+    """torch's fused Adam (`fused=True`, a common speed switch) updates the weights in place without
+    bumping their version counters; the next rollout must still use the stepped weights (found in review)."""
+    net, packs = model(), PackedLinears()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2, fused=True)
+    inputs = torch.randn(4, 48)
+    with torch.inference_mode(), packs.apply(net):
+        net(inputs)
+    net(inputs).pow(2).sum().backward()
+    optimizer.step()
+    with torch.inference_mode():
+        expected = net(inputs)
+        with packs.apply(net):
+            got = net(inputs)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_whether_the_ops_are_available_does_not_depend_on_autocast_at_the_first_call():
+    """`available` is cached for the process: a first call under CPU autocast (a generation under
+    autocast before any float32 one, e.g. a resumed bfloat16 trainer, which skips describe()) must
+    not turn packing off for the rest of the process (found in review)."""
+    packed_linear.available.cache_clear()
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_autocast = packed_linear.available()
+    finally:
+        packed_linear.available.cache_clear()
+    assert under_autocast == packed_linear.available()
+
+
+def test_with_gradients_on_a_layer_computes_through_f_linear_so_gradients_reach_the_weights():
+    """The packed op has no gradient: a forward with autograd on (never the engine's, which runs
+    under inference_mode) must still give every weight its gradient (found in review)."""
+    net, inputs = model(), torch.randn(4, 48)
+    with PackedLinears().apply(net):
+        net(inputs).pow(2).sum().backward()
+    assert net[0].weight.grad is not None and net[2].weight.grad is not None
+
+
+def test_under_autocast_nothing_is_packed():
+    """The trainer's bfloat16 rollouts would pack every layer and never use the copies (found in review)."""
+    import unittest.mock
+
+    net = model()
+    with unittest.mock.patch.object(torch.ops.mkldnn, "_reorder_linear_weight", side_effect=AssertionError):
+        with torch.autocast("cpu", dtype=torch.bfloat16), PackedLinears().apply(net):
+            pass

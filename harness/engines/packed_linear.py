@@ -10,18 +10,18 @@ slot decoder's shapes change at every step. So the two oneDNN ops inductor emits
 `torch.ops.mkldnn._reorder_linear_weight` and `_linear_pointwise`. They are private, so `available`
 checks once that they run and agree with F.linear, and generation keeps the plain layers otherwise.
 
-The packed copy is a second copy of the weights (540 MB for the embedded model), made when a
-generation starts and kept while the weights are unchanged: a weight that changed in place (an
-optimiser step in the trainer) or was replaced is packed again at the next generation. Results
-differ from F.linear by rounding only (~1e-6 of the output's size), like any other change of
-kernel or batch shape.
+The packed copy is a second copy of the weights (540 MB for the embedded model, packed in about
+0.2 s), made when a generation starts and dropped when it ends, so it always holds the weights of
+that moment, however they were changed in between (an optimiser step, fused or not; a weight sync
+through `.data`; peft merging an adapter), and costs no memory outside generation. Results differ
+from F.linear by rounding only (~1e-6 of the output's size), like any other change of kernel or
+batch shape.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import weakref
 from collections.abc import Iterator
 
 import torch
@@ -29,39 +29,36 @@ import torch
 
 @functools.cache
 def available() -> bool:
-    """Whether this torch build has the oneDNN ops and they compute a Linear."""
+    """Whether this torch build has the oneDNN ops and they compute a Linear (checked in float32,
+    whatever autocast the first caller is under, as the answer is kept for the process)."""
     try:
         weight = torch.linspace(-1, 1, 64 * 32).reshape(64, 32)
         inputs = torch.linspace(-2, 2, 3 * 32).reshape(3, 32)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", enabled=False):
             packed = torch.ops.mkldnn._reorder_linear_weight(weight, 16)
             out = torch.ops.mkldnn._linear_pointwise(inputs, packed, None, "none", [], "")
-        return bool(torch.allclose(out, torch.nn.functional.linear(inputs, weight), atol=1e-4))
+            return bool(torch.allclose(out, torch.nn.functional.linear(inputs, weight), atol=1e-4))
     except (AttributeError, RuntimeError):
         return False
 
 
 class PackedLinears:
-    """The packed weights of one model's float32 CPU Linear layers, reused while unchanged."""
+    """Packs a model's float32 CPU Linear layers for the length of a generation."""
 
     def __init__(self) -> None:
         self.enabled = True  # a benchmark turns it off to measure the plain layers in the same run
-        # layer -> (the weight's identity and version when packed, the packed weight)
-        self._packed: weakref.WeakKeyDictionary[torch.nn.Linear, tuple[tuple, torch.Tensor]] = (
-            weakref.WeakKeyDictionary()
-        )
 
     @contextlib.contextmanager
     def apply(self, model: torch.nn.Module) -> Iterator[None]:
-        """Within the block, `model`'s eligible Linear layers compute through their packed weights
-        (inference only: the packed op has no gradient, so use it under torch.inference_mode)."""
-        layers = self.layers(model)
-        if not layers:
-            yield
-            return
+        """Within the block, `model`'s eligible Linear layers compute through weights packed on
+        entry. Under CPU autocast (the trainer's bfloat16 rollouts) F.linear computes in bfloat16,
+        so nothing is packed."""
+        layers = [] if torch.is_autocast_enabled("cpu") else self.layers(model)
         try:
             for layer in layers:
-                layer.forward = functools.partial(_packed_forward, layer, self._pack(layer))
+                with torch.inference_mode():
+                    packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), 16)
+                layer.forward = functools.partial(_packed_forward, layer, packed)
             yield
         finally:
             for layer in layers:
@@ -73,17 +70,6 @@ class PackedLinears:
             return []
         return [m for m in model.modules() if type(m) is torch.nn.Linear and _eligible(m)]
 
-    def _pack(self, layer: torch.nn.Linear) -> torch.Tensor:
-        weight = layer.weight
-        key = (weight.data_ptr(), weight._version, tuple(weight.shape))
-        known = self._packed.get(layer)
-        if known is not None and known[0] == key:
-            return known[1]
-        with torch.inference_mode():
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 16)
-        self._packed[layer] = (key, packed)
-        return packed
-
 
 def _eligible(layer: torch.nn.Linear) -> bool:
     # A layer whose forward was already replaced (accelerate's offload hooks) keeps it.
@@ -91,8 +77,8 @@ def _eligible(layer: torch.nn.Linear) -> bool:
 
 
 def _packed_forward(layer: torch.nn.Linear, packed: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    # Under autocast (the trainer's bfloat16 rollouts) F.linear computes in the autocast dtype, and
-    # so must this layer; the packed op would compute in float32 or refuse a bfloat16 input.
-    if inputs.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+    # The packed op has no gradient, and under autocast F.linear computes in the autocast dtype:
+    # there, and for any other input dtype, the layer computes as it would unpacked.
+    if inputs.dtype != torch.float32 or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
         return torch.nn.functional.linear(inputs, layer.weight, layer.bias)
     return torch.ops.mkldnn._linear_pointwise(inputs, packed, layer.bias, "none", [], "")
