@@ -7,7 +7,7 @@ in the last column, and an attention mask per row (kept beside the cache) hides 
 are not the row's own, so every row computes what it would compute alone. Positions count only a
 row's own tokens. A finished row's place in the cache is kept when a waiting prompt will take it, and
 the new row's keys and values are written there in place (copying the whole cache to remove one row
-and again to add one cost 1.3 s of a 16 s run). Leading columns that no row uses are dropped (the
+and again to add one cost 1.3 s of a 17.6 s run). Leading columns that no row uses are dropped (the
 cache's views start later), so the cache stays as wide as its longest live row.
 
 Prompts are not prefilled from scratch when their start was computed before (see _Head):
@@ -253,7 +253,7 @@ class SlotDecoder:
 
     def _remove(self, indices: list[int]) -> None:
         """Drop batch rows `indices` from the cache (one copy), then the leading columns no row uses
-        (none: the cache's views start later)."""
+        (no copy: the cache's views start later)."""
         if not any(row is not None for i, row in enumerate(self.rows) if i not in indices):
             self.rows, self.cache, self.mask = [], None, None
             return
