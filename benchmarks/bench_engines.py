@@ -126,7 +126,7 @@ def timed_tokens(generate, calls) -> tuple[float, int]:
 def all_rows_busy(engine, conversations, settings) -> int:
     saved, engine.stop_ids = engine.stop_ids, set()
     try:
-        return sum(c[0].completion_tokens for c in engine.chat(conversations, settings))
+        return generated(engine, conversations, settings)
     finally:
         engine.stop_ids = saved
 
@@ -135,7 +135,7 @@ def unpacked(engine, conversations, settings) -> int:
     """The harness with its Linear layers computed by F.linear (see engines/packed_linear.py)."""
     engine.packed_linears.enabled = False
     try:
-        return sum(c[0].completion_tokens for c in engine.chat(conversations, settings))
+        return generated(engine, conversations, settings)
     finally:
         engine.packed_linears.enabled = True
 

@@ -46,15 +46,16 @@ class GrowingLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         for name, states in (("keys", key_states), ("values", value_states)):
-            buffer, start, end = self._buffers[name], self._filled[name], self._filled[name] + states.shape[-2]
-            if buffer.dim() < 2 or end > buffer.shape[-2]:
-                held = self._view(name) if start > self._start[name] else None
-                start -= self._start[name]
-                end = start + states.shape[-2]
-                buffer = _with_room(held, states, end + ROOM)
-                self._buffers[name], self._start[name] = buffer, 0
-            buffer[..., start:end, :] = states
-            self._filled[name] = end
+            buffer, new = self._buffers[name], states.shape[-2]
+            if buffer.dim() < 2 or self._filled[name] + new > buffer.shape[-2]:
+                # Full: a new buffer holding the columns in use from its first column, and room.
+                held = self._view(name) if self._filled[name] > self._start[name] else None
+                width = 0 if held is None else held.shape[-2]
+                buffer = self._buffers[name] = _with_room(held, states, width + new + ROOM)
+                self._start[name], self._filled[name] = 0, width
+            start = self._filled[name]
+            buffer[..., start : start + new, :] = states
+            self._filled[name] = start + new
         return self.keys, self.values
 
     def drop_leading(self, columns: int) -> None:
