@@ -99,7 +99,7 @@ def redact_command(argv: list[str]) -> list[str]:
 # slots and threads (tests check the hf batch size and the llamacpp slots).
 HOW_NOT_WHAT = (
     "batch_size", "device", "concurrency", "base_url", "servers", "data_parallel_size", "parallel", "threads",
-    "packed_linear_layers",
+    "packed_linear_layers", "keeps_prompt_tokens",
 )  # fmt: skip
 
 

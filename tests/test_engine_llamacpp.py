@@ -370,3 +370,93 @@ def test_train_with_llamacpp_rollouts_end_to_end(tmp_path, llama_cpp):
     assert settings["rollout_backend"] == "llamacpp"
     log = (out / "train_log.csv").read_text().splitlines()
     assert len(log) == 3 and (out / "stage2" / "config.json").is_file()
+
+
+def last_logits(engine, prompt: list[int], cuts: list[int]):
+    """The last token's logits of `prompt` computed alone (in the spare sequence), cut at `cuts`."""
+    import numpy as np
+
+    seq, lib = engine.parallel, engine.lib
+    lib.llama_memory_seq_rm(engine._memory, seq, -1, -1)
+    for a, b in zip([0, *cuts], [*cuts, len(prompt)]):
+        engine._run([(seq, j, prompt[j]) for j in range(a, b)], last_only=True)
+    logits = np.ctypeslib.as_array(lib.llama_get_logits(engine._ctx), shape=(engine.n_vocab,)).copy()
+    lib.llama_memory_seq_rm(engine._memory, seq, -1, -1)
+    return logits
+
+
+def test_a_prompt_cut_into_pieces_of_64_tokens_or_more_computes_as_it_does_whole(engines, llama_cpp):
+    """What keeping a slot's prompt tokens rests on (llamacpp.MIN_PIECE), on both embedded files:
+    a cut leaving 64 tokens gives the logits of the whole prompt bit for bit; one leaving 63 does
+    not, so the engine's own check (reuses_prompts) is not true of any cut."""
+    import numpy as np
+
+    from harness.engines.llamacpp import MIN_PIECE, LlamaCppEngine
+    from harness.models import embedded_gguf
+
+    q4 = LlamaCppEngine.from_model(str(embedded_gguf()), parallel=1, n_ctx=512, threads=1)
+    for engine in (engines[1], q4):
+        assert engine.reuses_prompts()
+        prompt = (engine.tokenize("Find all real x such that x^2 - 5x + 6 = 0, and explain. ") * 20)[:200]
+        whole = last_logits(engine, prompt, [])
+        assert np.array_equal(last_logits(engine, prompt, [len(prompt) - MIN_PIECE]), whole)
+        assert np.array_equal(last_logits(engine, prompt, [MIN_PIECE, 2 * MIN_PIECE]), whole)
+        assert not np.array_equal(last_logits(engine, prompt, [len(prompt) - MIN_PIECE + 1]), whole)
+
+
+STEPS = "Show each step of your work, check the result by a second method, and say which of the two you trust more."
+
+
+@pytest.mark.parametrize("parallel", [1, 4])
+def test_prompt_tokens_kept_in_a_slot_change_no_token(engines, monkeypatch, llama_cpp, parallel):
+    """MATH prompts (about 130 tokens, 90 of them the template and instruction every problem shares)
+    over two turns: with a slot keeping what the next prompt shares with its last one (the next
+    turn takes its own slot and keeps its whole first prompt; a first slot copies another's stream),
+    greedy and sampled records equal those of every prompt computed whole, while far fewer prompt
+    tokens are computed."""
+    from harness.data import Problem
+    from harness.episodes import run_episodes
+    from harness.grading import get_grader
+    from harness.tasks import load_task
+
+    engine = engines[parallel]
+    problems = [
+        Problem(f"p{i}", str(i * i), {"problem": f"What is {i} squared? {STEPS}", "answer": str(i * i)})
+        for i in range(5)
+    ]
+    computed, copies = [], []
+    real_prefill, real_copy = engine._prefill, llama_cpp.llama_memory_seq_cp
+
+    def prefill(seq, prompt, start=0):
+        computed.append(len(prompt) - start)
+        real_prefill(seq, prompt, start)
+
+    monkeypatch.setattr(engine, "_prefill", prefill)
+    monkeypatch.setattr(llama_cpp, "llama_memory_seq_cp", lambda *args: copies.append(args[1:3]) or real_copy(*args))
+
+    def records(temperature):
+        settings = SamplingSettings(max_new_tokens=16, temperature=temperature, seed=9)
+        episodes = run_episodes(
+            load_task("math"), problems, engine, get_grader("math"), turns=2, samples=1, settings=settings
+        )
+        return [e.record() for e in episodes]
+
+    kept = [records(0.0), records(1.0)]
+    kept_tokens, kept_copies = sum(computed), len(copies)
+    computed.clear()
+    monkeypatch.setattr(engine, "_reuses_prompts", False)
+    assert [records(0.0), records(1.0)] == kept
+    assert kept_tokens < 0.6 * sum(computed)
+    assert (kept_copies > 0) == (parallel > 1)
+
+
+def test_a_slot_keeps_what_the_next_prompt_shares_leaving_64_tokens_to_compute():
+    from harness.engines.llamacpp import reusable
+
+    held = list(range(200))
+    assert reusable(held, list(range(90)) + [-1] * 110) == 90  # shares 90, 110 left to compute
+    assert reusable(held, list(range(150)) + [-1] * 50) == 136  # shares 150, but 200 - 64 = 136
+    assert reusable(held, held + [-1] * 10) == 146  # a next turn: 210 tokens, 200 of them held
+    assert reusable(held, list(range(63))) == 0  # under 64 tokens: computed whole
+    assert reusable(held, [-1] + list(range(1, 100))) == 0
+    assert reusable([], list(range(100))) == 0
