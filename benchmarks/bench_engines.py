@@ -19,6 +19,8 @@ baseline of that. Then, for hf, the very conversations the harness sent are gene
 With `--engines llamacpp` (llama-cpp-python installed), the llamacpp engine runs the same loop with
 `--parallel` slots on the embedded model (its float32 copy, see llamacpp.float32_copy), and its calls
 are generated again:
+  - prompts whole: the same loop once more with every prompt computed whole, where slots keep the
+    prompt tokens a prompt shares with the one before (llamacpp.MIN_PIECE);
   - all rows busy: no stop tokens, every slot generates all M tokens (its ceiling).
   - the llamacpp engine with one slot, and on the embedded Q4_1 file itself (the previous default).
   - llama.cpp one stream: llama-cpp-python's own `Llama.create_chat_completion` on the engine's
@@ -201,6 +203,11 @@ def llamacpp_rows(task, problems, settings, turns: int, parallel: int) -> tuple[
     engine.chat([conversation(task, problems[0], [])], SamplingSettings(max_new_tokens=2))
     lc = measure(engine, task, problems, settings, turns)
     rows = [(f"llamacpp harness (parallel {parallel})", lc["wall"], lc["tokens"])]
+    show(rows[-1])
+    keeps, engine._reuses_prompts = engine.reuses_prompts(), False  # every prompt computed whole
+    whole = measure(engine, task, problems, settings, turns)
+    engine._reuses_prompts = keeps
+    rows.append(("llamacpp harness, prompts whole", whole["wall"], whole["tokens"]))
     show(rows[-1])
     if turns > 1:
         by_turn = measure(engine, task, problems, settings, turns, by_turn=True)
