@@ -132,6 +132,65 @@ def test_vllm_missing_is_one_clear_error(monkeypatch):
         VLLMEngine.from_model(None)
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
+def test_vllm_takes_each_next_turn_as_its_turn_finishes_and_gives_the_turn_by_turn_records(
+    tiny_model_dir, stand_in_vllm, temperature
+):
+    """The k-turn loop hands vLLM the whole run: every episode's first turn is one request to its
+    engine, and a next turn is added as soon as its turn is back, while other first turns still
+    wait (the stand-in answers the last request first). The records equal those of one LLM.chat
+    call per turn, with the prompt ids LLM.chat sends."""
+    from harness.data import Problem
+    from harness.engines.vllm import VLLMEngine
+    from harness.episodes import run_episodes
+    from harness.grading import get_grader
+    from harness.tasks import load_task
+    from tests.test_episodes_follow_ups import ByTurn
+
+    engine = VLLMEngine.from_model(str(tiny_model_dir))
+    problems = [Problem(f"p{i}", str(i), {"problem": f"What is {i} + 0?", "answer": str(i)}) for i in range(3)]
+    settings = SamplingSettings(max_new_tokens=6, temperature=temperature, seed=5)
+
+    def records(engine):
+        episodes = run_episodes(
+            load_task("math"), problems, engine, get_grader("math"), turns=3, samples=2, settings=settings
+        )
+        return [e.record() for e in episodes]
+
+    stand_in_vllm.CALLS.clear()
+    together = records(engine)
+    requests = [c for c in stand_in_vllm.CALLS if "add_request" in c]
+    assert not any("chat" in c for c in stand_in_vllm.CALLS) and len(requests) == 3 * 2 * 3
+    first_next_turn = requests[6]  # 6 first turns (3 problems x 2 samples), then the next turns
+    assert first_next_turn["waiting"] > 0  # added while first turns were still waiting
+    stand_in_vllm.CALLS.clear()
+    by_turn = ByTurn(engine)
+    assert records(by_turn) == together and by_turn.calls == 3
+    sent = [c["chat"] for c in stand_in_vllm.CALLS if "chat" in c]
+    rendered = [prompt for call in sent for prompt in call]
+    tokenizer = engine.tokenizer
+    assert sorted(tokenizer(p, add_special_tokens=False)["input_ids"] for p in rendered) == sorted(
+        r["prompt_token_ids"] for r in requests
+    )
+
+
+def test_vllm_with_follow_ups_reports_a_prompt_over_max_model_len_in_its_place(tiny_model_dir, stand_in_vllm):
+    from harness.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine.from_model(str(tiny_model_dir), max_model_len=40)
+    long = [{"role": "user", "content": "word " * 100}]
+    follow = [{"role": "user", "content": "Say yes."}]
+    asked = []
+
+    def on_done(index, completions):
+        asked.append(index)
+        return (follow, 11) if index == 0 else None
+
+    out = engine.chat_with_follow_ups([long, CONVS[0]], SamplingSettings(max_new_tokens=4), on_done, seeds=[1, 2])
+    assert [c[0].finish_reason == PROMPT_TOO_LONG for c in out] == [True, False, False]
+    assert sorted(asked) == [0, 1, 2] and asked[0] == 0  # the long one first, its follow-up under index 2
+
+
 def test_openai_retries_429_and_5xx_then_succeeds():
     from harness.engines.openai import OpenAIEngine
 

@@ -5,6 +5,7 @@ tests/stand_ins/vllm, whose `load_weights` rejects any name the model does not h
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -88,11 +89,15 @@ def test_vllm_rollouts_sample_from_the_weights_of_the_last_step(stand_in_vllm, t
     assert (init["dtype"], init["VLLM_ENABLE_V1_MULTIPROCESSING"]) == ("float32", "0")
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ  # set only while vLLM was being built
     calls = [next(iter(c)) for c in stand_in_vllm.CALLS]
-    # built, loaded with the starting weights, then per step: two turns of rollouts, then the new weights
-    assert (
-        calls
-        == ["init", "load_weights", "reset_prefix_cache"] + ["chat", "chat", "load_weights", "reset_prefix_cache"] * 3
-    )
+    # built, loaded with the starting weights, then per step: the rollouts' requests (both turns, each
+    # next turn added as its first turn finishes), then the new weights
+    steps = [list(group) for _, group in itertools.groupby(calls)]
+    assert [names[0] for names in steps] == ["init", "load_weights", "reset_prefix_cache"] + [
+        "add_request",
+        "load_weights",
+        "reset_prefix_cache",
+    ] * 3
+    assert {len(names) for names in steps if names[0] == "add_request"} == {2 * config.rollout_batch_size}
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     loaded = [c["load_weights"] for c in stand_in_vllm.CALLS if "load_weights" in c]
     assert all(names == sorted(start) for names in loaded)  # every weight, under its plain name

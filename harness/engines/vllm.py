@@ -1,7 +1,11 @@
-"""vLLM offline backend: one `LLM.chat` call per turn over all conversations.
+"""vLLM offline backend: the k-turn loop's whole run through vLLM's engine, or one `LLM.chat` call.
 
-vLLM renders each conversation with the model's own chat template and schedules the whole batch
-itself (continuous batching), so the harness hands it everything at once. Tensor and pipeline
+vLLM schedules what it is given itself (continuous batching), so the harness hands it everything at
+once. The k-turn loop submits every conversation to `LLM.llm_engine` (add_request, then step, as
+`LLM.chat` does inside) and submits each episode's next turn as soon as its turn is back, so no turn
+waits for the slowest answer of the one before (chat_with_follow_ups; the trainer's rollouts are
+such runs too); a plain `chat` call is one `LLM.chat` call, which renders each conversation with the
+model's chat template. Both send the same prompt ids. Tensor and pipeline
 parallelism, GPU memory share and context length pass straight through to `vllm.LLM`. vllm is an
 optional extra (`pip install score-eval[vllm]`) imported only when this backend is chosen.
 """
@@ -18,6 +22,7 @@ from harness.engines.base import (
     Completion,
     Conversation,
     DoneCallback,
+    FollowUp,
     SamplingSettings,
     conversation_seeds,
 )
@@ -102,42 +107,103 @@ class VLLMEngine:
         on_done: DoneCallback | None = None,
         seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        import vllm
-
         # vLLM rejects a whole call when one prompt exceeds max_model_len, so such prompts are
         # taken out first and reported as PROMPT_TOO_LONG.
         limit = self.llm.llm_engine.model_config.max_model_len
-        lengths = [len(self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"]) for c in conversations]
+        lengths = [len(self.prompt_ids(c)) for c in conversations]
         runnable = [i for i, n in enumerate(lengths) if n < limit]
         results: list[list[Completion]] = [[Completion("", n, 0, PROMPT_TOO_LONG)] * settings.n for n in lengths]
         seeds = conversation_seeds(settings, len(conversations), seeds)
         # One SamplingParams per prompt, each with the conversation's own seed.
-        params = [
-            vllm.SamplingParams(
-                n=settings.n,
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                max_tokens=settings.max_new_tokens,
-                seed=seeds[i],
-            )
-            for i in runnable
-        ]
+        params = [self._params(settings, seeds[i]) for i in runnable]
         outputs = []
         if runnable:
             outputs = self.llm.chat([conversations[i] for i in runnable], sampling_params=params, use_tqdm=False)
         for i, output in zip(runnable, outputs):
-            results[i] = [
-                Completion(
-                    text=o.text,
-                    prompt_tokens=len(output.prompt_token_ids or []),
-                    completion_tokens=len(o.token_ids),
-                    finish_reason=o.finish_reason or "stop",
-                    token_ids=tuple(o.token_ids),
-                    prompt_token_ids=tuple(output.prompt_token_ids or ()),
-                )
-                for o in output.outputs
-            ]
+            results[i] = _completions(output)
         if on_done:
             for i, completions in enumerate(results):
                 on_done(i, completions)
         return results
+
+    def chat_with_follow_ups(
+        self,
+        conversations: Sequence[Conversation],
+        settings: SamplingSettings,
+        on_done: FollowUp | None,
+        seeds: Sequence[int],
+    ) -> list[list[Completion]]:
+        """See base.FollowUpEngine. Every conversation goes to vLLM's engine as a request of its own
+        (`LLM.llm_engine.add_request` with the prompt ids `LLM.chat` would send), the engine is
+        stepped until nothing is left, and each next turn `on_done` answers with is added as soon
+        as its turn finishes, in whatever order vLLM finishes them."""
+        engine = self.llm.llm_engine
+        limit = engine.model_config.max_model_len
+        results: list[list[Completion] | None] = []
+        too_long: list[tuple[int, int]] = []
+
+        def submit(conversation: Conversation, seed: int) -> None:
+            index, ids = len(results), self.prompt_ids(conversation)
+            results.append(None)
+            if len(ids) >= limit:
+                too_long.append((index, len(ids)))
+            else:
+                engine.add_request(str(index), {"prompt_token_ids": ids}, self._params(settings, seed))
+
+        def finish(index: int, completions: list[Completion]) -> None:
+            results[index] = completions
+            follow_up = on_done(index, completions) if on_done else None
+            if follow_up is not None:
+                submit(*follow_up)
+
+        # Every conversation is entered before any is reported, as a report can add more.
+        for conversation, seed in zip(conversations, seeds):
+            submit(conversation, seed)
+        while too_long or engine.has_unfinished_requests():
+            while too_long:
+                index, length = too_long.pop(0)
+                finish(index, [Completion("", length, 0, PROMPT_TOO_LONG)] * settings.n)
+            if engine.has_unfinished_requests():
+                for output in engine.step():
+                    if output.finished:
+                        finish(int(output.request_id), _completions(output))
+        return results
+
+    def prompt_ids(self, conversation: Conversation) -> list[int]:
+        """The ids `LLM.chat` sends for a conversation: its chat template rendered, then tokenised
+        with no special tokens added (the template has them)."""
+        return self.tokenizer(self.render(conversation), add_special_tokens=False)["input_ids"]
+
+    @staticmethod
+    def _params(settings: SamplingSettings, seed: int):
+        import vllm
+
+        params = vllm.SamplingParams(
+            n=settings.n,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_tokens=settings.max_new_tokens,
+            seed=seed,
+        )
+        try:  # the final output only, as LLM.chat asks of the engine (older vLLM: every step's)
+            from vllm.sampling_params import RequestOutputKind
+
+            params.output_kind = RequestOutputKind.FINAL_ONLY
+        except ImportError:
+            pass
+        return params
+
+
+def _completions(output) -> list[Completion]:
+    """A finished vLLM RequestOutput as the harness's completions."""
+    return [
+        Completion(
+            text=o.text,
+            prompt_tokens=len(output.prompt_token_ids or []),
+            completion_tokens=len(o.token_ids),
+            finish_reason=o.finish_reason or "stop",
+            token_ids=tuple(o.token_ids),
+            prompt_token_ids=tuple(output.prompt_token_ids or ()),
+        )
+        for o in output.outputs
+    ]

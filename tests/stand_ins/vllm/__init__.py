@@ -1,7 +1,8 @@
 """A stand-in for the parts of vLLM that harness/engines/vllm.py uses, for CPU-only CI.
 
 It mirrors vLLM's documented surface (vllm.LLM, LLM.chat, LLM.get_tokenizer,
-LLM.llm_engine.model_config.max_model_len, LLM.apply_model, LLM.reset_prefix_cache,
+LLM.llm_engine.model_config.max_model_len, LLM.llm_engine's add_request / has_unfinished_requests /
+step, LLM.apply_model, LLM.reset_prefix_cache,
 vllm.SamplingParams, RequestOutput, CompletionOutput, and a model's `load_weights`): the same names,
 argument names, defaults and field names. `load_weights` takes Hugging Face checkpoint names, as
 vLLM's model classes do, and rejects a name the model does not have, as vLLM does. Behind it,
@@ -74,7 +75,30 @@ class _ModelConfig:
 
 @dataclass
 class _LLMEngine:
+    """`LLM.llm_engine`: its model config, and the request loop LLM.chat runs inside (add_request,
+    has_unfinished_requests, step). Each step here finishes one request, the last added first, so
+    answers come back in another order than they were asked for, and reports every other waiting
+    request as unfinished (an output with finished=False), as vLLM's steps do."""
+
     model_config: _ModelConfig
+    llm: LLM | None = field(default=None, repr=False)
+    waiting: list = field(default_factory=list, repr=False)
+
+    def add_request(self, request_id, prompt, params, arrival_time=None, lora_request=None, priority=0, **kwargs):
+        ids = list(prompt["prompt_token_ids"])
+        if len(ids) >= self.model_config.max_model_len:
+            raise ValueError("The decoder prompt is longer than the maximum model length")
+        waiting = len(self.waiting)
+        CALLS.append({"add_request": request_id, "prompt_token_ids": ids, "params": params, "waiting": waiting})
+        self.waiting.append((request_id, ids, params))
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.waiting)
+
+    def step(self):
+        request_id, ids, params = self.waiting.pop()
+        done = RequestOutput(request_id, None, ids, None, self.llm._generate(ids, params), finished=True)
+        return [RequestOutput(r, None, i, None, [], finished=False) for r, i, _ in self.waiting] + [done]
 
 
 @dataclass
@@ -95,7 +119,7 @@ class LLM:
         self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer or self.model)
         self._hf = AutoModelForCausalLM.from_pretrained(self.model).eval()
         length = self.max_model_len or self._hf.config.max_position_embeddings
-        self.llm_engine = _LLMEngine(_ModelConfig(max_model_len=length))
+        self.llm_engine = _LLMEngine(_ModelConfig(max_model_len=length), self)
         names = ("model", "tensor_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization")
         names += ("max_model_len", "seed", "dtype")
         init = {k: getattr(self, k) for k in names}
@@ -128,8 +152,6 @@ class LLM:
         continue_final_message=False,
         **kwargs,
     ):
-        import torch
-
         conversations = messages if messages and isinstance(messages[0], list) else [messages]
         params = sampling_params or SamplingParams()
         params = params if isinstance(params, list) else [params] * len(conversations)
@@ -143,38 +165,44 @@ class LLM:
         _log({"chat": prompts, "pid": os.getpid()})
         outputs = []
         for number, (prompt, p) in enumerate(zip(prompts, params)):
-            ids = self._tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-            if ids.shape[1] >= self.llm_engine.model_config.max_model_len:
+            ids = self._tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            if len(ids) >= self.llm_engine.model_config.max_model_len:
                 raise ValueError("The decoder prompt is longer than the maximum model length")
-            completions = []
-            for index in range(p.n):
-                if p.seed is not None:
-                    torch.manual_seed(p.seed + index)
-                sample = (
-                    {"do_sample": True, "temperature": p.temperature, "top_p": p.top_p, "top_k": 0}
-                    if p.temperature > 0
-                    else {"do_sample": False}
-                )
-                out = self._hf.generate(
-                    ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=p.max_tokens,
-                    pad_token_id=self._tokenizer.pad_token_id,
-                    **sample,
-                )[0, ids.shape[1] :].tolist()
-                eos = self._tokenizer.eos_token_id
-                stopped = eos in out
-                token_ids = out[: out.index(eos) + 1] if stopped else out
-                completions.append(
-                    CompletionOutput(
-                        index=index,
-                        text=self._tokenizer.decode([t for t in token_ids if t != eos], skip_special_tokens=True),
-                        token_ids=token_ids,
-                        finish_reason="stop" if stopped else "length",
-                    )
-                )
-            outputs.append(RequestOutput(str(number), prompt, ids[0].tolist(), None, completions))
+            outputs.append(RequestOutput(str(number), prompt, ids, None, self._generate(ids, p)))
         return outputs
+
+    def _generate(self, ids: list[int], p: SamplingParams) -> list[CompletionOutput]:
+        import torch
+
+        prompt = torch.tensor([ids])
+        completions = []
+        for index in range(p.n):
+            if p.seed is not None:
+                torch.manual_seed(p.seed + index)
+            sample = (
+                {"do_sample": True, "temperature": p.temperature, "top_p": p.top_p, "top_k": 0}
+                if p.temperature > 0
+                else {"do_sample": False}
+            )
+            out = self._hf.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=p.max_tokens,
+                pad_token_id=self._tokenizer.pad_token_id,
+                **sample,
+            )[0, len(ids) :].tolist()
+            eos = self._tokenizer.eos_token_id
+            stopped = eos in out
+            token_ids = out[: out.index(eos) + 1] if stopped else out
+            completions.append(
+                CompletionOutput(
+                    index=index,
+                    text=self._tokenizer.decode([t for t in token_ids if t != eos], skip_special_tokens=True),
+                    token_ids=token_ids,
+                    finish_reason="stop" if stopped else "length",
+                )
+            )
+        return completions
 
 
 class _Model:
