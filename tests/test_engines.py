@@ -191,6 +191,24 @@ def test_vllm_with_follow_ups_reports_a_prompt_over_max_model_len_in_its_place(t
     assert sorted(asked) == [0, 1, 2] and asked[0] == 0  # the long one first, its follow-up under index 2
 
 
+def test_vllm_leaves_no_request_in_its_engine_when_a_run_stops_midway(tiny_model_dir, stand_in_vllm):
+    """An error (or Ctrl-C) in the loop's callback: the requests still in vLLM's engine are aborted,
+    so the next call gets only its own answers."""
+    from harness.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine.from_model(str(tiny_model_dir))
+
+    def on_done(index, completions):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.chat_with_follow_ups(CONVS, SamplingSettings(max_new_tokens=4), on_done, seeds=[1, 2, 3])
+    assert stand_in_vllm.CALLS[-1] == {"abort_request": ["0", "1"]}  # the last asked is answered first
+    assert not engine.llm.llm_engine.has_unfinished_requests()
+    out = engine.chat_with_follow_ups(CONVS[:1], SamplingSettings(max_new_tokens=4), None, seeds=[1])
+    assert len(out) == 1 and out[0][0].finish_reason != PROMPT_TOO_LONG
+
+
 def test_openai_retries_429_and_5xx_then_succeeds():
     from harness.engines.openai import OpenAIEngine
 

@@ -141,6 +141,7 @@ class VLLMEngine:
         limit = engine.model_config.max_model_len
         results: list[list[Completion] | None] = []
         too_long: list[tuple[int, int]] = []
+        asked: set[str] = set()  # requests in the engine, not yet finished
 
         def submit(conversation: Conversation, seed: int) -> None:
             index, ids = len(results), self.prompt_ids(conversation)
@@ -149,6 +150,7 @@ class VLLMEngine:
                 too_long.append((index, len(ids)))
             else:
                 engine.add_request(str(index), {"prompt_token_ids": ids}, self._params(settings, seed))
+                asked.add(str(index))
 
         def finish(index: int, completions: list[Completion]) -> None:
             results[index] = completions
@@ -156,17 +158,24 @@ class VLLMEngine:
             if follow_up is not None:
                 submit(*follow_up)
 
-        # Every conversation is entered before any is reported, as a report can add more.
-        for conversation, seed in zip(conversations, seeds):
-            submit(conversation, seed)
-        while too_long or engine.has_unfinished_requests():
-            while too_long:
-                index, length = too_long.pop(0)
-                finish(index, [Completion("", length, 0, PROMPT_TOO_LONG)] * settings.n)
-            if engine.has_unfinished_requests():
-                for output in engine.step():
-                    if output.finished:
-                        finish(int(output.request_id), _completions(output))
+        try:
+            # Every conversation is entered before any is reported, as a report can add more.
+            for conversation, seed in zip(conversations, seeds):
+                submit(conversation, seed)
+            while too_long or engine.has_unfinished_requests():
+                while too_long:
+                    index, length = too_long.pop(0)
+                    finish(index, [Completion("", length, 0, PROMPT_TOO_LONG)] * settings.n)
+                if engine.has_unfinished_requests():
+                    for output in engine.step():
+                        if output.finished:
+                            asked.discard(output.request_id)
+                            finish(int(output.request_id), _completions(output))
+        except BaseException:
+            # An error or Ctrl-C must not leave requests in the engine for its next call to return.
+            if asked:
+                engine.abort_request(sorted(asked))
+            raise
         return results
 
     def prompt_ids(self, conversation: Conversation) -> list[int]:

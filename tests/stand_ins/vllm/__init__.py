@@ -2,7 +2,7 @@
 
 It mirrors vLLM's documented surface (vllm.LLM, LLM.chat, LLM.get_tokenizer,
 LLM.llm_engine.model_config.max_model_len, LLM.llm_engine's add_request / has_unfinished_requests /
-step, LLM.apply_model, LLM.reset_prefix_cache,
+step / abort_request, LLM.apply_model, LLM.reset_prefix_cache,
 vllm.SamplingParams, RequestOutput, CompletionOutput, and a model's `load_weights`): the same names,
 argument names, defaults and field names. `load_weights` takes Hugging Face checkpoint names, as
 vLLM's model classes do, and rejects a name the model does not have, as vLLM does. Behind it,
@@ -94,6 +94,10 @@ class _LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting)
+
+    def abort_request(self, request_ids) -> None:
+        CALLS.append({"abort_request": list(request_ids)})
+        self.waiting = [w for w in self.waiting if w[0] not in request_ids]
 
     def step(self):
         request_id, ids, params = self.waiting.pop()
