@@ -454,9 +454,11 @@ def test_a_slot_keeps_what_the_next_prompt_shares_leaving_64_tokens_to_compute()
     from harness.engines.llamacpp import reusable
 
     held = list(range(200))
-    assert reusable(held, list(range(90)) + [-1] * 110) == 90  # shares 90, 110 left to compute
+    assert reusable(held, list(range(92)) + [-1] * 110) == 92  # shares 92, 110 left to compute
+    assert reusable(held, list(range(90)) + [-1] * 110) == 88  # shares 90: down to a multiple of 4
     assert reusable(held, list(range(150)) + [-1] * 50) == 136  # shares 150, but 200 - 64 = 136
-    assert reusable(held, held + [-1] * 10) == 146  # a next turn: 210 tokens, 200 of them held
+    assert reusable(held, held + [-1] * 10) == 144  # a next turn: 210 tokens, 200 held, 210 - 64 = 146
+    assert reusable(held[:150], held[:150] + [-1] * 80) == 148  # not held's last 150 % 4 tokens
     assert reusable(held, list(range(63))) == 0  # under 64 tokens: computed whole
     assert reusable(held, [-1] + list(range(1, 100))) == 0
     assert reusable([], list(range(100))) == 0
