@@ -518,3 +518,22 @@ def test_kept_prompt_tokens_give_the_whole_prompts_logits_on_a_file_with_repacke
     finally:
         lib.llama_memory_clear(engine._memory, True)
     assert differ == []
+
+
+def test_a_context_too_small_for_the_probe_generates_and_keeps_no_prompt_tokens(llama_cpp):
+    """Found in review: the probe computes its whole prompt in one call, and llama.cpp caps a call
+    at the context's n_batch, which is n_ctx x (parallel + 1) when that is under 512; past it
+    llama.cpp aborts the process (GGML_ASSERT n_tokens_all <= n_batch), so one slot of 64 tokens
+    killed every run at its first generation. Run apart, so an abort fails this test alone."""
+    import subprocess
+
+    code = (
+        "from harness.engines.base import SamplingSettings\n"
+        "from harness.engines.llamacpp import LlamaCppEngine\n"
+        "e = LlamaCppEngine.from_model(None, parallel=1, n_ctx=64, threads=1)\n"
+        "out = e.chat([[{'role': 'user', 'content': 'Say hello.'}]], SamplingSettings(max_new_tokens=4))\n"
+        "print(out[0][0].completion_tokens, e.reuses_prompts())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["4", "False"]
