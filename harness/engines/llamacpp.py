@@ -388,6 +388,11 @@ class LlamaCppEngine(ChatThroughFollowUps):
             ]
             import numpy as np
 
+            if len(probe) > self.lib.llama_n_batch(self._ctx):
+                # llama.cpp caps a call at n_batch (n_ctx x (parallel + 1) where that is under 512)
+                # and aborts the process past it; so small a context keeps no prompt tokens.
+                self._reuses_prompts = False
+                return False
             spare, logits = self.parallel, []
             # Pieces of 201; 68 + 133; 68 + 68 + 65 tokens.
             for cut in ([], [MIN_PIECE + ROWS], [MIN_PIECE + ROWS, 2 * (MIN_PIECE + ROWS)]):
