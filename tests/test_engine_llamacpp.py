@@ -454,9 +454,86 @@ def test_a_slot_keeps_what_the_next_prompt_shares_leaving_64_tokens_to_compute()
     from harness.engines.llamacpp import reusable
 
     held = list(range(200))
-    assert reusable(held, list(range(90)) + [-1] * 110) == 90  # shares 90, 110 left to compute
+    assert reusable(held, list(range(92)) + [-1] * 110) == 92  # shares 92, 110 left to compute
+    assert reusable(held, list(range(90)) + [-1] * 110) == 88  # shares 90: down to a multiple of 4
     assert reusable(held, list(range(150)) + [-1] * 50) == 136  # shares 150, but 200 - 64 = 136
-    assert reusable(held, held + [-1] * 10) == 146  # a next turn: 210 tokens, 200 of them held
+    assert reusable(held, held + [-1] * 10) == 144  # a next turn: 210 tokens, 200 held, 210 - 64 = 146
+    assert reusable(held[:150], held[:150] + [-1] * 80) == 148  # not held's last 150 % 4 tokens
     assert reusable(held, list(range(63))) == 0  # under 64 tokens: computed whole
     assert reusable(held, [-1] + list(range(1, 100))) == 0
     assert reusable([], list(range(100))) == 0
+
+
+@pytest.fixture(scope="module")
+def q4_k_m(llama_cpp, tmp_path_factory):
+    """An engine on a Q4_K_M copy of the embedded model: llama.cpp repacks its Q4_K tensors on x86
+    (CPU_REPACK) and multiplies them four rows of a call at a time, from the call's start, and the
+    last len % 4 rows one by one, by other arithmetic (activations quantised by the same split)."""
+    import ctypes
+
+    from harness.engines.llamacpp import LlamaCppEngine, float32_copy
+    from harness.models import embedded_gguf
+
+    path = tmp_path_factory.mktemp("q4_k_m") / "q4_k_m.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    source = str(float32_copy(llama_cpp, embedded_gguf())).encode()
+    assert llama_cpp.llama_model_quantize(source, str(path).encode(), ctypes.byref(params)) == 0
+    return LlamaCppEngine(llama_cpp, path, "q4_k_m", parallel=1, n_ctx=512, threads=1)
+
+
+def test_kept_prompt_tokens_give_the_whole_prompts_logits_on_a_file_with_repacked_weights(q4_k_m):
+    """Found in review: on a Q4_K_M file a cut into pieces of 64+ changed the logits by up to 0.9
+    (35 of the 74 single cuts of a 201-token prompt; the probe's 128 + 64 did not, so it passed the
+    file), and a slot kept tokens wherever the prompts parted. Each case: the slot ran `before`,
+    then keeps what the engine keeps of it for `prompt` and computes the rest, which must give the
+    logits of `prompt` computed whole. Shared 66, 70 and 90 tokens cut inside a group of four rows;
+    150 shares all of `before`, whose last 2 rows its own call computed one by one."""
+    import numpy as np
+
+    from harness.engines.llamacpp import reusable
+
+    engine, lib = q4_k_m, q4_k_m.lib
+    text = engine.tokenize("Find all real x such that x^2 - 5x + 6 = 0, and explain. ") * 20
+    other = engine.tokenize("Prove that the square root of two is irrational, step by step. ") * 20
+
+    def logits():
+        return np.ctypeslib.as_array(lib.llama_get_logits(engine._ctx), shape=(engine.n_vocab,)).copy()
+
+    assert engine.reuses_prompts()
+    differ = []
+    try:
+        for shared, length in ((66, 201), (70, 201), (90, 201), (150, 230)):
+            before, prompt = text[:150], text[:shared] + other[: length - shared]
+            lib.llama_memory_clear(engine._memory, True)
+            engine._prefill(0, prompt)
+            whole = logits()
+            lib.llama_memory_clear(engine._memory, True)
+            engine._prefill(0, before)
+            kept = reusable(before, prompt)
+            lib.llama_memory_seq_rm(engine._memory, 0, kept, -1)
+            engine._prefill(0, prompt, kept)
+            if not np.array_equal(logits(), whole):
+                differ.append((shared, kept))
+    finally:
+        lib.llama_memory_clear(engine._memory, True)
+    assert differ == []
+
+
+def test_a_context_too_small_for_the_probe_generates_and_keeps_no_prompt_tokens(llama_cpp):
+    """Found in review: the probe computes its whole prompt in one call, and llama.cpp caps a call
+    at the context's n_batch, which is n_ctx x (parallel + 1) when that is under 512; past it
+    llama.cpp aborts the process (GGML_ASSERT n_tokens_all <= n_batch), so one slot of 64 tokens
+    killed every run at its first generation. Run apart, so an abort fails this test alone."""
+    import subprocess
+
+    code = (
+        "from harness.engines.base import SamplingSettings\n"
+        "from harness.engines.llamacpp import LlamaCppEngine\n"
+        "e = LlamaCppEngine.from_model(None, parallel=1, n_ctx=64, threads=1)\n"
+        "out = e.chat([[{'role': 'user', 'content': 'Say hello.'}]], SamplingSettings(max_new_tokens=4))\n"
+        "print(out[0][0].completion_tokens, e.reuses_prompts())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["4", "False"]

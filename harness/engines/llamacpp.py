@@ -60,6 +60,14 @@ UBATCH = 512
 # starts with the same ids can keep them and compute only the rest, as long as the rest is 64+
 # tokens too: its tokens are then exactly what a fresh computation gives (tested).
 MIN_PIECE = 64
+# Prompts are cut only at multiples of ROWS. llama.cpp multiplies repacked weights (Q4_K on x86, in
+# a Q4_K_M file) four rows of a call at a time from the call's start, and the last len % 4 rows one
+# by one, by other arithmetic: on a Q4_K_M copy of the embedded model a cut inside a group of four
+# changed the logits by up to 0.9, at 35 of the 74 places a 201-token prompt can be cut into two
+# pieces of 64+ (found in review). Cut at multiples of four, every row is in the same group of four,
+# or among the last rows, as in the prompt computed whole, so a slot keeps only tokens its own
+# computation multiplied in groups of four (see reusable).
+ROWS = 4
 
 
 def import_llama_cpp():
@@ -369,33 +377,41 @@ class LlamaCppEngine(ChatThroughFollowUps):
     def reuses_prompts(self) -> bool:
         """Whether this file computes a prompt's tokens the same whichever way it is cut into pieces
         of MIN_PIECE tokens or more (then a slot keeps the keys and values a new prompt shares with
-        its last one). Checked once per engine on a probe prompt (two computations, about 0.3 s):
-        the embedded model's float32 and Q4_1 files pass; a file that does not has every prompt
-        computed whole, so results never depend on what ran in a slot before."""
+        its last one). Checked once per engine on a probe prompt of 201 tokens computed whole and
+        cut twice, at multiples of ROWS that are not of 8 or 64 (three computations, about 0.5 s;
+        a probe cut at 128 only passed a file whose logits other cuts changed, see ROWS): the
+        embedded model's float32, Q4_1 and a Q4_K_M copy pass; a file that does not has every
+        prompt computed whole, so results never depend on what ran in a slot before."""
         if self._reuses_prompts is None:
             probe = (self.tokenize("Compute the sum of the first twenty odd numbers, then explain each step. ") * 64)[
-                : 3 * MIN_PIECE
+                : 3 * MIN_PIECE + 9
             ]
             import numpy as np
 
+            if len(probe) > self.lib.llama_n_batch(self._ctx):
+                # llama.cpp caps a call at n_batch (n_ctx x (parallel + 1) where that is under 512)
+                # and aborts the process past it; so small a context keeps no prompt tokens.
+                self._reuses_prompts = False
+                return False
             spare, logits = self.parallel, []
-            for cut in ([], [2 * MIN_PIECE]):
+            # Pieces of 201; 68 + 133; 68 + 68 + 65 tokens.
+            for cut in ([], [MIN_PIECE + ROWS], [MIN_PIECE + ROWS, 2 * (MIN_PIECE + ROWS)]):
                 self.lib.llama_memory_seq_rm(self._memory, spare, -1, -1)
                 bounds = [0, *cut, len(probe)]
                 for a, b in zip(bounds, bounds[1:]):
                     self._run([(spare, j, probe[j]) for j in range(a, b)], last_only=True)
                 logits.append(np.ctypeslib.as_array(self.lib.llama_get_logits(self._ctx), shape=(self.n_vocab,)).copy())
             self.lib.llama_memory_seq_rm(self._memory, spare, -1, -1)
-            self._reuses_prompts = bool(np.array_equal(*logits))
+            self._reuses_prompts = all(np.array_equal(logits[0], other) for other in logits[1:])
         return self._reuses_prompts
 
     def _prefill(self, seq: int, prompt: list[int], start: int = 0) -> None:
         """Compute prompt[start:] into sequence `seq`, alone, in as few pieces of at most UBATCH
-        tokens as it takes, of equal size (so none is under MIN_PIECE where the rest is not); the
-        last token's logits are kept."""
+        tokens as it takes, of about equal size (so none is under MIN_PIECE where the rest is not),
+        cut at multiples of ROWS (`start` is one); the last token's logits are kept."""
         rest = len(prompt) - start
-        count = -(-rest // UBATCH)
-        bounds = [start + rest * i // count for i in range(count + 1)]
+        count = -(-rest // (UBATCH - ROWS))  # a cut moved down to a multiple of ROWS lengthens a piece by < ROWS
+        bounds = [start + rest * i // count // ROWS * ROWS for i in range(count)] + [len(prompt)]
         for a, b in zip(bounds, bounds[1:]):
             self._run([(seq, j, prompt[j]) for j in range(a, b)], last_only=True)
 
@@ -521,14 +537,17 @@ def float32_copy(lib, gguf: Path) -> Path:
 
 def reusable(held: list[int], prompt: list[int]) -> int:
     """How many leading tokens of `prompt` a stream holding `held` (a prompt computed in pieces of
-    MIN_PIECE or more) keeps: those they share, leaving at least MIN_PIECE to compute (a shorter rest
-    would compute by other arithmetic); none for a prompt under MIN_PIECE, which is computed whole."""
+    MIN_PIECE or more, cut at multiples of ROWS) keeps: those they share, leaving at least MIN_PIECE
+    to compute (a shorter rest would compute by other arithmetic), down to a multiple of ROWS and
+    short of held's last len % ROWS tokens (computed one by one, see ROWS); none for a prompt under
+    MIN_PIECE, which is computed whole."""
     shared = 0
     for mine, theirs in zip(held, prompt):
         if mine != theirs:
             break
         shared += 1
-    return max(0, min(shared, len(prompt) - MIN_PIECE))
+    kept = min(shared, len(held) // ROWS * ROWS, len(prompt) - MIN_PIECE)
+    return max(0, kept // ROWS * ROWS)
 
 
 def _release(owned: list[tuple[Callable, Any]]) -> None:
