@@ -378,7 +378,7 @@ class LlamaCppEngine(ChatThroughFollowUps):
         """Whether this file computes a prompt's tokens the same whichever way it is cut into pieces
         of MIN_PIECE tokens or more (then a slot keeps the keys and values a new prompt shares with
         its last one). Checked once per engine on a probe prompt of 201 tokens computed whole and
-        cut twice, at multiples of ROWS that are not of 8 or 64 (three computations, about 0.5 s;
+        cut twice, at 68 and at 68 and 136 (multiples of ROWS, 68 not of 8; three computations, about 0.5 s;
         a probe cut at 128 only passed a file whose logits other cuts changed, see ROWS): the
         embedded model's float32, Q4_1 and a Q4_K_M copy pass; a file that does not has every
         prompt computed whole, so results never depend on what ran in a slot before."""
