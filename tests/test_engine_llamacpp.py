@@ -537,3 +537,26 @@ def test_a_context_too_small_for_the_probe_generates_and_keeps_no_prompt_tokens(
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["4", "False"]
+
+
+def test_a_memory_that_cannot_drop_the_end_of_a_sequence_keeps_no_prompt_tokens(engines, monkeypatch, llama_cpp):
+    """llama_memory_seq_rm says False where it cannot remove part of a sequence (a recurrent model's
+    state); the slot then starts from nothing instead of keeping what it could not cut (from review)."""
+    engine = engines[4]
+    conversations = [[{"role": "user", "content": f"What is {i} squared? {STEPS} {STEPS}"}] for i in range(6)]
+    settings = SamplingSettings(max_new_tokens=8)
+    starts = []
+    real_prefill = engine._prefill
+
+    def prefill(seq, prompt, start=0):
+        starts.append(start)
+        real_prefill(seq, prompt, start)
+
+    monkeypatch.setattr(engine, "_prefill", prefill)
+    kept = engine.chat(conversations, settings)
+    assert any(starts)  # prompt tokens were kept
+    starts.clear()
+    real = llama_cpp.llama_memory_seq_rm
+    monkeypatch.setattr(llama_cpp, "llama_memory_seq_rm", lambda mem, seq, p0, p1: p0 <= 0 and real(mem, seq, p0, p1))
+    assert ids_and_reasons(engine.chat(conversations, settings)) == ids_and_reasons(kept)
+    assert starts and not any(starts)

@@ -338,7 +338,10 @@ class LlamaCppEngine(ChatThroughFollowUps):
                 if shared[donor] - kept >= max(MIN_PIECE, self.n_ctx // 64):
                     lib.llama_memory_seq_cp(self._memory, donor, s, -1, -1)
                     held[s], kept = held[donor], shared[donor]
-            lib.llama_memory_seq_rm(self._memory, s, kept, -1)
+            if not lib.llama_memory_seq_rm(self._memory, s, kept, -1):
+                # A memory that cannot drop the end of a sequence (a recurrent model's) keeps nothing.
+                lib.llama_memory_seq_rm(self._memory, s, -1, -1)
+                kept = 0
             self._prefill(s, job.prompt, kept)
             held[s] = job.prompt if len(job.prompt) >= MIN_PIECE else []
             take([(s, slots[s])])
