@@ -149,3 +149,14 @@ class ChatThroughFollowUps:
             on_done(index, completions)  # whatever a DoneCallback returns queues no follow-up
 
         return self.chat_with_follow_ups(conversations, settings, done, seeds)
+
+
+def common_prefix_length(sequences: list[list[int]]) -> int:
+    """The number of leading tokens all `sequences` share (the prompt ids an in-process engine can
+    keep keys and values of: hf's slot decoder, llamacpp's slots)."""
+    shortest = min(len(s) for s in sequences)
+    for i in range(shortest):
+        token = sequences[0][i]
+        if any(s[i] != token for s in sequences):
+            return i
+    return shortest

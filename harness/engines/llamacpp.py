@@ -41,6 +41,7 @@ from harness.engines.base import (
     Conversation,
     FollowUp,
     SamplingSettings,
+    common_prefix_length,
 )
 from harness.errors import HarnessError
 
@@ -544,12 +545,7 @@ def reusable(held: list[int], prompt: list[int]) -> int:
     to compute (a shorter rest would compute by other arithmetic), down to a multiple of ROWS and
     short of held's last len % ROWS tokens (computed one by one, see ROWS); none for a prompt under
     MIN_PIECE, which is computed whole."""
-    shared = 0
-    for mine, theirs in zip(held, prompt):
-        if mine != theirs:
-            break
-        shared += 1
-    kept = min(shared, len(held) // ROWS * ROWS, len(prompt) - MIN_PIECE)
+    kept = min(common_prefix_length([held, prompt]), len(held) // ROWS * ROWS, len(prompt) - MIN_PIECE)
     return max(0, kept // ROWS * ROWS)
 
 

@@ -36,7 +36,7 @@ from itertools import islice
 
 import torch
 
-from harness.engines.base import SamplingSettings
+from harness.engines.base import SamplingSettings, common_prefix_length
 from harness.engines.kv_cache import GrowingCache, GrowingLayer
 from harness.engines.sampling import Finished, Job, choose
 from harness.errors import HarnessError
@@ -345,16 +345,6 @@ def _left_pad(states: torch.Tensor, width: int) -> torch.Tensor:
     if missing == 0:
         return states
     return torch.nn.functional.pad(states, (0, 0, missing, 0))
-
-
-def common_prefix_length(sequences: list[list[int]]) -> int:
-    """The number of leading tokens all `sequences` share."""
-    shortest = min(len(s) for s in sequences)
-    for i in range(shortest):
-        token = sequences[0][i]
-        if any(s[i] != token for s in sequences):
-            return i
-    return shortest
 
 
 def prefill_groups(lengths: list[int], min_fill: float = PREFILL_MIN_FILL) -> list[list[int]]:
