@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -34,6 +37,42 @@ def test_a_job_that_overruns_is_killed_and_the_rest_still_finish(pool):
     assert pool.timeouts == timeouts + 1
     # One 1 s limit plus a replacement worker's start, not an hour; generous for a loaded machine.
     assert elapsed < 10
+
+
+def test_a_job_that_spins_past_its_limit_is_killed(pool):
+    outcomes = pool.map([("spin", 3_600_000), ("double", 2)])
+    assert [o.status for o in outcomes] == ["timeout", "ok"]
+
+
+# Where /proc gives processes' CPU time (Linux): the limit counts CPU seconds and workers run at idle priority.
+CPU_CLOCK = WorkerPool(job).cpu_clock
+
+
+@pytest.mark.skipif(not CPU_CLOCK, reason="the limit is wall-clock time here")
+def test_workers_run_at_idle_priority(pool):
+    assert pool.map([("policy",)])[0].value == os.SCHED_IDLE
+
+
+@pytest.mark.skipif(not CPU_CLOCK, reason="the limit is wall-clock time here")
+def test_a_job_starved_of_cpu_by_other_work_is_not_killed():
+    """Busy processes at normal priority on every CPU for 3 s: the idle-priority worker gets no CPU
+    time until they end, so a job needing 0.2 s of CPU finishes well past its 1 s limit, and must not
+    be killed: a verdict must not depend on the machine's load (a wall-clock limit killed it)."""
+    hog = "import time\nend = time.monotonic() + 3\nwhile time.monotonic() < end: pass"
+    with WorkerPool(job, processes=1, timeout=1.0) as p:
+        p.map([("double", 0)])
+        hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in os.sched_getaffinity(0)]
+        try:
+            time.sleep(0.3)
+            start = time.perf_counter()
+            outcome = p.map([("spin", 200)])[0]
+            elapsed = time.perf_counter() - start
+        finally:
+            for h in hogs:
+                h.kill()
+                h.wait()
+    assert outcome.status == "ok" and outcome.value == 200
+    assert elapsed > 1.0  # it was starved past the limit, else this test shows nothing
 
 
 def test_a_killed_worker_is_replaced(pool):

@@ -15,6 +15,13 @@ def job(kind: str, value: int = 0) -> int:
         raise ValueError(f"bad value {value}")
     if kind == "exit":  # the worker dies under the job
         os._exit(3)
+    if kind == "spin":  # `value` ms of CPU time
+        end = time.process_time() + value / 1000
+        while time.process_time() < end:
+            pass
+        return value
+    if kind == "policy":
+        return os.sched_getscheduler(0)
     if kind == "pid":
         return os.getpid()
     if kind == "allocate":  # more memory than the test's limit

@@ -3,8 +3,8 @@
 Extraction (math_extract) and the cheap decisions (no answer, equal after normalising, two plain
 numbers) run in the calling process; they settle most responses and never start a process.
 The rest need sympy, which can run without bound on hostile input, so they go to a persistent
-pool of worker processes (workers.py) that kills any comparison over `timeout` seconds; such a
-comparison is graded wrong with detail "timeout", for the run's summary to count.
+pool of worker processes (workers.py) that kills any comparison over `timeout` seconds of CPU time;
+such a comparison is graded wrong with detail "timeout", for the run's summary to count.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from harness.grading.workers import WorkerPool
 
 __all__ = ["MathGrader", "extract_answer", "extract_answers", "grade_math_answer", "last_boxed"]
 
-DEFAULT_TIMEOUT = 5.0  # seconds for one comparison: the slowest honest answer in MATH takes well under 1 s
+# CPU seconds for one comparison (workers.py): the slowest honest answer in MATH takes well under 1 s.
+DEFAULT_TIMEOUT = 5.0
 MEMORY_LIMIT = 4 << 30  # per worker; a runaway integer dies of MemoryError instead of swapping the machine
 _PRELOAD = ("harness.grading.math_preload",)
 

@@ -9,6 +9,16 @@ a replacement, while the other workers carry on.
 
 Workers start through a forkserver that has imported `preload` once, so a replacement costs a
 fork, not a fresh interpreter, and forking never copies the parent's threads (torch, generation).
+
+Where /proc gives each process's CPU time (Linux), the limit counts the CPU seconds a job has used,
+not the time since it was sent: grading runs beside generation, and a wall-clock limit made a verdict
+depend on the machine's load (a comparison starved of CPU was killed and graded wrong; see
+tests/test_grading_workers.py). A job is killed once it has used `timeout` CPU seconds, or once it is
+past `timeout` seconds since it was sent and not runnable (asleep or blocked, so not waiting for a
+CPU). As a starved worker is then never killed, workers run at idle priority (SCHED_IDLE) and take
+only CPU time nothing else wants; in five alternating one-turn MATH runs of the hf engine on 2 cores
+that made no difference to the run's wall time that the machine's drift (16-23 s) did not hide.
+Elsewhere the limit is the time since the job was sent and workers keep their priority.
 """
 
 from __future__ import annotations
@@ -41,7 +51,26 @@ class Outcome:
         return self.status == "ok"
 
 
-def _serve(fn: Callable[..., Any], conn: Connection, memory_limit: int | None) -> None:
+# How often a job that is past `timeout` seconds since it was sent, but still runnable, is looked at.
+_POLL = 0.1
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_and_state(pid: int) -> tuple[float, str] | None:
+    """A process's CPU seconds (user + system) and its state letter ("R" running or runnable, "S"
+    asleep, "D" blocked, ...) from /proc/<pid>/stat; None where there is no such file."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # The command name (field 2) is in parentheses and may hold spaces; fields after it are plain.
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS, fields[0].decode()
+
+
+def _serve(fn: Callable[..., Any], conn: Connection, memory_limit: int | None, idle: bool) -> None:
+    if idle:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     if memory_limit is not None:
         import resource
 
@@ -110,15 +139,35 @@ def _child_start() -> Iterator[None]:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, fn: Callable[..., Any], memory_limit: int | None) -> None:
+    def __init__(self, ctx: Any, fn: Callable[..., Any], memory_limit: int | None, idle: bool) -> None:
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(fn, child, memory_limit), daemon=True)
+        self.process = ctx.Process(target=_serve, args=(fn, child, memory_limit, idle), daemon=True)
         with _child_start():
             self.process.start()
         child.close()
         self.ready = False
         self.job: int | None = None
-        self.deadline = 0.0
+        self.sent = 0.0  # time.monotonic() when the job was sent
+        self.cpu_at_send = 0.0  # the worker's CPU seconds then (with a CPU clock)
+
+    def take(self, job: int, args: tuple[Any, ...], cpu_clock: bool) -> None:
+        self.job, self.sent = job, time.monotonic()
+        reading = _cpu_and_state(self.process.pid) if cpu_clock else None
+        self.cpu_at_send = reading[0] if reading else 0.0
+        self.conn.send(args)
+
+    def overran(self, timeout: float, cpu_clock: bool) -> bool:
+        """Whether the job in hand is over its limit (see the module docstring)."""
+        if time.monotonic() - self.sent <= timeout:
+            return False  # a single-threaded job cannot have used more CPU time than this either
+        reading = _cpu_and_state(self.process.pid) if cpu_clock else None
+        if reading is None:
+            return True
+        cpu, state = reading
+        if cpu - self.cpu_at_send > timeout:
+            return True
+        # Asleep or blocked past the limit; unless it has just answered (read on the next round).
+        return state != "R" and not self.conn.poll()
 
     def kill(self) -> None:
         self.process.kill()
@@ -144,6 +193,8 @@ class WorkerPool:
     ) -> None:
         self.fn = fn
         self.processes = processes or max(1, min(os.cpu_count() or 1, 8))
+        # Idle priority only where the limit counts CPU seconds: a starved worker is not killed.
+        self.cpu_clock = _cpu_and_state(os.getpid()) is not None and hasattr(os, "SCHED_IDLE")
         self.timeout = timeout
         self.memory_limit = memory_limit
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -173,15 +224,12 @@ class WorkerPool:
         while queue or busy:
             for worker in self._workers:
                 if worker.ready and worker.job is None and queue:
-                    worker.job = queue.popleft()
-                    worker.deadline = time.monotonic() + self.timeout
-                    worker.conn.send(jobs[worker.job])
+                    job = queue.popleft()
+                    worker.take(job, jobs[job], self.cpu_clock)
                     busy += 1
-            waiting = [w for w in self._workers if w.job is not None]
-            deadline = min((w.deadline for w in waiting), default=time.monotonic() + self.timeout)
             ready = wait(
                 [w.conn for w in self._workers] + [w.process.sentinel for w in self._workers],
-                timeout=max(0.0, deadline - time.monotonic()),
+                timeout=self._next_check(),
             )
             for i, worker in enumerate(list(self._workers)):
                 status, payload = self._receive(worker, ready)
@@ -193,7 +241,7 @@ class WorkerPool:
                     )
                     worker.job = None
                     busy -= 1
-                elif status == "died" or (worker.job is not None and time.monotonic() > worker.deadline):
+                elif status == "died" or (worker.job is not None and worker.overran(self.timeout, self.cpu_clock)):
                     if not worker.ready:
                         raise RuntimeError(
                             f"a worker for {self.fn.__qualname__} died while starting "
@@ -213,6 +261,14 @@ class WorkerPool:
                     self._workers[i] = self._start()
         return [o if o is not None else Outcome("error", error="lost") for o in outcomes]
 
+    def _next_check(self) -> float:
+        """Seconds until a job in hand could first be over its limit; soon (_POLL) where one is past
+        `timeout` seconds since it was sent but was runnable, so not yet over it."""
+        sent = [w.sent for w in self._workers if w.job is not None]
+        if not sent:
+            return self.timeout
+        return max(_POLL if self.cpu_clock else 0.0, min(sent) + self.timeout - time.monotonic())
+
     @staticmethod
     def _receive(worker: _Worker, ready: list[Any]) -> tuple[str | None, Any]:
         """The worker's message if it sent one, ("died", None) if it is gone, else (None, None)."""
@@ -226,7 +282,7 @@ class WorkerPool:
         return None, None
 
     def _start(self) -> _Worker:
-        return _Worker(self._ctx, self.fn, self.memory_limit)
+        return _Worker(self._ctx, self.fn, self.memory_limit, idle=self.cpu_clock)
 
     def close(self) -> None:
         """Stop every worker; the pool starts fresh ones if it is used again."""
