@@ -13,6 +13,11 @@ baseline of that. Then, for hf, the very conversations the harness sent are gene
     oneDNN with weights packed once (engines/packed_linear.py);
   - all rows busy: the same engine with no stop tokens, so every row generates all M tokens; the
     engine's ceiling on this machine. busy ratio = harness useful tokens/s / this figure.
+  - decode at full rows (derived, not run): the harness run with its decode steps' time replaced by
+    what its decode work (one row-step per useful token but each completion's first, which comes from
+    its prefill) costs at the all-rows-busy run's time per row-step; its prefill and the rest as
+    measured. The ceiling of scheduling alone: what is left between it and all rows busy is prefill,
+    which the busy run spreads over M tokens a row and the harness over each completion's own.
   - static batches: the previous engine's algorithm (longest prompts first, `model.generate` on static
     batches of the same size, each row kept until its batch's longest ends), as the baseline.
   - transformers' own continuous batching, `model.generate_batch`, on the same prompts.
@@ -39,9 +44,11 @@ average is printed beside the figures: on a shared machine, compare the ratios, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -123,6 +130,55 @@ def timed_tokens(generate, calls) -> tuple[float, int]:
         tokens += generate(conversations, settings)
         seconds += time.perf_counter() - start
     return seconds, tokens
+
+
+class ForwardClock:
+    """Seconds in the slot decoder's forwards, prefills (several tokens a row) apart from decode steps
+    (one token a row), and the decode steps' count and rows. Timed on the host: exact on CPU, where
+    a forward returns when its work is done."""
+
+    def __init__(self):
+        self.prefill = self.decode = 0.0
+        self.steps = self.rows = 0
+
+    @classmethod
+    @contextlib.contextmanager
+    def around(cls) -> Iterator[ForwardClock]:
+        from harness.engines import slots
+
+        clock, original = cls(), slots.SlotDecoder._forward
+
+        def timed(decoder, ids, *args):
+            start = time.perf_counter()
+            try:
+                return original(decoder, ids, *args)
+            finally:
+                if ids.shape[1] > 1:
+                    clock.prefill += time.perf_counter() - start
+                else:
+                    clock.decode += time.perf_counter() - start
+                    clock.steps, clock.rows = clock.steps + 1, clock.rows + ids.shape[0]
+
+        slots.SlotDecoder._forward = timed
+        try:
+            yield clock
+        finally:
+            slots.SlotDecoder._forward = original
+
+    def summary(self, seconds: float) -> str:
+        rows = self.rows / max(1, self.steps)
+        return (
+            f"prefill {self.prefill:.1f} s, {self.steps} decode steps {self.decode:.1f} s "
+            f"({rows:.1f} rows a step), rest {seconds - self.prefill - self.decode:.1f} s"
+        )
+
+
+def decode_at_full_rows(harness: dict, clock: ForwardClock, busy: ForwardClock) -> float:
+    """The harness run's seconds with its decode steps at the busy run's time per row-step (see the
+    module docstring)."""
+    completions = sum(len(e.turns) for e in harness["episodes"])
+    row_steps = harness["tokens"] - completions
+    return harness["wall"] - clock.decode + row_steps * busy.decode / busy.rows
 
 
 def all_rows_busy(engine, conversations, settings) -> int:
@@ -242,9 +298,11 @@ def hf_engine_rows(task, problems, settings, args) -> tuple[list, dict]:
     engine = HFEngine.from_model(None, batch_size=args.batch_size)
     # One short call first: the first forward pays one-time setup that no figure below should carry.
     engine.chat([conversation(task, problems[0], [])], SamplingSettings(max_new_tokens=2))
-    hf = measure(engine, task, problems, settings, args.turns)
+    with ForwardClock.around() as clock:
+        hf = measure(engine, task, problems, settings, args.turns)
     rows = [("hf harness (slot refill)", hf["wall"], hf["tokens"])]
     show(rows[-1])
+    print(f"  {clock.summary(hf['wall'])}")
     if args.turns > 1:
         by_turn = measure(engine, task, problems, settings, args.turns, by_turn=True)
         rows.append(("hf, one call per turn", by_turn["wall"], by_turn["tokens"]))
@@ -257,8 +315,12 @@ def hf_engine_rows(task, problems, settings, args) -> tuple[list, dict]:
     ):
         if label.startswith("transformers") and args.skip_generate_batch:
             continue
-        rows.append((label, *timed_tokens(generate, hf["calls"])))
+        with ForwardClock.around() as busy:
+            rows.append((label, *timed_tokens(generate, hf["calls"])))
         show(rows[-1])
+        if label == "hf, all rows busy":
+            print(f"  {busy.summary(rows[-1][1])}")
+            rows.insert(1, ("hf harness, decode at full rows", decode_at_full_rows(hf, clock, busy), hf["tokens"]))
     return rows, hf
 
 
