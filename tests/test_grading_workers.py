@@ -11,7 +11,7 @@ import time
 import pytest
 
 from harness.grading.workers import WorkerPool
-from tests.workers_jobs import job
+from tests.workers_jobs import NoPolicyChange, job
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,16 @@ def test_a_job_starved_of_cpu_by_other_work_is_not_killed():
                 h.wait()
     assert outcome.status == "ok" and outcome.value == 200
     assert elapsed > 1.0  # it was starved past the limit, else this test shows nothing
+
+
+@pytest.mark.skipif(not CPU_CLOCK, reason="the limit is wall-clock time here")
+def test_a_worker_that_may_not_take_idle_priority_still_grades():
+    """Some sandboxes refuse SCHED_IDLE (gVisor answers EINVAL): the worker keeps its priority and
+    serves, with the same CPU-time limit, instead of dying while starting and failing every call."""
+    with WorkerPool(NoPolicyChange(), processes=1, timeout=1.0) as p:
+        outcomes = p.map([("double", 21), ("policy",)])
+    assert [o.status for o in outcomes] == ["ok", "ok"]
+    assert outcomes[0].value == 42 and outcomes[1].value != os.SCHED_IDLE
 
 
 def test_a_killed_worker_is_replaced(pool):

@@ -70,7 +70,10 @@ def _cpu_and_state(pid: int) -> tuple[float, str] | None:
 
 def _serve(fn: Callable[..., Any], conn: Connection, memory_limit: int | None, idle: bool) -> None:
     if idle:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:  # a sandbox may refuse it (gVisor); the limit still counts CPU time, as before
+            pass
     if memory_limit is not None:
         import resource
 
