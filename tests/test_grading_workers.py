@@ -92,6 +92,21 @@ def test_a_killed_worker_is_replaced(pool):
     assert [o.value for o in pool.map([("double", n) for n in range(8)])] == [0, 2, 4, 6, 8, 10, 12, 14]
 
 
+def test_a_call_that_raises_midway_leaves_the_pool_fit_for_the_next_call():
+    """A call can raise with jobs in hand (arguments that cannot be sent, a worker that cannot
+    start, Ctrl-C); the next call must get its own answers, not the stale ones, and not hang."""
+    p = WorkerPool(job, processes=2, timeout=1.0)
+    p.map([("double", 0), ("double", 0)])
+    with pytest.raises(TypeError, match="pickle"):
+        p.map([("sleep",), ("double", threading.Lock())])
+    results = []
+    call = threading.Thread(target=lambda: results.append(p.map([("double", n) for n in range(3)])), daemon=True)
+    call.start()
+    call.join(20)  # it hung forever, its count of jobs in hand gone below zero
+    assert results and [(o.status, o.value) for o in results[0]] == [("ok", 0), ("ok", 2), ("ok", 4)]
+    p.close()
+
+
 def test_an_exception_is_the_job_outcome_not_the_worker_end(pool):
     outcomes = pool.map([("raise", 7), ("double", 4)])
     assert outcomes[0].status == "error" and outcomes[0].error == "ValueError: bad value 7"

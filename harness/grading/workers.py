@@ -214,7 +214,15 @@ class WorkerPool:
     def map(self, jobs: Sequence[tuple[Any, ...]]) -> list[Outcome]:
         """Run every job; outcomes come back in input order."""
         with self._lock:
-            return self._map(jobs)
+            try:
+                return self._map(jobs)
+            except BaseException:
+                # Workers may hold this call's jobs, whose answers the next call would take for its own.
+                for worker in self._workers:
+                    if worker.job is not None:
+                        worker.process.kill()
+                _stop_all(self._workers)
+                raise
 
     def _map(self, jobs: Sequence[tuple[Any, ...]]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(jobs)
