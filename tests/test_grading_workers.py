@@ -55,23 +55,28 @@ def test_workers_run_at_idle_priority(pool):
 
 @pytest.mark.skipif(not CPU_CLOCK, reason="the limit is wall-clock time here")
 def test_a_job_starved_of_cpu_by_other_work_is_not_killed():
-    """Busy processes at normal priority on every CPU for 3 s: the idle-priority worker gets no CPU
-    time until they end, so a job needing 0.2 s of CPU finishes well past its 1 s limit, and must not
-    be killed: a verdict must not depend on the machine's load (a wall-clock limit killed it)."""
-    hog = "import time\nend = time.monotonic() + 3\nwhile time.monotonic() < end: pass"
+    """Busy processes on every CPU for 4 s: the idle-priority worker gets at most a sixth of a CPU
+    until they end (none at all beside normal priority; 3 against 15 where they inherit nice 19),
+    so a job needing 0.3 s of CPU finishes past its 1 s limit, and must not be killed: a verdict
+    must not depend on the machine's load (a wall-clock limit killed it). Each busy process says
+    when it spins: started blind, on a loaded machine they could still be starting while the job
+    ran unhindered and finished within its limit, which showed nothing."""
+    hog = "import time\nend = time.monotonic() + 4\nprint(flush=True)\nwhile time.monotonic() < end: pass"
     with WorkerPool(job, processes=1, timeout=1.0) as p:
         p.map([("double", 0)])
-        hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in os.sched_getaffinity(0)]
+        hogs = [subprocess.Popen([sys.executable, "-c", hog], stdout=subprocess.PIPE) for _ in os.sched_getaffinity(0)]
         try:
-            time.sleep(0.3)
+            for h in hogs:
+                h.stdout.readline()
             start = time.perf_counter()
-            outcome = p.map([("spin", 200)])[0]
+            outcome = p.map([("spin", 300)])[0]
             elapsed = time.perf_counter() - start
         finally:
             for h in hogs:
                 h.kill()
                 h.wait()
-    assert outcome.status == "ok" and outcome.value == 200
+                h.stdout.close()
+    assert outcome.status == "ok" and outcome.value == 300
     assert elapsed > 1.0  # it was starved past the limit, else this test shows nothing
 
 
