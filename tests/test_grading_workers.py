@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -53,29 +54,38 @@ def test_workers_run_at_idle_priority(pool):
     assert pool.map([("policy",)])[0].value == os.SCHED_IDLE
 
 
+@contextmanager
+def _busy_cpus(seconds: float):
+    """A busy process on every CPU for `seconds`, each spinning before this yields: started blind,
+    on a loaded machine they could still be starting while a job ran unhindered. Beside them an
+    idle-priority worker gets at most a sixth of a CPU (none at all beside normal priority; 3
+    against 15 where they inherit nice 19)."""
+    hog = f"import time\nend = time.monotonic() + {seconds}\nprint(flush=True)\nwhile time.monotonic() < end: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", hog], stdout=subprocess.PIPE) for _ in os.sched_getaffinity(0)]
+    try:
+        for h in hogs:
+            h.stdout.readline()
+        yield
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+            h.stdout.close()
+
+
 @pytest.mark.skipif(not CPU_CLOCK, reason="the limit is wall-clock time here")
-def test_a_job_starved_of_cpu_by_other_work_is_not_killed():
-    """Busy processes on every CPU for 4 s: the idle-priority worker gets at most a sixth of a CPU
-    until they end (none at all beside normal priority; 3 against 15 where they inherit nice 19),
-    so a job needing 0.3 s of CPU finishes past its 1 s limit, and must not be killed: a verdict
-    must not depend on the machine's load (a wall-clock limit killed it). Each busy process says
-    when it spins: started blind, on a loaded machine they could still be starting while the job
-    ran unhindered and finished within its limit, which showed nothing."""
-    hog = "import time\nend = time.monotonic() + 4\nprint(flush=True)\nwhile time.monotonic() < end: pass"
+@pytest.mark.parametrize("kind", ["spin", "spin_then_wait"])
+def test_a_job_starved_of_cpu_by_other_work_is_not_killed(kind):
+    """Starved by busy processes for 4 s, a job needing 0.3 s of CPU (and then, for spin_then_wait,
+    0.2 s asleep: 0.5 s of its own time) finishes past its 1 s limit, and must not be killed: a
+    verdict must not depend on the machine's load. A wall-clock limit killed both; counting the time
+    since it was sent whenever it slept still killed the second, for the time it had waited for a CPU."""
     with WorkerPool(job, processes=1, timeout=1.0) as p:
         p.map([("double", 0)])
-        hogs = [subprocess.Popen([sys.executable, "-c", hog], stdout=subprocess.PIPE) for _ in os.sched_getaffinity(0)]
-        try:
-            for h in hogs:
-                h.stdout.readline()
+        with _busy_cpus(4):
             start = time.perf_counter()
-            outcome = p.map([("spin", 300)])[0]
+            outcome = p.map([(kind, 300)])[0]
             elapsed = time.perf_counter() - start
-        finally:
-            for h in hogs:
-                h.kill()
-                h.wait()
-                h.stdout.close()
     assert outcome.status == "ok" and outcome.value == 300
     assert elapsed > 1.0  # it was starved past the limit, else this test shows nothing
 

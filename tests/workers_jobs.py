@@ -20,6 +20,11 @@ def job(kind: str, value: int = 0) -> int:
         while time.process_time() < end:
             pass
         return value
+    if kind == "spin_then_wait":  # `value` ms of CPU time, then 0.2 s asleep in short waits
+        job("spin", value)
+        for _ in range(10):
+            time.sleep(0.02)
+        return value
     if kind == "policy":
         return os.sched_getscheduler(0)
     if kind == "pid":
