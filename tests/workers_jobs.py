@@ -20,6 +20,11 @@ def job(kind: str, value: int = 0) -> int:
         while time.process_time() < end:
             pass
         return value
+    if kind == "spin_then_wait":  # `value` ms of CPU time, then 0.2 s asleep in short waits
+        job("spin", value)
+        for _ in range(10):
+            time.sleep(0.02)
+        return value
     if kind == "policy":
         return os.sched_getscheduler(0)
     if kind == "pid":
@@ -27,3 +32,26 @@ def job(kind: str, value: int = 0) -> int:
     if kind == "allocate":  # more memory than the test's limit
         return len(bytearray(value))
     raise AssertionError(kind)
+
+
+def _refuse(*args: object) -> None:
+    raise OSError(22, "Invalid argument")  # gVisor's answer to any policy but SCHED_OTHER
+
+
+class NoPolicyChange:
+    """`job`, in a worker where setting a scheduling policy fails, as in a sandbox that forbids it.
+
+    Pickled into the worker with the pool's `fn`, it replaces os.sched_setscheduler there as it is
+    unpickled, before the worker starts serving; the test's own process is left alone."""
+
+    def __init__(self) -> None:
+        self.__qualname__ = "NoPolicyChange"  # the pool's messages name its fn so
+
+    def __getstate__(self) -> dict[str, bool]:
+        return {"refuse": True}
+
+    def __setstate__(self, state: dict[str, bool]) -> None:
+        os.sched_setscheduler = _refuse
+
+    def __call__(self, kind: str, value: int = 0) -> int:
+        return job(kind, value)

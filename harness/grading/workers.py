@@ -14,8 +14,9 @@ Where /proc gives each process's CPU time (Linux), the limit counts the CPU seco
 not the time since it was sent: grading runs beside generation, and a wall-clock limit made a verdict
 depend on the machine's load (a comparison starved of CPU was killed and graded wrong; see
 tests/test_grading_workers.py). A job is killed once it has used `timeout` CPU seconds, or once it is
-past `timeout` seconds since it was sent and not runnable (asleep or blocked, so not waiting for a
-CPU). As a starved worker is then never killed, workers run at idle priority (SCHED_IDLE) and take
+not runnable (asleep or blocked, so not waiting for a CPU) and past `timeout` seconds since it was
+sent, not counting the time it waited for a CPU (from /proc/<pid>/schedstat where there is one; a
+job starved and then asleep for a moment was killed for the starved time). As a starved worker is then never killed, workers run at idle priority (SCHED_IDLE) and take
 only CPU time nothing else wants; in five alternating one-turn MATH runs of the hf engine on 2 cores
 that made no difference to the run's wall time that the machine's drift (16-23 s) did not hide.
 Elsewhere the limit is the time since the job was sent and workers keep their priority.
@@ -68,9 +69,22 @@ def _cpu_and_state(pid: int) -> tuple[float, str] | None:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS, fields[0].decode()
 
 
+def _waited(pid: int) -> float:
+    """Seconds a process's main thread has waited for a CPU, from /proc/<pid>/schedstat; 0 where
+    there is no such file. Up to date whenever the thread is not runnable (a wait is added as it ends)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as schedstat:
+            return int(schedstat.read().split()[1]) / 1e9
+    except OSError:
+        return 0.0
+
+
 def _serve(fn: Callable[..., Any], conn: Connection, memory_limit: int | None, idle: bool) -> None:
     if idle:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:  # a sandbox may refuse it (gVisor); the limit still counts CPU time, as before
+            pass
     if memory_limit is not None:
         import resource
 
@@ -149,11 +163,13 @@ class _Worker:
         self.job: int | None = None
         self.sent = 0.0  # time.monotonic() when the job was sent
         self.cpu_at_send = 0.0  # the worker's CPU seconds then (with a CPU clock)
+        self.waited_at_send = 0.0  # the seconds it had waited for a CPU then (with a CPU clock)
 
     def take(self, job: int, args: tuple[Any, ...], cpu_clock: bool) -> None:
         self.job, self.sent = job, time.monotonic()
         reading = _cpu_and_state(self.process.pid) if cpu_clock else None
         self.cpu_at_send = reading[0] if reading else 0.0
+        self.waited_at_send = _waited(self.process.pid) if cpu_clock else 0.0
         self.conn.send(args)
 
     def overran(self, timeout: float, cpu_clock: bool) -> bool:
@@ -166,8 +182,10 @@ class _Worker:
         cpu, state = reading
         if cpu - self.cpu_at_send > timeout:
             return True
-        # Asleep or blocked past the limit; unless it has just answered (read on the next round).
-        return state != "R" and not self.conn.poll()
+        # Asleep or blocked, and past the limit not counting its waits for a CPU; unless it has just
+        # answered (read on the next round).
+        waited = _waited(self.process.pid) - self.waited_at_send
+        return state != "R" and time.monotonic() - self.sent - waited > timeout and not self.conn.poll()
 
     def kill(self) -> None:
         self.process.kill()
@@ -211,7 +229,15 @@ class WorkerPool:
     def map(self, jobs: Sequence[tuple[Any, ...]]) -> list[Outcome]:
         """Run every job; outcomes come back in input order."""
         with self._lock:
-            return self._map(jobs)
+            try:
+                return self._map(jobs)
+            except BaseException:
+                # Workers may hold this call's jobs, whose answers the next call would take for its own.
+                for worker in self._workers:
+                    if worker.job is not None:
+                        worker.process.kill()
+                _stop_all(self._workers)
+                raise
 
     def _map(self, jobs: Sequence[tuple[Any, ...]]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(jobs)
