@@ -16,9 +16,12 @@ depend on the machine's load (a comparison starved of CPU was killed and graded 
 tests/test_grading_workers.py). A job is killed once it has used `timeout` CPU seconds, or once it is
 not runnable (asleep or blocked, so not waiting for a CPU) and past `timeout` seconds since it was
 sent, not counting the time it waited for a CPU (from /proc/<pid>/schedstat where there is one; a
-job starved and then asleep for a moment was killed for the starved time). As a starved worker is then never killed, workers run at idle priority (SCHED_IDLE) and take
+job starved and then asleep for a moment was killed for the starved time). As a starved worker is
+then never killed, workers run at idle priority (SCHED_IDLE, where the system allows it) and take
 only CPU time nothing else wants; in five alternating one-turn MATH runs of the hf engine on 2 cores
-that made no difference to the run's wall time that the machine's drift (16-23 s) did not hide.
+that made no difference to the run's wall time that the machine's drift (16-23 s) did not hide. A
+runaway job may then hold its worker long past `timeout` seconds while the machine is busy (one CPU
+second took 93 s beside other work at load 2.5): there is no wall-clock limit on top.
 Elsewhere the limit is the time since the job was sent and workers keep their priority.
 """
 
