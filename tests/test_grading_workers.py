@@ -207,6 +207,28 @@ def test_workers_import_harness_from_where_the_parent_did_not_from_the_current_d
     assert result.stdout.strip() == "3" and not (tmp_path / "shadowed").exists()
 
 
+def test_workers_do_not_run_the_callers_main_script_again(tmp_path):
+    """multiprocessing runs the parent's main script again in each child it starts (as __mp_main__), so
+    a script that imports torch at its top cost every grading worker 2-5 s of CPU to start (measured).
+    A pool's function that is not defined there needs nothing from it."""
+    import subprocess
+
+    command, env = _script(
+        tmp_path,
+        "import os, sys\n"
+        f"open(os.path.join({str(tmp_path)!r}, f'ran-{{os.getpid()}}'), 'w').close()\n"
+        "from harness.grading.workers import WorkerPool\n"
+        "from tests.workers_jobs import job\n"
+        "if __name__ == '__main__':\n"
+        "    with WorkerPool(job, processes=2, timeout=30) as pool:\n"
+        "        print(sorted(o.value for o in pool.map([('pid',), ('pid',), ('pid',), ('pid',)]))[0] > 0)\n",
+    )
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
+    assert len(list(tmp_path.glob("ran-*"))) == 1  # the parent's own run only
+
+
 def test_ctrl_c_in_a_terminal_leaves_no_traceback_from_the_forkserver_or_the_workers(tmp_path):
     """A terminal sends SIGINT to the whole process group; only the parent may answer it."""
     import os
