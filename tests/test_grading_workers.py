@@ -229,6 +229,26 @@ def test_workers_do_not_run_the_callers_main_script_again(tmp_path):
     assert len(list(tmp_path.glob("ran-*"))) == 1  # the parent's own run only
 
 
+def test_a_function_that_refers_to_the_main_script_still_runs_in_the_workers(tmp_path):
+    """A partial of a function defined in the script names functools as its module; its workers need
+    the script all the same (they failed to start when only __module__ was asked)."""
+    import subprocess
+
+    command, env = _script(
+        tmp_path,
+        "import functools\n"
+        "from harness.grading.workers import WorkerPool\n"
+        "def add(a, b):\n"
+        "    return a + b\n"
+        "if __name__ == '__main__':\n"
+        "    with WorkerPool(functools.partial(add, 10), processes=1, timeout=30) as pool:\n"
+        "        print(pool.map([(1,)])[0].value)\n",
+    )
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "11"
+
+
 def test_ctrl_c_in_a_terminal_leaves_no_traceback_from_the_forkserver_or_the_workers(tmp_path):
     """A terminal sends SIGINT to the whole process group; only the parent may answer it."""
     import os

@@ -31,6 +31,7 @@ import functools
 import multiprocessing
 import multiprocessing.spawn
 import os
+import pickle
 import signal
 import threading
 import time
@@ -161,6 +162,15 @@ def _child_start() -> Iterator[None]:
 _WORKER_NAME = "score-eval-worker"
 
 
+def _needs_main_script(fn: Callable[..., Any]) -> bool:
+    """Whether the child needs the main script to unpickle `fn`: a function defined there, or one
+    that refers to it (a functools.partial of such a function, whose own __module__ is functools)."""
+    try:
+        return b"__main__" in pickle.dumps(fn)
+    except Exception:  # noqa: BLE001 - starting the worker raises it, as before
+        return True
+
+
 def _skip_main_script() -> None:
     """Make multiprocessing leave the main script alone in processes named _WORKER_NAME.
 
@@ -191,7 +201,7 @@ class _Worker:
     def __init__(self, ctx: Any, fn: Callable[..., Any], memory_limit: int | None, idle: bool) -> None:
         self.conn, child = ctx.Pipe()
         name = None
-        if getattr(fn, "__module__", "__main__") != "__main__":
+        if not _needs_main_script(fn):
             _skip_main_script()
             name = _WORKER_NAME
         self.process = ctx.Process(target=_serve, args=(fn, child, memory_limit, idle), daemon=True, name=name)
