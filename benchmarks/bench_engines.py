@@ -9,11 +9,13 @@ hf and llamacpp take follow-ups, so the loop hands them the whole run in one cal
 next turn joins the queue as soon as its previous turn is back; with `--turns` 2 or more the loop
 also runs once more driving the engine one call per turn (the turn barrier, as before), as the
 baseline of that. Then, for hf, the very conversations the harness sent are generated again:
+  - no drafts: the same loop once more with the engine decoding one token a row at each step (no
+    draft tokens, engines/drafts.py), with a check that it gives the same completions;
   - unpacked weights: the same engine with its Linear layers through F.linear (MKL) instead of
     oneDNN with weights packed once (engines/packed_linear.py);
   - all rows busy: the same engine with no stop tokens, so every row generates all M tokens; the
     engine's ceiling on this machine. busy ratio = harness useful tokens/s / this figure.
-  - decode at full rows (derived, not run): the harness run with its decode steps' time replaced by
+  - decode at full rows (derived, not run): the no-drafts run with its decode steps' time replaced by
     what its decode work (one row-step per useful token but each completion's first, which comes from
     its prefill) costs at the all-rows-busy run's time per row-step; its prefill and the rest as
     measured. The ceiling of scheduling alone: what is left between it and all rows busy is prefill,
@@ -133,13 +135,13 @@ def timed_tokens(generate, calls) -> tuple[float, int]:
 
 
 class ForwardClock:
-    """Seconds in the slot decoder's forwards, prefills (several tokens a row) apart from decode steps
-    (one token a row), and the decode steps' count and rows. Timed on the host: exact on CPU, where
-    a forward returns when its work is done."""
+    """Seconds in the slot decoder's forwards, prefills apart from decode steps (the forwards given
+    `keep`: each row's last token, and its draft if any), and the decode steps' count, rows and
+    tokens fed. Timed on the host: exact on CPU, where a forward returns when its work is done."""
 
     def __init__(self):
         self.prefill = self.decode = 0.0
-        self.steps = self.rows = 0
+        self.steps = self.rows = self.fed = 0
 
     @classmethod
     @contextlib.contextmanager
@@ -148,16 +150,17 @@ class ForwardClock:
 
         clock, original = cls(), slots.SlotDecoder._forward
 
-        def timed(decoder, ids, *args):
+        def timed(decoder, ids, *args, **kwargs):
             start = time.perf_counter()
             try:
-                return original(decoder, ids, *args)
+                return original(decoder, ids, *args, **kwargs)
             finally:
-                if ids.shape[1] > 1:
+                if kwargs.get("keep") is None:
                     clock.prefill += time.perf_counter() - start
                 else:
                     clock.decode += time.perf_counter() - start
                     clock.steps, clock.rows = clock.steps + 1, clock.rows + ids.shape[0]
+                    clock.fed += ids.numel()
 
         slots.SlotDecoder._forward = timed
         try:
@@ -167,9 +170,10 @@ class ForwardClock:
 
     def summary(self, seconds: float) -> str:
         rows = self.rows / max(1, self.steps)
+        drafts = f", {self.fed / max(1, self.rows):.2f} tokens fed a row" if self.fed > self.rows else ""
         return (
             f"prefill {self.prefill:.1f} s, {self.steps} decode steps {self.decode:.1f} s "
-            f"({rows:.1f} rows a step), rest {seconds - self.prefill - self.decode:.1f} s"
+            f"({rows:.1f} rows a step{drafts}), rest {seconds - self.prefill - self.decode:.1f} s"
         )
 
 
@@ -303,6 +307,17 @@ def hf_engine_rows(task, problems, settings, args) -> tuple[list, dict]:
     rows = [("hf harness (slot refill)", hf["wall"], hf["tokens"])]
     show(rows[-1])
     print(f"  {clock.summary(hf['wall'])}")
+    drafts, engine.draft_tokens = engine.draft_tokens, 0
+    with ForwardClock.around() as plain_clock:
+        plain = measure(engine, task, problems, settings, args.turns)
+    engine.draft_tokens = drafts
+    rows.append(("hf harness, no drafts", plain["wall"], plain["tokens"]))
+    show(rows[-1])
+    print(f"  {plain_clock.summary(plain['wall'])}")
+    same = [[t.response for t in e.turns] for e in plain["episodes"]] == [
+        [t.response for t in e.turns] for e in hf["episodes"]
+    ]
+    print(f"  the same completions with and without drafts: {same}")
     if args.turns > 1:
         by_turn = measure(engine, task, problems, settings, args.turns, by_turn=True)
         rows.append(("hf, one call per turn", by_turn["wall"], by_turn["tokens"]))
@@ -320,7 +335,8 @@ def hf_engine_rows(task, problems, settings, args) -> tuple[list, dict]:
         show(rows[-1])
         if label == "hf, all rows busy":
             print(f"  {busy.summary(rows[-1][1])}")
-            rows.insert(1, ("hf harness, decode at full rows", decode_at_full_rows(hf, clock, busy), hf["tokens"]))
+            derived = decode_at_full_rows(plain, plain_clock, busy)
+            rows.insert(2, ("hf no drafts, decode at full rows", derived, plain["tokens"]))
     return rows, hf
 
 

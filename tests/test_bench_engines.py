@@ -11,13 +11,15 @@ from harness.engines import slots
 
 
 def test_the_forward_clock_splits_prefills_from_decode_steps_and_counts_rows(monkeypatch):
-    monkeypatch.setattr(slots.SlotDecoder, "_forward", lambda decoder, ids, *args: ids.shape)
+    monkeypatch.setattr(slots.SlotDecoder, "_forward", lambda decoder, ids, *args, **kwargs: ids.shape)
     with ForwardClock.around() as clock:
-        # As the decoder calls it: ids [rows, tokens a row], then mask, positions, cache.
+        # As the decoder calls it: ids [rows, tokens a row], then mask, positions, cache; decode
+        # steps also give `keep` (one logit kept per token fed: the last token and its draft).
         assert slots.SlotDecoder._forward(None, torch.zeros(3, 90), None, None, None) == (3, 90)
-        for rows in (16, 16, 5):
-            slots.SlotDecoder._forward(None, torch.zeros(rows, 1), None, None, None)
-    assert (clock.steps, clock.rows) == (3, 37)
+        slots.SlotDecoder._forward(None, torch.zeros(2, 1), None, None, None)  # a one-token prefill
+        for rows, fed in ((16, 1), (16, 1), (5, 3)):
+            slots.SlotDecoder._forward(None, torch.zeros(rows, fed), None, None, None, keep=fed)
+    assert (clock.steps, clock.rows, clock.fed) == (3, 37, 47)
     assert clock.prefill > 0 and clock.decode > 0
     assert slots.SlotDecoder._forward(None, torch.zeros(2, 1)) == (2, 1)  # unwrapped again: not counted
     assert clock.steps == 3

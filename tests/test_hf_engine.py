@@ -199,14 +199,16 @@ SPREAD = [[{"role": "user", "content": "Count: " + "seven " * k}] for k in (0, 1
 
 
 def record_forwards(engine, monkeypatch) -> list[tuple[int, int]]:
-    """The (rows, width) of every input the model is given from now on."""
+    """The (rows, width) of every input the model is given from now on, but decode steps that check
+    drafts (several tokens a row, a logit kept for each): prefills, and decode steps of one token a row."""
     import functools
 
     real, shapes = engine.model.forward, []
 
     @functools.wraps(real)
     def forward(*args, **kwargs):
-        shapes.append(tuple(kwargs["input_ids"].shape))
+        if kwargs["logits_to_keep"] == 1:
+            shapes.append(tuple(kwargs["input_ids"].shape))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine.model, "forward", forward)
@@ -411,11 +413,11 @@ def test_memory_running_out_after_a_group_took_finished_places_loses_and_repeats
         state["filled"] = state["filled"] or done  # this admission has put rows in places
         return done
 
-    def forward(self, *args):
+    def forward(self, *args, **kwargs):
         if state.get("filled") and "raised" not in state:
             state["raised"] = True  # memory runs out once: the same admission's next prefill
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_forward(self, *args)
+        return real_forward(self, *args, **kwargs)
 
     monkeypatch.setattr(jobs.JobQueue, "finished", finished)
     monkeypatch.setattr(slots.SlotDecoder, "_admit", admit)

@@ -4,8 +4,9 @@ Completions are queued longest prompt first and generated `batch_size` rows at a
 finishes is replaced by the next waiting prompt at once (see slots.py), so no row idles until the
 slowest of its batch ends; a conversation's next turn joins the queue as soon as its turn is back
 (base.FollowUpEngine, engines/jobs.py) and reuses that turn's keys and values, and a
-prompt start shared with other prompts is computed once (slots.py). Results are returned in input
-order; float32 on CPU, bfloat16 on CUDA.
+prompt start shared with other prompts is computed once (slots.py); free slots check tokens guessed
+from a row's own text (drafts.py). Results are returned in input order; float32 on CPU, bfloat16 on
+CUDA.
 Decoding applies temperature and top-p only (not the model's generation_config extras, such as a
 repetition penalty), like vLLM given explicit sampling parameters.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from harness.engines import gqa_attention
 from harness.engines.base import (
     ChatThroughFollowUps,
     Completion,
@@ -29,6 +31,8 @@ PLAIN_CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n\n{% endfor %}"
     "{% if add_generation_prompt %}Assistant: {% endif %}"
 )
+# Draft tokens per row at most (drafts.py); the batch's free slots usually allow fewer.
+DRAFT_TOKENS = 8
 
 
 class HFEngine(ChatThroughFollowUps):
@@ -52,6 +56,9 @@ class HFEngine(ChatThroughFollowUps):
         # Ids that end a completion; a benchmark empties the set to keep every row busy.
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.packed_linears = PackedLinears()
+        # Most tokens guessed ahead per row and checked in the same forward (slots.py, drafts.py);
+        # 0 decodes one token a row at a time.
+        self.draft_tokens = DRAFT_TOKENS
 
     @classmethod
     def from_model(
@@ -81,6 +88,7 @@ class HFEngine(ChatThroughFollowUps):
             "device": str(self.model.device),
             "batch_size": "auto" if self.auto_batch else self.batch_size,
             "packed_linear_layers": len(self.packed_linears.layers(self.model)),
+            "draft_tokens": self.draft_tokens,
         }
 
     def render(self, conversation: Conversation) -> str:
@@ -102,10 +110,12 @@ class HFEngine(ChatThroughFollowUps):
 
         jobs = JobQueue(settings, self.encode, self._completion, self.context_length, on_done)
         jobs.add(conversations, seeds)
-        decoder = SlotDecoder(self.model, settings, self.stop_ids, self.tokenizer.pad_token_id, jobs.finished)
+        decoder = SlotDecoder(
+            self.model, settings, self.stop_ids, self.tokenizer.pad_token_id, jobs.finished, self.draft_tokens
+        )
         while True:
             try:
-                with self.packed_linears.apply(self.model):
+                with self.packed_linears.apply(self.model), gqa_attention.apply(self.model):
                     decoder.run(jobs.queue, self.batch_size)
                 return jobs.results
             except torch.OutOfMemoryError:

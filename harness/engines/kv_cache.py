@@ -63,6 +63,11 @@ class GrowingLayer(DynamicLayer):
         for name in self._start:
             self._start[name] += columns
 
+    def drop_trailing(self, columns: int) -> None:
+        """Forget every row's last `columns` columns (the next update writes over them)."""
+        for name in self._filled:
+            self._filled[name] -= columns
+
     def write_rows(self, rows: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Put `keys` and `values` ([len(rows), heads, w, dim], w at most this layer's width) into
         batch rows `rows` in place, aligned on the right, and zero those rows' columns before them:

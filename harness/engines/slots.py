@@ -25,6 +25,13 @@ into finished rows' places, or, where there are too few or it is wider than the 
 joined to it along the batch dimension in one copy. Reused keys and values are the same
 numbers a full prefill computes up to rounding (logits within ~3e-5 on the embedded model, the
 size of the differences between batch shapes that the engine has anyway).
+
+When the batch has free slots (rows finished and nothing waits, or fewer prompts than slots), a
+decode step also feeds each row a draft (drafts.py: tokens that followed its last few tokens earlier
+in its own text) and takes, in order, the drafted tokens the row's own choice agrees with, then that
+choice: several tokens a row for one forward, the same tokens as one at a time (see _step). A step
+never feeds more tokens than the batch has slots. A draft's columns that a row does not take stay
+in the cache, masked, until the row leaves.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from itertools import islice
 import torch
 
 from harness.engines.base import SamplingSettings, common_prefix_length
+from harness.engines.drafts import PromptLookup
 from harness.engines.kv_cache import GrowingCache, GrowingLayer
 from harness.engines.sampling import Finished, Job, choose
 from harness.errors import HarnessError
@@ -52,6 +60,7 @@ class _Row:
     job: Job
     tokens: list[int] = field(default_factory=list)  # sampled so far; the last is not yet in the cache
     reported: bool = False  # handed back, though still in the batch until _retire drops it
+    lookup: PromptLookup | None = None  # its prompt and tokens, for drafts (made at its first step)
 
     @property
     def cached(self) -> int:
@@ -77,9 +86,18 @@ class _Head:
 class SlotDecoder:
     """Generates every queued job with at most `slots` rows in flight."""
 
-    def __init__(self, model, settings: SamplingSettings, stop_ids: set[int], pad_id: int, on_finished: Finished):
+    def __init__(
+        self,
+        model,
+        settings: SamplingSettings,
+        stop_ids: set[int],
+        pad_id: int,
+        on_finished: Finished,
+        draft_tokens: int = 0,
+    ):
         self.model, self.settings, self.stop_ids, self.pad_id = model, settings, stop_ids, pad_id
         self.on_finished = on_finished
+        self.draft_tokens = draft_tokens  # most draft tokens a row is given at a step (see _step)
         self.device = model.device
         # transformers 5 renamed the forward's `past_key_values` to `cache` (the old name warns). A
         # wrapper (a peft model) passes either through, so ask the model it wraps.
@@ -205,24 +223,84 @@ class SlotDecoder:
         return _Head(ids, [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers])
 
     def _step(self) -> None:
-        """Feed every row its last sampled token and sample the next."""
-        ids = torch.tensor([[row.tokens[-1]] for row in self.rows])
-        positions = torch.tensor([[row.cached] for row in self.rows])
-        self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long)], dim=1)
-        logits = self._forward(ids, self.mask, positions, self.cache)
-        self._take(self.rows, logits)
+        """Feed every row its last sampled token, and its draft if any (see _drafts), and take the
+        tokens the model chooses: one a row, and more where the draft's start is what it chose."""
+        drafts = self._drafts()
+        width = 1 + max(map(len, drafts))
+        ids = torch.full((len(self.rows), width), self.pad_id, dtype=torch.long)
+        fed = torch.zeros((len(self.rows), width), dtype=torch.long)
+        for r, (row, draft) in enumerate(zip(self.rows, drafts)):
+            ids[r, : 1 + len(draft)] = torch.tensor([row.tokens[-1], *draft])
+            fed[r, : 1 + len(draft)] = 1
+        positions = torch.tensor([[row.cached] for row in self.rows]) + torch.arange(width)
+        mask = torch.cat([self.mask, fed], dim=1)
+        logits = self._forward(ids, mask, positions, self.cache, keep=width)
+        taken = self._verify(drafts, logits)
+        # A row keeps the columns of the tokens it fed that precede what it took; the others (a
+        # rejected draft's, padding) are masked, and those no row keeps are dropped from the end.
+        for r, count in enumerate(taken):
+            fed[r, count:] = 0
+        self.mask = torch.cat([self.mask, fed], dim=1)
+        unused = width - max(taken)
+        if unused:
+            self.mask = self.mask[:, :-unused]
+            for layer in self.cache.layers:
+                layer.drop_trailing(unused)
         self._retire()
 
-    def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
+    def _drafts(self) -> list[list[int]]:
+        """Each row's draft (drafts.py): tokens guessed from its own prompt and completion, up to
+        `draft_tokens` and to what the row may still generate. A step feeds at most as many tokens as
+        the batch has slots, so drafts come only when rows are free: there a forward of a few rows
+        costs about what one of a full batch does (2-core CPU, embedded model: 4 rows x 4 tokens 58
+        ms, 16 rows x 1 token 54 ms, 4 rows x 1 token 44 ms). Greedy and sampled rows alike: a draft
+        token is kept only where it is the token the row's own choice would have been."""
+        count = min(self.draft_tokens, self.slots // len(self.rows) - 1)
+        if count <= 0:
+            return [[] for _ in self.rows]
+        drafts = []
+        for row in self.rows:
+            if row.lookup is None:
+                row.lookup = PromptLookup(row.job.prompt + row.tokens)
+            drafts.append(row.lookup.draft(min(count, self.settings.max_new_tokens - len(row.tokens) - 1)))
+        return drafts
+
+    def _verify(self, drafts: list[list[int]], logits: torch.Tensor) -> list[int]:
+        """Choose each row's tokens from `logits` [rows, 1 + longest draft, vocab] in order, as
+        single steps would: a row's choice at a fed draft token's place stands only while every
+        draft token before it was chosen, so each row draws exactly one random number per token it
+        takes and samples what it samples without drafts. Returns how many tokens each row took."""
+        taken = [0] * len(self.rows)
+        going = list(range(len(self.rows)))
+        for place in range(logits.shape[1]):
+            if not going:
+                break
+            rows = [self.rows[r] for r in going]
+            chosen = choose(logits[going, place], self.settings, [row.job.generator for row in rows])
+            still = []
+            for r, row, token in zip(going, rows, chosen):
+                row.tokens.append(token)
+                taken[r] += 1
+                if row.lookup is not None:
+                    row.lookup.extend([token])
+                ended = token in self.stop_ids or len(row.tokens) >= self.settings.max_new_tokens
+                if not ended and place < len(drafts[r]) and token == drafts[r][place]:
+                    still.append(r)
+            going = still
+        return taken
+
+    def _forward(self, ids, mask, positions, cache, keep: int | None = None) -> torch.Tensor:
+        """The logits of the last token of each row [rows, vocab] (a prefill), or, given `keep`, of
+        the last `keep` tokens [rows, keep, vocab] (a decode step)."""
         out = self.model(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
             position_ids=positions.to(self.device),
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=keep or 1,
             **{self.cache_kwarg: cache},
         )
-        return out.logits[:, -1, :]
+        return out.logits[:, -1, :] if keep is None else out.logits
 
     def _take(self, rows: list[_Row], logits: torch.Tensor) -> None:
         for row, token in zip(rows, choose(logits, self.settings, [row.job.generator for row in rows])):

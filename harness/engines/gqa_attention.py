@@ -1,0 +1,66 @@
+"""Grouped-query attention over several new tokens a row without copying the cache, on CPU.
+
+In a model whose query heads share key/value heads (the embedded SmolLM2: 9 query heads, 3 key/value
+heads), transformers' sdpa attention copies every cached key and value once per query head sharing
+it (`repeat_kv`) whenever a row brings more than one new token: at every prefill and at every decode
+step that checks drafts (slots.py). On CUDA that keeps sdpa on its fast kernels; on CPU it is pure
+cost: 16 rows of 400 cached tokens, 2 new tokens a row, took 2.4 ms a layer with the copy and 0.67
+ms through torch's own grouped-query support (`enable_gqa=True`), which gives the same numbers bit
+for bit on the shapes measured (tests/test_hf_engine.py checks the logits). A decode step of 16 rows
+x 2 tokens took 128 ms against 54 ms for 16 rows x 1 token (one new token a row already avoids the
+copy in transformers, `pack_gqa`).
+
+transformers sends CPU masked attention through the copy (`use_gqa_in_sdpa`); `apply` switches a
+model to this attention for the length of a generation, as packed_linear.py does its weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+
+import torch
+
+NAME = "score_eval_sdpa_gqa"
+
+
+def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' sdpa attention, but with several query tokens against grouped key/value heads and
+    a mask (no dropout, position bias or softcap), where torch maps the groups itself."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    grouped = getattr(module, "num_key_value_groups", 1) > 1
+    plain = dropout == 0.0 and kwargs.get("position_bias") is None and kwargs.get("softcap") is None
+    if not (grouped and plain and query.shape[2] > 1 and attention_mask is not None):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, scale=scaling, enable_gqa=True
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+@functools.cache
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, _attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+@contextlib.contextmanager
+def apply(model) -> Iterator[None]:
+    """Within the block, a CPU model on transformers' sdpa attention uses `_attention` instead."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa" or model.device.type != "cpu":
+        yield
+        return
+    _register()
+    config._attn_implementation = NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
