@@ -336,7 +336,7 @@ def hf_engine_rows(task, problems, settings, args) -> tuple[list, dict]:
         if label == "hf, all rows busy":
             print(f"  {busy.summary(rows[-1][1])}")
             derived = decode_at_full_rows(plain, plain_clock, busy)
-            rows.insert(2, ("hf no drafts, decode at full rows", derived, plain["tokens"]))
+            rows.insert(2, ("no drafts, decode at full rows", derived, plain["tokens"]))
     return rows, hf
 
 
