@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from harness.data import Problem
 from harness.grading.math import MathGrader
@@ -25,15 +24,17 @@ def test_a_hostile_expression_times_out_inside_the_limit_from_a_background_threa
         result: dict = {}
 
         def grade_in_background() -> None:  # as the run does while the next turn generates
-            start = time.perf_counter()
             result["verdicts"] = grader.grade(items)
-            result["elapsed"] = time.perf_counter() - start
 
         thread = threading.Thread(target=grade_in_background)
         thread.start()
-        thread.join(timeout=60)
+        thread.join(timeout=120)
+        timeouts = grader.pool().timeouts
+    # An unbounded call would never return. How soon it returns depends on the machine's load: the
+    # limit counts the worker's CPU seconds, and workers run at idle priority (2 s on an idle machine;
+    # 11 s measured while another test suite ran beside this one).
+    assert not thread.is_alive()
     hostile, radical, polynomial = result["verdicts"]
     assert (hostile.extracted, hostile.correct, hostile.detail) == ("9^{9^{9^{9}}}", False, "timeout")
     assert radical.correct and polynomial.correct and radical.detail is None
-    # The limit, plus slack for a loaded 2-core machine; an unbounded call would never return.
-    assert result["elapsed"] < LIMIT + 5
+    assert timeouts == 1  # killed at its limit, once

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 import threading
 import time
+import types
 from contextlib import contextmanager
 
 import pytest
@@ -98,6 +100,19 @@ def test_a_worker_that_may_not_take_idle_priority_still_grades():
         outcomes = p.map([("double", 21), ("policy",)])
     assert [o.status for o in outcomes] == ["ok", "ok"]
     assert outcomes[0].value == 42 and outcomes[1].value != os.SCHED_IDLE
+
+
+@pytest.mark.parametrize("wrap", [lambda fn: fn, lambda fn: functools.partial(fn)], ids=["function", "partial"])
+def test_a_worker_that_dies_while_starting_says_which_function_and_its_exit_code(monkeypatch, wrap):
+    """A function from a module the workers cannot import (made in this process only): each worker
+    dies unpickling it. Found in review: the message read `exit code None` (the process was not yet
+    joined), and for a partial, which has no `__qualname__`, an AttributeError hid it."""
+    ghost = types.ModuleType("score_eval_ghost_module")
+    exec("def double(x):\n    return 2 * x\n", ghost.__dict__)
+    monkeypatch.setitem(sys.modules, ghost.__name__, ghost)
+    with WorkerPool(wrap(ghost.double), processes=1, timeout=5.0) as doomed:
+        with pytest.raises(RuntimeError, match=r"for .*double.* died while starting \(exit code 1\)"):
+            doomed.map([(1,)])
 
 
 def test_a_killed_worker_is_replaced(pool):

@@ -318,9 +318,11 @@ class WorkerPool:
                     busy -= 1
                 elif status == "died" or (worker.job is not None and worker.overran(self.timeout, self.cpu_clock)):
                     if not worker.ready:
+                        worker.process.join(1)  # its exit code is known once it is joined
+                        name = getattr(self.fn, "__qualname__", repr(self.fn))  # a partial has none
                         raise RuntimeError(
-                            f"a worker for {self.fn.__qualname__} died while starting "
-                            f"(exit code {worker.process.exitcode})"
+                            f"a worker for {name} died while starting (exit code {worker.process.exitcode}); "
+                            "its error is printed above: the function must be importable by name in a fresh process"
                         )
                     worker.kill()
                     if worker.job is not None:
