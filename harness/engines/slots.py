@@ -232,7 +232,9 @@ class SlotDecoder:
         for r, (row, draft) in enumerate(zip(self.rows, drafts)):
             ids[r, : 1 + len(draft)] = torch.tensor([row.tokens[-1], *draft])
             fed[r, : 1 + len(draft)] = 1
-        positions = torch.tensor([[row.cached] for row in self.rows]) + torch.arange(width)
+        # Padding after a short draft repeats its row's last fed position: counting on would give a
+        # row positions past its own last (past a learned position table near the context length).
+        positions = torch.tensor([[row.cached] for row in self.rows]) + fed.cumsum(-1) - 1
         mask = torch.cat([self.mask, fed], dim=1)
         logits = self._forward(ids, mask, positions, self.cache, keep=width)
         taken = self._verify(drafts, logits)
