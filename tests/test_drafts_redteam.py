@@ -60,3 +60,29 @@ def test_padding_after_a_short_draft_gets_no_position_past_its_rows_own(tiny_mod
     monkeypatch.setattr(PromptLookup, "draft", lambda self, count: [self.ids[-1]] * count)
     engine.draft_tokens = 8
     assert token_ids(engine.chat_with_follow_ups([long, short], settings, on_done, [0, 0])) == expected
+
+
+def test_generation_attention_gives_back_each_sub_configs_own_attention(tiny_model_dir):
+    """A model whose configs differ (Gemma 3: text on sdpa, its vision tower on eager, as a
+    per-sub-config attn_implementation loads it): inside the block only the sdpa ones switch, and
+    after it each has its own again, not "sdpa" written over all of them."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    from harness.engines import gqa_attention
+
+    text = {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "head_dim": 16}
+    text |= {"num_attention_heads": 2, "num_key_value_heads": 1}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    vision |= {"image_size": 28, "patch_size": 14}
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4)
+    config._attn_implementation = {"": "sdpa", "text_config": "sdpa", "vision_config": "eager"}
+    model = Gemma3ForConditionalGeneration(config).eval()
+
+    def attention():
+        configs = (model.config, model.config.text_config, model.config.vision_config)
+        return [c._attn_implementation for c in configs]
+
+    assert attention() == ["sdpa", "sdpa", "eager"]
+    with gqa_attention.apply(model):
+        assert attention() == [gqa_attention.NAME, gqa_attention.NAME, "eager"]
+    assert attention() == ["sdpa", "sdpa", "eager"]
