@@ -3,7 +3,10 @@ schedules the tests in test_engine_drafts.py do not meet."""
 
 from __future__ import annotations
 
+import pytest
+
 from harness.engines.base import SamplingSettings
+from tests.test_engine_drafts import count_drafted
 
 
 def token_ids(out) -> list[list[tuple[int, ...]]]:
@@ -104,3 +107,72 @@ def test_drafts_give_the_tokens_of_one_token_steps_on_a_sliding_window_model(tin
     expected = token_ids(engine.chat(echo, settings))
     engine.draft_tokens = 8
     assert token_ids(engine.chat(echo, settings)) == expected
+
+
+# Prompts that repeat themselves (drafts are found), of many lengths (rows finish apart).
+REPEATS = [[{"role": "user", "content": "Repeat: " + "one two three " * k}] for k in (0, 1, 3, 5, 9, 14, 2, 20)]
+
+
+def k_turn_token_ids(engine, settings, turns=3):
+    """Each (conversation, turn)'s tokens over one chat_with_follow_ups call; a next turn restates
+    the answer before, so its drafts from its prompt are mostly right."""
+    meta = {i: (i, 0, conv) for i, conv in enumerate(REPEATS)}
+
+    def on_done(index, completions):
+        first, turn, conv = meta[index]
+        if turn + 1 >= turns:
+            return None
+        text = completions[0].text
+        conv = conv + [{"role": "assistant", "content": text}, {"role": "user", "content": "Again: " + text}]
+        meta[len(meta)] = (first, turn + 1, conv)
+        return conv, first
+
+    out = engine.chat_with_follow_ups(REPEATS, settings, on_done, list(range(len(REPEATS))))
+    return sorted((meta[i][:2], [c.token_ids for c in cs]) for i, cs in enumerate(out))
+
+
+@pytest.mark.parametrize("batch_size", [6, 30])
+def test_drafts_give_the_tokens_of_one_token_steps_over_follow_up_turns(varied_engine, monkeypatch, batch_size):
+    """Three turns, rows stopping apart: follow-ups continue kept keys and values (a finished row's
+    own columns, holes left out); with 6 slots they queue behind first turns and take finished rows'
+    places or are joined, drafts coming once rows free up; with 30 every slot is free from the start."""
+    engine = varied_engine
+    monkeypatch.setattr(engine, "draft_tokens", 0)
+    free = token_ids(engine.chat(REPEATS, SamplingSettings(max_new_tokens=12)))
+    stops = {free[1][0][2], free[4][0][6], free[6][0][9]}
+    monkeypatch.setattr(engine, "stop_ids", engine.stop_ids | stops)
+    monkeypatch.setattr(engine, "batch_size", batch_size)
+    settings = SamplingSettings(max_new_tokens=20)
+    expected = k_turn_token_ids(engine, settings)
+    monkeypatch.setattr(engine, "draft_tokens", 8)
+    counts = count_drafted(monkeypatch)
+    assert k_turn_token_ids(engine, settings) == expected
+    assert counts["taken"] > 0 and counts["missed"] > 0, counts
+
+
+def test_memory_running_out_at_a_draft_step_repeats_the_tokens_of_a_run_without_drafts(varied_engine, monkeypatch):
+    """batch_size auto (64 slots, 16 rows): the third decode step that checks drafts runs out of memory; the rows in
+    flight go back, their streams restart, and every sample is what a run without drafts draws."""
+    import torch
+
+    from harness.engines import slots
+
+    engine = varied_engine
+    settings = SamplingSettings(max_new_tokens=30, temperature=0.1, n=2, seed=5)
+    monkeypatch.setattr(engine, "draft_tokens", 0)
+    expected = token_ids(engine.chat(REPEATS, settings))
+    real, steps = slots.SlotDecoder._forward, []
+
+    def forward(self, ids, mask, positions, cache, keep=None):
+        if keep is not None and keep > 1:
+            steps.append(keep)
+            if len(steps) == 3:
+                raise torch.OutOfMemoryError("out of memory (simulated)")
+        return real(self, ids, mask, positions, cache, keep)
+
+    monkeypatch.setattr(slots.SlotDecoder, "_forward", forward)
+    monkeypatch.setattr(engine, "auto_batch", True)
+    monkeypatch.setattr(engine, "batch_size", 64)
+    monkeypatch.setattr(engine, "draft_tokens", 8)
+    assert token_ids(engine.chat(REPEATS, settings)) == expected
+    assert len(steps) > 3 and engine.batch_size == 32
