@@ -65,7 +65,7 @@ def test_padding_after_a_short_draft_gets_no_position_past_its_rows_own(tiny_mod
     assert token_ids(engine.chat_with_follow_ups([long, short], settings, on_done, [0, 0])) == expected
 
 
-def test_generation_attention_gives_back_each_sub_configs_own_attention(tiny_model_dir):
+def test_generation_attention_gives_back_each_sub_configs_own_attention():
     """A model whose configs differ (Gemma 3: text on sdpa, its vision tower on eager, as a
     per-sub-config attn_implementation loads it): inside the block only the sdpa ones switch, and
     after it each has its own again, not "sdpa" written over all of them."""
