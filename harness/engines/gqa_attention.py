@@ -60,8 +60,19 @@ def apply(model) -> Iterator[None]:
         yield
         return
     _register()
-    config._attn_implementation = NAME
+    # A config's setter writes its value into every sub-config too, so each (a vision tower's on
+    # eager, say) is set again after its parent, in that order, both ways.
+    configs = [(c, c._attn_implementation) for c in _with_sub_configs(config)]
+    for c, own in configs:
+        c._attn_implementation = NAME if own == "sdpa" else own
     try:
         yield
     finally:
-        config._attn_implementation = "sdpa"
+        for c, own in configs:
+            c._attn_implementation = own
+
+
+def _with_sub_configs(config) -> list:
+    """`config` and its sub-configs (a multimodal model's text and vision configs), parents first."""
+    subs = (getattr(config, key, None) for key in getattr(config, "sub_configs", {}))
+    return [config] + [c for sub in subs if sub is not None for c in _with_sub_configs(sub)]

@@ -97,7 +97,9 @@ class SlotDecoder:
     ):
         self.model, self.settings, self.stop_ids, self.pad_id = model, settings, stop_ids, pad_id
         self.on_finished = on_finished
-        self.draft_tokens = draft_tokens  # most draft tokens a row is given at a step (see _step)
+        # Most draft tokens a row is given at a step (see _step); none where a sliding window counts
+        # cache columns, which a rejected draft's masked columns would take from a row's window.
+        self.draft_tokens = 0 if _slides(model) else draft_tokens
         self.device = model.device
         # transformers 5 renamed the forward's `past_key_values` to `cache` (the old name warns). A
         # wrapper (a peft model) passes either through, so ask the model it wraps.
@@ -232,7 +234,9 @@ class SlotDecoder:
         for r, (row, draft) in enumerate(zip(self.rows, drafts)):
             ids[r, : 1 + len(draft)] = torch.tensor([row.tokens[-1], *draft])
             fed[r, : 1 + len(draft)] = 1
-        positions = torch.tensor([[row.cached] for row in self.rows]) + torch.arange(width)
+        # Padding after a short draft repeats its row's last fed position: counting on would give a
+        # row positions past its own last (past a learned position table near the context length).
+        positions = torch.tensor([[row.cached] for row in self.rows]) + fed.cumsum(-1) - 1
         mask = torch.cat([self.mask, fed], dim=1)
         logits = self._forward(ids, mask, positions, self.cache, keep=width)
         taken = self._verify(drafts, logits)
@@ -393,6 +397,13 @@ def _cache_from_heads(heads: list[tuple[_Head | None, int]], device) -> tuple[Gr
         if shared:
             mask[r, width - shared :] = 1
     return cache, mask
+
+
+def _slides(model) -> bool:
+    """Whether some layer of `model` attends over a sliding window (Mistral, Phi-3, Gemma's local layers)."""
+    config = model.config.get_text_config()
+    layer_types = getattr(config, "layer_types", None) or []
+    return getattr(config, "sliding_window", None) is not None or "sliding_attention" in layer_types
 
 
 def _check_cache(cache: GrowingCache, width: int) -> None:
