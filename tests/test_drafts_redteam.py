@@ -107,6 +107,7 @@ def test_drafts_give_the_tokens_of_one_token_steps_on_a_sliding_window_model(tin
     expected = token_ids(engine.chat(echo, settings))
     engine.draft_tokens = 8
     assert token_ids(engine.chat(echo, settings)) == expected
+    assert engine.describe()["draft_tokens"] == 0  # what the run's config.json records
 
 
 # Prompts that repeat themselves (drafts are found), of many lengths (rows finish apart).

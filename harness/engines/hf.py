@@ -80,6 +80,8 @@ class HFEngine(ChatThroughFollowUps):
         return cls(loaded, tokenizer, display, batch_size=batch_size)
 
     def describe(self) -> dict:
+        from harness.engines.slots import slides
+
         return {
             "backend": self.name,
             "model": self.model_name,
@@ -88,7 +90,7 @@ class HFEngine(ChatThroughFollowUps):
             "device": str(self.model.device),
             "batch_size": "auto" if self.auto_batch else self.batch_size,
             "packed_linear_layers": len(self.packed_linears.layers(self.model)),
-            "draft_tokens": self.draft_tokens,
+            "draft_tokens": 0 if slides(self.model) else self.draft_tokens,
         }
 
     def render(self, conversation: Conversation) -> str:

@@ -99,7 +99,7 @@ class SlotDecoder:
         self.on_finished = on_finished
         # Most draft tokens a row is given at a step (see _step); none where a sliding window counts
         # cache columns, which a rejected draft's masked columns would take from a row's window.
-        self.draft_tokens = 0 if _slides(model) else draft_tokens
+        self.draft_tokens = 0 if slides(model) else draft_tokens
         self.device = model.device
         # transformers 5 renamed the forward's `past_key_values` to `cache` (the old name warns). A
         # wrapper (a peft model) passes either through, so ask the model it wraps.
@@ -399,7 +399,7 @@ def _cache_from_heads(heads: list[tuple[_Head | None, int]], device) -> tuple[Gr
     return cache, mask
 
 
-def _slides(model) -> bool:
+def slides(model) -> bool:
     """Whether some layer of `model` attends over a sliding window (Mistral, Phi-3, Gemma's local layers)."""
     config = model.config.get_text_config()
     layer_types = getattr(config, "layer_types", None) or []
