@@ -4,9 +4,10 @@ When a row's last few tokens appeared earlier in its prompt or its completion, t
 followed them there are a cheap guess at what comes next; the decoder feeds them with the row's
 last token and keeps those the model would have chosen anyway (slots.py), so a forward can yield
 several tokens a row. The guesses are good exactly where self-correction runs spend their tokens:
-a second attempt mostly restates the first, which is in its prompt (on 48 MATH-500 problems the
-embedded model's turn-2 answers, 2,530 tokens, need 705 forwards with 4-token guesses; turn 1,
-which can copy only the problem and its own repetitions, 1,545 for 2,654 tokens). This is the
+a second attempt mostly restates the first, which is in its prompt (replayed offline over the
+embedded model's answers to 48 MATH-500 problems: its turn-2 answers, 2,530 tokens, would need 705
+forwards with 4-token guesses; turn 1, which can copy only the problem and its own repetitions,
+1,545 for 2,654 tokens). This is the
 `prompt_lookup_num_tokens` of transformers' `generate` and vLLM's "ngram" speculative method, which
 both work on one sequence or on their own scheduler; ours runs per row of the slot decoder.
 """
