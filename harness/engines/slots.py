@@ -97,9 +97,11 @@ class SlotDecoder:
     ):
         self.model, self.settings, self.stop_ids, self.pad_id = model, settings, stop_ids, pad_id
         self.on_finished = on_finished
-        # Most draft tokens a row is given at a step (see _step); none where a sliding window counts
-        # cache columns, which a rejected draft's masked columns would take from a row's window.
-        self.draft_tokens = 0 if slides(model) else draft_tokens
+        # A sliding window counts cache columns, so a row's columns must hold only its own tokens,
+        # side by side: no drafts (a rejected draft's masked columns would take room in the row's
+        # window), and prefill groups only of suffixes of one length (see _admit).
+        self.slides = slides(model)
+        self.draft_tokens = 0 if self.slides else draft_tokens  # most a row is given at a step (_step)
         self.device = model.device
         # transformers 5 renamed the forward's `past_key_values` to `cache` (the old name warns). A
         # wrapper (a peft model) passes either through, so ask the model it wraps.
@@ -146,7 +148,9 @@ class SlotDecoder:
         heads = self._heads(jobs)
         suffixes = [job.prompt[shared:] for job, (_, shared) in zip(jobs, heads)]
         parts, new_rows = [], []
-        for group in prefill_groups([len(suffix) for suffix in suffixes]):
+        # Within a group, a shorter suffix is left-padded after its head: masked columns inside its
+        # row, which a sliding window would count.
+        for group in prefill_groups([len(suffix) for suffix in suffixes], 1.0 if self.slides else PREFILL_MIN_FILL):
             firsts: dict[tuple, int] = {}  # (prompt, head) -> its row in this prefill
             keys = [(tuple(jobs[i].prompt), id(heads[i][0])) for i in group]
             copy_of = [firsts.setdefault(key, len(firsts)) for key in keys]
