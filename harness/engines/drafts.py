@@ -44,6 +44,6 @@ class PromptLookup:
         for n in range(min(MAX_NGRAM, len(self.ids)), 0, -1):
             end = self.last[n - 1].get(tuple(self.ids[-n:]))
             if end is not None:
-                follow = self.ids[end + 1 :]
+                follow = self.ids[end + 1 : end + 1 + count]  # the whole tail when it is shorter
                 return [follow[i % len(follow)] for i in range(count)]
         return []

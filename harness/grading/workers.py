@@ -198,12 +198,10 @@ def _skip_main_script() -> None:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, fn: Callable[..., Any], memory_limit: int | None, idle: bool) -> None:
+    def __init__(
+        self, ctx: Any, fn: Callable[..., Any], memory_limit: int | None, idle: bool, name: str | None
+    ) -> None:
         self.conn, child = ctx.Pipe()
-        name = None
-        if not _needs_main_script(fn):
-            _skip_main_script()
-            name = _WORKER_NAME
         self.process = ctx.Process(target=_serve, args=(fn, child, memory_limit, idle), daemon=True, name=name)
         with _child_start():
             self.process.start()
@@ -262,6 +260,11 @@ class WorkerPool:
         self.processes = processes or max(1, min(os.cpu_count() or 1, 8))
         # Idle priority only where the limit counts CPU seconds: a starved worker is not killed.
         self.cpu_clock = _cpu_and_state(os.getpid()) is not None and hasattr(os, "SCHED_IDLE")
+        # Workers whose function does not need the main script are started without it (asked once).
+        self._worker_name = None
+        if not _needs_main_script(fn):
+            _skip_main_script()
+            self._worker_name = _WORKER_NAME
         self.timeout = timeout
         self.memory_limit = memory_limit
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -359,7 +362,7 @@ class WorkerPool:
         return None, None
 
     def _start(self) -> _Worker:
-        return _Worker(self._ctx, self.fn, self.memory_limit, idle=self.cpu_clock)
+        return _Worker(self._ctx, self.fn, self.memory_limit, idle=self.cpu_clock, name=self._worker_name)
 
     def close(self) -> None:
         """Stop every worker; the pool starts fresh ones if it is used again."""
