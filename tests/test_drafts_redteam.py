@@ -91,15 +91,20 @@ def test_generation_attention_gives_back_each_sub_configs_own_attention():
     assert attention() == ["sdpa", "sdpa", "eager"]
 
 
-def test_drafts_give_the_tokens_of_one_token_steps_on_a_sliding_window_model(tiny_model_dir):
-    """Sliding-window attention (Mistral, window 12) counts its window in cache columns; a rejected
-    draft's masked columns inside a row's span would push its older tokens out of the window (the
-    greedy tokens of every prompt here changed), so such a model decodes one token a row."""
+def sliding_window_engine(tiny_model_dir):
+    """The hf engine on a tiny random Mistral whose sliding window (12 tokens) is shorter than its rows."""
     from transformers import MistralConfig, MistralForCausalLM
 
     sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
     sizes |= {"num_key_value_heads": 1, "sliding_window": 12, "initializer_range": 0.2, "tie_word_embeddings": True}
-    engine = tiny_engine(MistralForCausalLM, MistralConfig, tiny_model_dir, **sizes)
+    return tiny_engine(MistralForCausalLM, MistralConfig, tiny_model_dir, **sizes)
+
+
+def test_drafts_give_the_tokens_of_one_token_steps_on_a_sliding_window_model(tiny_model_dir):
+    """Sliding-window attention (Mistral, window 12) counts its window in cache columns; a rejected
+    draft's masked columns inside a row's span would push its older tokens out of the window (the
+    greedy tokens of every prompt here changed), so such a model decodes one token a row."""
+    engine = sliding_window_engine(tiny_model_dir)
     engine.batch_size = 16
     echo = [[{"role": "user", "content": "Say it again: " + "one two three " * k}] for k in (1, 4, 2, 7, 3)]
     settings = SamplingSettings(max_new_tokens=40)

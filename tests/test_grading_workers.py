@@ -203,32 +203,35 @@ def _script(tmp_path, body: str):
     return [sys.executable, str(path)], {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def test_workers_import_harness_from_where_the_parent_did_not_from_the_current_directory(tmp_path):
-    import subprocess
+def _run_script(tmp_path, body: str, cwd=None) -> str:
+    """Run `_script`'s script to its end; what it printed, once it has exited 0."""
+    command, env = _script(tmp_path, body)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
 
+
+def test_workers_import_harness_from_where_the_parent_did_not_from_the_current_directory(tmp_path):
     shadow = tmp_path / "elsewhere" / "harness"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text(f"open({str(tmp_path / 'shadowed')!r}, 'w').write('imported')\n")
-    command, env = _script(
+    printed = _run_script(
         tmp_path,
         "import operator\n"
         "from harness.grading.workers import WorkerPool\n"
         "if __name__ == '__main__':\n"
         "    with WorkerPool(operator.add, processes=1, preload=('harness.grading.math_preload',)) as pool:\n"
         "        print(pool.map([(1, 2)])[0].value)\n",
+        cwd=shadow.parent,
     )
-    result = subprocess.run(command, cwd=shadow.parent, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "3" and not (tmp_path / "shadowed").exists()
+    assert printed == "3" and not (tmp_path / "shadowed").exists()
 
 
 def test_workers_do_not_run_the_callers_main_script_again(tmp_path):
     """multiprocessing runs the parent's main script again in each child it starts (as __mp_main__), so
     a script that imports torch at its top cost every grading worker 2-5 s of CPU to start (measured).
     A pool's function that is not defined there needs nothing from it."""
-    import subprocess
-
-    command, env = _script(
+    printed = _run_script(
         tmp_path,
         "import os, sys\n"
         f"open(os.path.join({str(tmp_path)!r}, f'ran-{{os.getpid()}}'), 'w').close()\n"
@@ -238,18 +241,14 @@ def test_workers_do_not_run_the_callers_main_script_again(tmp_path):
         "    with WorkerPool(job, processes=2, timeout=30) as pool:\n"
         "        print(sorted(o.value for o in pool.map([('pid',), ('pid',), ('pid',), ('pid',)]))[0] > 0)\n",
     )
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "True"
+    assert printed == "True"
     assert len(list(tmp_path.glob("ran-*"))) == 1  # the parent's own run only
 
 
 def test_a_function_that_refers_to_the_main_script_still_runs_in_the_workers(tmp_path):
     """A partial of a function defined in the script names functools as its module; its workers need
     the script all the same (they failed to start when only __module__ was asked)."""
-    import subprocess
-
-    command, env = _script(
+    printed = _run_script(
         tmp_path,
         "import functools\n"
         "from harness.grading.workers import WorkerPool\n"
@@ -259,9 +258,7 @@ def test_a_function_that_refers_to_the_main_script_still_runs_in_the_workers(tmp
         "    with WorkerPool(functools.partial(add, 10), processes=1, timeout=30) as pool:\n"
         "        print(pool.map([(1,)])[0].value)\n",
     )
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "11"
+    assert printed == "11"
 
 
 def test_ctrl_c_in_a_terminal_leaves_no_traceback_from_the_forkserver_or_the_workers(tmp_path):

@@ -486,13 +486,9 @@ def test_a_sliding_window_model_gives_each_prompt_the_tokens_it_gets_alone(tiny_
     columns, so a row's tokens must lie side by side in the cache. Prompts of different lengths
     with a shared start, prefilled in one group, got other tokens than alone (found in review): the
     padding between the shared start and a shorter prompt's rest took room in its window."""
-    from transformers import MistralConfig, MistralForCausalLM
+    from tests.test_drafts_redteam import sliding_window_engine, token_ids
 
-    from tests.test_drafts_redteam import tiny_engine, token_ids
-
-    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-    sizes |= {"num_key_value_heads": 1, "sliding_window": 12, "initializer_range": 0.2, "tie_word_embeddings": True}
-    engine = tiny_engine(MistralForCausalLM, MistralConfig, tiny_model_dir, **sizes)
+    engine = sliding_window_engine(tiny_model_dir)
     settings = SamplingSettings(max_new_tokens=20)
     engine.batch_size = 1  # one prompt at a time, each prefilled whole
     alone = token_ids(engine.chat(MANY, settings))
