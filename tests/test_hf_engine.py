@@ -257,9 +257,10 @@ def test_a_shared_prompt_start_is_computed_once_and_reused_by_later_admissions(e
 @pytest.mark.parametrize("batch_size", [8, 1])
 def test_a_follow_up_prefills_only_what_follows_its_previous_turn(engine, monkeypatch, batch_size):
     """The keys and values of a finished turn (its prompt and answer) are reused by the next turn,
-    which then gives the tokens a fresh call on the same conversation gives. With one row, a
-    follow-up waits behind the other prompts and what is kept is capped at the running cache's
-    size, so the first follow-up is continued and the others prefill their whole prompts."""
+    which then gives the tokens a fresh call on the same conversation gives. A follow-up goes to the
+    front of the queue: with one row, each is admitted right after its own first turn, ahead of the
+    first turns still waiting, and continues it (queued behind them, as before, only the first
+    follow-up found its turn kept: what is kept is capped at the running cache's size)."""
     from harness.engines.slots import common_prefix_length, prefill_groups
 
     settings = SamplingSettings(max_new_tokens=6)
@@ -290,10 +291,11 @@ def test_a_follow_up_prefills_only_what_follows_its_previous_turn(engine, monkey
     if batch_size == 8:  # admitted together, the follow-ups prefill from where their turns left off
         groups = prefill_groups(suffixes)
         assert prefills[-len(groups) :] == [suffixes[group[0]] for group in groups]
-    else:  # one row at a time: three first turns, the first follow-up continued, two whole prompts
-        firsts = [c[0].prompt_tokens for c in out[:3]]
-        wholes = [c[0].prompt_tokens for c in out[4:]]
-        assert prefills == sorted(firsts, reverse=True) + [suffixes[0]] + wholes
+    else:  # one row at a time: each first turn's whole prompt, then its follow-up's suffix
+        expected = []
+        for (index, _), suffix in zip(follow_ups, suffixes):
+            expected += [out[index][0].prompt_tokens, suffix]
+        assert prefills == expected
 
 
 def test_growing_layer_holds_what_a_dynamic_layer_holds_and_appends_in_place():

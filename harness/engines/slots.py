@@ -15,8 +15,14 @@ Prompts are not prefilled from scratch when their start was computed before (see
     instruction: 90 of a MATH prompt's 176 tokens on average) compute it once, and later prompts
     with the same start reuse it;
   - an episode's next turn begins with its previous turn's prompt and answer, whose keys and values
-    are in the cache when that turn ends: they are kept for the follow-up (up to a cap, see
-    _keep_for_follow_ups), which then prefills only the correction prompt;
+    are in the cache when that turn ends: they are kept for the follow-up, which goes to the front
+    of the queue and then prefills only the correction prompt (see _keep_for_follow_ups). Queued
+    behind the waiting first turns instead, most follow-ups of a long run found what was kept
+    spent (capped at the running cache's size) and prefilled their whole prompt. On 160 MATH-500
+    problems x 2 turns (embedded model, 2-core CPU, two pairs alternating, the same completions)
+    prefill took 39.2/38.4 s that way against 27.9/28.6 s, and whole runs 101.4/103.9 s against
+    95.0/94.4 s; decoding took ~4 s longer, as rows on different turns share the batch and the
+    cache is as wide as its longest row (499 columns a step on average against 436);
   - jobs with the same prompt (the samples of one conversation) admitted together prefill it once
     and copy its keys and values.
 Only the rest of each prompt (its suffix) is prefilled, in groups of similar suffix length (see
@@ -39,7 +45,6 @@ from __future__ import annotations
 import inspect
 from collections import deque
 from dataclasses import dataclass, field
-from itertools import islice
 
 import torch
 
@@ -320,7 +325,7 @@ class SlotDecoder:
         """Hand back rows that stopped or reached max_new_tokens. As many of their places as the
         queue can fill stay in the cache for the next admission (the run loop admits at once); the
         rest are dropped from it."""
-        finished = []
+        finished, ahead = [], 0
         for index, row in enumerate(self.rows):
             if row is None:
                 continue
@@ -329,7 +334,13 @@ class SlotDecoder:
                 waiting = len(self.queue)
                 row.reported = True  # an error from here on must not queue it again (see run)
                 self.on_finished(row.job, row.tokens, stopped)  # may queue the next turn
-                self._keep_for_follow_ups(index, row, list(islice(self.queue, waiting, None)))
+                # Next turns go first (after those of rows before), so each is admitted while its
+                # previous turn's keys and values are kept; moved before the copy, which may fail.
+                follow_ups = [self.queue.pop() for _ in range(len(self.queue) - waiting)][::-1]
+                for job in follow_ups:
+                    self.queue.insert(ahead, job)
+                    ahead += 1
+                self._keep_for_follow_ups(index, row, follow_ups)
                 finished.append(index)
         if not finished:
             return
@@ -360,9 +371,9 @@ class SlotDecoder:
 
     def _keep_for_follow_ups(self, index: int, row: _Row, follow_ups: list[Job]) -> None:
         """Keep a finished row's keys and values for the jobs of its next turn that begin with them,
-        while all that is kept holds no more tokens than the running cache can (the next turn waits
-        behind the prompts already queued, so in a long run most follow-ups find it spent and
-        prefill their whole prompt but the shared start)."""
+        while all that is kept holds no more tokens than the running cache can. The next turn goes to
+        the front of the queue (see _retire), so what is kept is taken at the next admission: only
+        the samples of a conversation with more jobs than free places wait with theirs."""
         ids = row.job.prompt + row.tokens[:-1]
         kept = sum(len(head.ids) for head in {id(h): h for h in self.continued.values()}.values())
         if kept + len(ids) > self.slots * self.mask.shape[1]:
