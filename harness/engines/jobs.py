@@ -5,10 +5,10 @@ up. This holds what they share: each conversation's prompt ids and seed, its job
 from its own seeded random stream), and its completions as they finish. The caller's `on_done`
 may answer a finished conversation with the conversation's next turn (base.FollowUp): that turn
 joins the queue at once, and each engine takes it ahead of what is waiting, where its previous
-turn's keys and values are (hf moves it to the front of its queue, llamacpp into the slot its turn
-left). So the k-turn loop hands an engine a whole run in one call and an episode's next turn starts
-while other episodes are still on the turn before, instead of every turn waiting for the slowest
-answer of the previous one.
+turn's keys and values are: hf moves its jobs to the front of its queue; llamacpp takes one into the
+slot its turn left (with n > 1 samples the others wait in the queue). So the k-turn loop hands an
+engine a whole run in one call and an episode's next turn starts while other episodes are still on
+the turn before, instead of every turn waiting for the slowest answer of the previous one.
 """
 
 from __future__ import annotations
