@@ -4,7 +4,9 @@ Each row draws one uniform number per token from its own `torch.Generator` (seed
 conversation's seed) and picks the token by inverse CDF over its temperature- and top-p-filtered
 distribution. A row's choices therefore depend only on its own logits and its own seed, never on
 which other rows share the batch or in what order rows were admitted, so a conversation samples the
-same tokens alone, in any batch, and after a resume.
+same tokens alone, in any batch, and after a resume, up to the rounding by which batch shapes change
+logits (with top-p below 1, a token whose probability lies within rounding of the cut can fall in or
+out of it: seen on a tiny random model, whose probabilities are nearly equal).
 """
 
 from __future__ import annotations
