@@ -80,7 +80,7 @@ class HFEngine(ChatThroughFollowUps):
         return cls(loaded, tokenizer, display, batch_size=batch_size)
 
     def describe(self) -> dict:
-        from harness.engines.slots import slides
+        from harness.engines.slots import draft_tokens_for
 
         return {
             "backend": self.name,
@@ -90,7 +90,7 @@ class HFEngine(ChatThroughFollowUps):
             "device": str(self.model.device),
             "batch_size": "auto" if self.auto_batch else self.batch_size,
             "packed_linear_layers": len(self.packed_linears.layers(self.model)),
-            "draft_tokens": 0 if slides(self.model) else self.draft_tokens,
+            "draft_tokens": draft_tokens_for(self.model, self.draft_tokens),
         }
 
     def render(self, conversation: Conversation) -> str:

@@ -106,7 +106,7 @@ class SlotDecoder:
         # side by side: no drafts (a rejected draft's masked columns would take room in the row's
         # window), and prefill groups only of suffixes of one length (see _admit).
         self.slides = slides(model)
-        self.draft_tokens = 0 if self.slides else draft_tokens  # most a row is given at a step (_step)
+        self.draft_tokens = draft_tokens_for(model, draft_tokens)  # most a row is given at a step (_step)
         self.device = model.device
         # transformers 5 renamed the forward's `past_key_values` to `cache` (the old name warns). A
         # wrapper (a peft model) passes either through, so ask the model it wraps.
@@ -419,6 +419,12 @@ def slides(model) -> bool:
     config = model.config.get_text_config()
     layer_types = getattr(config, "layer_types", None) or []
     return getattr(config, "sliding_window", None) is not None or "sliding_attention" in layer_types
+
+
+def draft_tokens_for(model, wanted: int) -> int:
+    """The draft tokens a row of `model` is given at most: `wanted`, or 0 where a sliding window
+    counts cache columns (see SlotDecoder.__init__)."""
+    return 0 if slides(model) else wanted
 
 
 def _check_cache(cache: GrowingCache, width: int) -> None:
