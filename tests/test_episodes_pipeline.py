@@ -259,3 +259,37 @@ def test_any_engine_with_submit_is_pipelined_and_keeps_token_ids_when_asked():
         assert [(t.token_ids, t.prompt_token_ids) for t in episode.turns] == (
             [((7, 8), (1, 2, 3))] * 2 if keep else [(None, None)] * 2
         )
+
+
+def test_ctrl_c_stops_a_run_at_once_while_requests_are_in_flight(tmp_path):
+    """Ctrl-C with requests in flight on a slow server: the run exits with the resume command at once,
+    not when the server answers. Before the request threads were daemons, the interpreter's exit
+    joined them, so an interrupted run waited for every request in flight (25 s here)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    with FakeOpenAIServer(delay=60) as server:
+        args = ["run", "--task", "arithmetic", "--limit", "4", "--backend", "openai", "--base-url", server.base_url]
+        args += ["--model", "fake-model", "--output-dir", str(tmp_path), "--run-name", "r"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness", *args],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO), "OPENAI_API_KEY": "x"},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while server.in_flight < 4 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.in_flight == 4
+        proc.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        _, stderr = proc.communicate(timeout=120)
+        waited = time.monotonic() - interrupted
+    assert proc.returncode == 130, stderr
+    assert "Resume with:" in stderr and "Traceback" not in stderr
+    assert waited < 20, f"exited {waited:.0f} s after Ctrl-C; the server answers after 60 s"

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+import queue
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, as_completed
 
 from harness.engines.base import (
     PROMPT_TOO_LONG,
@@ -116,9 +119,9 @@ class OpenAIEngine:
         return self._requests.submit(self._complete, conversation, settings, seed)
 
     @functools.cached_property
-    def _requests(self) -> ThreadPoolExecutor:
+    def _requests(self) -> RequestThreads:
         # Made at the first `submit`, lives as long as the engine; idle threads cost nothing.
-        return ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai-submit")
+        return RequestThreads(self.concurrency, "openai-submit")
 
     def _complete(self, conversation: Conversation, settings: SamplingSettings, seed: int) -> list[Completion]:
         """All `settings.n` completions of one conversation; asks again where a server returns fewer."""
@@ -183,6 +186,41 @@ class OpenAIEngine:
             if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
                 return server.client.chat.completions.create(**request)
             raise
+
+
+class RequestThreads:
+    """`count` daemon threads that run submitted calls, each into its own Future.
+
+    Not concurrent.futures.ThreadPoolExecutor: the interpreter joins that pool's threads at exit, so
+    after a Ctrl-C an interrupted run waited for every request in flight (a server 30 s from
+    answering held it 25 s; a long generation holds it up to the request timeout). An interrupted
+    run needs none of those answers (it resumes from what is saved), so these threads do not hold
+    the exit. They stop when the pool is garbage collected."""
+
+    def __init__(self, count: int, name: str):
+        calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._calls = calls
+        for i in range(count):
+            threading.Thread(target=_serve, args=(calls,), name=f"{name}_{i}", daemon=True).start()
+        weakref.finalize(self, lambda: [calls.put(None) for _ in range(count)])
+
+    def submit(self, call: Callable, *args) -> Future:
+        future: Future = Future()
+        self._calls.put((future, call, args))
+        return future
+
+
+def _serve(calls: queue.SimpleQueue) -> None:
+    """A request thread: run calls until told to stop (None); a cancelled call is skipped."""
+    while (item := calls.get()) is not None:
+        future, call, args = item
+        del item
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(call(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                future.set_exception(exc)
+        del future, call, args
 
 
 def _served_models(server: Server, model: str | None, request_timeout: float) -> list[str]:
