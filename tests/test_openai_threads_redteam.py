@@ -133,3 +133,76 @@ def test_concurrency_1_and_64_answer_everything_with_that_many_in_flight(concurr
         out = engine.chat(convs, SamplingSettings(4))
     assert [c[0].text for c in out] == [f"turn 1: q{i} seed={i} #0" for i in range(len(convs))]
     assert server.max_in_flight <= concurrency  # never more than asked; backlog retries stagger the 64
+
+
+def test_no_request_thread_is_a_clear_error_not_a_run_that_waits_forever():
+    """concurrency 0 (OpenAIEngine.from_server takes it; only the CLI checks --concurrency): with no
+    thread, a submitted request would never run. ThreadPoolExecutor(max_workers=0) raised; so must this."""
+    with FakeOpenAIServer() as server:
+        engine = _engine(server, concurrency=0)
+        with pytest.raises(ValueError, match="concurrency"):
+            engine.submit(CONVS[0], SamplingSettings(4), 0).result(timeout=5)
+
+
+def _serve_in_a_process(delay: float):
+    """A fake server in a process of its own, so that the test can kill it as SIGKILL would: the
+    requests in flight there fail at once with a dropped connection."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = (
+        "import time\nfrom tests.fake_openai_server import FakeOpenAIServer\n"
+        f"with FakeOpenAIServer(delay={delay}) as s:\n    print(s.base_url, flush=True)\n    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE
+    )
+    return proc, proc.stdout.readline().decode().strip()
+
+
+def test_ctrl_c_while_the_servers_die_exits_with_the_resume_command_and_no_traceback(tmp_path):
+    """Ctrl-C reaches the servers too (started from the same script: one process group), so as the
+    run exits, the request threads see their connections dropped, take the servers out and log it,
+    and the last server's requests fail. None of that may hold the exit or print a traceback or a
+    fatal error from the interpreter's shutdown."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    servers = [_serve_in_a_process(60) for _ in range(2)]
+    try:
+        args = ["run", "--task", "arithmetic", "--limit", "6", "--backend", "openai", "--concurrency", "2"]
+        for _, url in servers:
+            args += ["--base-url", url]
+        args += ["--model", "fake-model", "--output-dir", str(tmp_path), "--run-name", "r"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness", *args],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO), "OPENAI_API_KEY": "x"},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # The run is in flight once its config is written (4 requests go out right after).
+        assert _wait_until(lambda: (tmp_path / "r" / "config.json").is_file() or proc.poll() is not None, 60)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        for server, _ in servers:
+            server.kill()
+        interrupted = time.monotonic()
+        _, stderr = proc.communicate(timeout=120)
+        waited = time.monotonic() - interrupted
+    finally:
+        for server, _ in servers:
+            server.kill()
+            server.wait()
+    assert proc.returncode == 130, stderr
+    assert "Resume with:" in stderr
+    for bad in ("Traceback", "Fatal Python error", "Exception ignored", "Exception in thread"):
+        assert bad not in stderr, stderr
+    assert waited < 20, f"exited {waited:.0f} s after Ctrl-C"

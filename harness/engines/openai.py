@@ -198,6 +198,8 @@ class RequestThreads:
     the exit. They stop when the pool is garbage collected."""
 
     def __init__(self, count: int, name: str):
+        if count < 1:  # no thread would ever run a submitted call: the run would wait forever
+            raise ValueError(f"concurrency must be at least 1 request at a time (got {count} threads)")
         calls: queue.SimpleQueue = queue.SimpleQueue()
         self._calls = calls
         for i in range(count):
