@@ -43,6 +43,18 @@ def run_cli(args: Sequence[str], env: dict | None = None, timeout: float = 600) 
     )
 
 
+def start_cli(args: Sequence[str], env: dict | None = None) -> subprocess.Popen:
+    """Start `score-eval ARGS` from this checkout in a subprocess, for tests that act on it while it
+    runs (Ctrl-C); its stderr is piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 class ScriptedEngine:
     """An engine that answers from a script: `responses[turn][problem_text]` or a function.
 

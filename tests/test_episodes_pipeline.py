@@ -265,23 +265,14 @@ def test_ctrl_c_stops_a_run_at_once_while_requests_are_in_flight(tmp_path):
     """Ctrl-C with requests in flight on a slow server: the run exits with the resume command at once,
     not when the server answers. Before the request threads were daemons, the interpreter's exit
     joined them, so an interrupted run waited for every request in flight (25 s here)."""
-    import os
     import signal
-    import subprocess
-    import sys
 
-    from tests.conftest import REPO
+    from tests.conftest import start_cli
 
     with FakeOpenAIServer(delay=60) as server:
         args = ["run", "--task", "arithmetic", "--limit", "4", "--backend", "openai", "--base-url", server.base_url]
         args += ["--model", "fake-model", "--output-dir", str(tmp_path), "--run-name", "r"]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "harness", *args],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO), "OPENAI_API_KEY": "x"},
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = start_cli(args, env={"OPENAI_API_KEY": "x"})
         deadline = time.monotonic() + 60
         while server.in_flight < 4 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)

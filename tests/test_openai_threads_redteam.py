@@ -168,12 +168,9 @@ def test_ctrl_c_while_the_servers_die_exits_with_the_resume_command_and_no_trace
     run exits, the request threads see their connections dropped, take the servers out and log it,
     and the last server's requests fail. None of that may hold the exit or print a traceback or a
     fatal error from the interpreter's shutdown."""
-    import os
     import signal
-    import subprocess
-    import sys
 
-    from tests.conftest import REPO
+    from tests.conftest import start_cli
 
     servers = [_serve_in_a_process(60) for _ in range(2)]
     try:
@@ -181,13 +178,7 @@ def test_ctrl_c_while_the_servers_die_exits_with_the_resume_command_and_no_trace
         for _, url in servers:
             args += ["--base-url", url]
         args += ["--model", "fake-model", "--output-dir", str(tmp_path), "--run-name", "r"]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "harness", *args],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO), "OPENAI_API_KEY": "x"},
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = start_cli(args, env={"OPENAI_API_KEY": "x"})
         # The run is in flight once its config is written (4 requests go out right after).
         assert _wait_until(lambda: (tmp_path / "r" / "config.json").is_file() or proc.poll() is not None, 60)
         time.sleep(1.0)
