@@ -264,7 +264,7 @@ def test_any_engine_with_submit_is_pipelined_and_keeps_token_ids_when_asked():
 def test_ctrl_c_stops_a_run_at_once_while_requests_are_in_flight(tmp_path):
     """Ctrl-C with requests in flight on a slow server: the run exits with the resume command at once,
     not when the server answers. Before the request threads were daemons, the interpreter's exit
-    joined them, so an interrupted run waited for every request in flight (25 s here)."""
+    joined them, so an interrupted run waited for every request in flight (60 s here)."""
     import signal
 
     from tests.conftest import start_cli

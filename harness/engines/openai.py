@@ -189,26 +189,34 @@ class OpenAIEngine:
 
 
 class RequestThreads:
-    """`count` daemon threads that run submitted calls, each into its own Future.
+    """Up to `count` daemon threads that run submitted calls, each into its own Future.
 
     Not concurrent.futures.ThreadPoolExecutor: the interpreter joins that pool's threads at exit, so
     after a Ctrl-C an interrupted run waited for every request in flight (a server 30 s from
     answering held it 25 s; a long generation holds it up to the request timeout). An interrupted
     run needs none of those answers (it resumes from what is saved), so these threads do not hold
-    the exit. They stop when the pool is garbage collected."""
+    the exit. A thread starts with each of the first `count` calls, and all stop when the pool is
+    garbage collected."""
 
     def __init__(self, count: int, name: str):
         if count < 1:  # no thread would ever run a submitted call: the run would wait forever
             raise ValueError(f"concurrency must be at least 1 request at a time (got {count} threads)")
-        calls: queue.SimpleQueue = queue.SimpleQueue()
-        self._calls = calls
-        for i in range(count):
-            threading.Thread(target=_serve, args=(calls,), name=f"{name}_{i}", daemon=True).start()
-        weakref.finalize(self, lambda: [calls.put(None) for _ in range(count)])
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._count, self._name, self._started = count, name, []
+        self._lock = threading.Lock()
+        calls, started = self._calls, self._started  # not self: the finalizer must not keep the pool alive
+        weakref.finalize(self, lambda: [calls.put(None) for _ in started])
 
     def submit(self, call: Callable, *args) -> Future:
         future: Future = Future()
         self._calls.put((future, call, args))
+        with self._lock:
+            if len(self._started) < self._count:
+                thread = threading.Thread(
+                    target=_serve, args=(self._calls,), name=f"{self._name}_{len(self._started)}", daemon=True
+                )
+                thread.start()
+                self._started.append(thread.name)
         return future
 
 
