@@ -229,6 +229,9 @@ def _continue(run_dir: Path, previous: dict[str, Any], run_config: dict[str, Any
         )
     finished = (run_dir / "summary.json").exists()
     if finished and not grown:
+        # A journal beside summary.json was left by a stop between the two (summary.json is written
+        # last, from every journal line): it holds nothing the run's files lack.
+        (run_dir / JOURNAL).unlink(missing_ok=True)
         return False
     if not grown:
         log.info("continuing the unfinished run in %s", run_dir)

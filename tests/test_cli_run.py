@@ -122,6 +122,26 @@ def test_rerunning_a_finished_run_keeps_it_as_it_is(tmp_path, math500):
     assert (tmp_path / "once" / "samples.jsonl").read_text() == before
 
 
+def test_a_journal_left_by_a_kill_after_the_summaries_is_removed_when_the_run_is_rerun(tmp_path, math500):
+    """A run killed after writing summary.json but before removing its journal: the summaries already
+    hold every journal line, so rerunning finds the run complete, generates nothing and removes the
+    journal (it stayed forever before; tests/test_resume.py's kill "while writing results" hit this
+    window about one run in five under load)."""
+    from harness.episodes import journal_events
+    from harness.store import JOURNAL, read_jsonl, write_jsonl
+
+    config = RunConfig(data=str(math500), limit=2, output_dir=str(tmp_path), run_name="killed")
+    execute_run(config, engine=ScriptedEngine(lambda c: "x"))
+    run_dir = tmp_path / "killed"
+    before = {name: (run_dir / name).read_bytes() for name in ("samples.jsonl", "summary.json")}
+    write_jsonl(run_dir / JOURNAL, (e for r in read_jsonl(run_dir / "samples.jsonl") for e in journal_events(r)))
+    engine = ScriptedEngine(lambda c: "y")
+    again = execute_run(config, engine=engine)
+    assert again.resumed and engine.calls == []
+    assert not (run_dir / JOURNAL).exists()
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
