@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ RUN_FILES = ("config.json", "samples.jsonl", "summary.json", "summary.csv", "sum
 def atomic_write_text(path: Path, text: str) -> None:
     # Created as open() creates files (0666 less the umask), so results get the journal's mode,
     # not mkstemp's private 0600.
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"  # TEMPORARY matches it
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -34,6 +35,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# atomic_write_text's temporary files; one is left behind only by a process killed while writing.
+TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 
 
 def json_text(obj: Any, **options: Any) -> str:
@@ -115,7 +120,7 @@ def open_run_dir(output_dir: str, run_name: str) -> Iterator[tuple[Path, dict | 
     A directory that holds a config.json is an earlier run of the same name: the caller continues
     it (after comparing settings). The lock is an exclusive flock on the directory itself, so two
     processes never write one run, it leaves no file behind, and the kernel drops it when the
-    process ends, a crash included.
+    process ends, a crash included. Temporary files of a process killed while writing are removed.
     """
     path = Path(output_dir) / run_name
     try:
@@ -130,6 +135,10 @@ def open_run_dir(output_dir: str, run_name: str) -> Iterator[tuple[Path, dict | 
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         _lock(fd, path)
+        # Held, so no other process is writing here: a temporary file is a killed process's.
+        for stray in path.iterdir():
+            if TEMPORARY.fullmatch(stray.name):
+                stray.unlink(missing_ok=True)
         yield path, _earlier_config(path)
     finally:
         os.close(fd)

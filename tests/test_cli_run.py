@@ -122,11 +122,12 @@ def test_rerunning_a_finished_run_keeps_it_as_it_is(tmp_path, math500):
     assert (tmp_path / "once" / "samples.jsonl").read_text() == before
 
 
-def test_a_journal_left_by_a_kill_after_the_summaries_is_removed_when_the_run_is_rerun(tmp_path, math500):
-    """A run killed after writing summary.json but before removing its journal: the summaries already
-    hold every journal line, so rerunning finds the run complete, generates nothing and removes the
-    journal (it stayed forever before; tests/test_resume.py's kill "while writing results" hit this
-    window about one run in five under load)."""
+def test_what_a_kill_while_writing_results_leaves_is_removed_when_the_run_is_rerun(tmp_path, math500):
+    """A run killed while writing its results: a journal beside summary.json (killed between the
+    two; the summaries already hold every journal line) and a half-written temporary file of
+    atomic_write_text. Rerunning finds the run complete, generates nothing and removes both; they
+    stayed forever before (tests/test_resume.py's kill "while writing results" can land there).
+    A file of the user's that only looks temporary stays."""
     from harness.episodes import journal_events
     from harness.store import JOURNAL, read_jsonl, write_jsonl
 
@@ -135,9 +136,12 @@ def test_a_journal_left_by_a_kill_after_the_summaries_is_removed_when_the_run_is
     run_dir = tmp_path / "killed"
     before = {name: (run_dir / name).read_bytes() for name in ("samples.jsonl", "summary.json")}
     write_jsonl(run_dir / JOURNAL, (e for r in read_jsonl(run_dir / "samples.jsonl") for e in journal_events(r)))
+    (run_dir / ".summary.md.0123456789ab.tmp").write_text("| half a tab")
+    (run_dir / ".my-notes.tmp").write_text("mine")
     engine = ScriptedEngine(lambda c: "y")
     again = execute_run(config, engine=engine)
     assert again.resumed and engine.calls == []
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == [".my-notes.tmp"]
     assert not (run_dir / JOURNAL).exists()
     assert {name: (run_dir / name).read_bytes() for name in before} == before
 
