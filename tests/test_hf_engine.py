@@ -496,3 +496,27 @@ def test_a_sliding_window_model_gives_each_prompt_the_tokens_it_gets_alone(tiny_
     alone = token_ids(engine.chat(MANY, settings))
     engine.batch_size = batch_size  # 3: refills written into finished rows' places or joined
     assert token_ids(engine.chat(MANY, settings)) == alone
+
+
+@pytest.mark.parametrize("batch_size", [3, 8])
+def test_a_sliding_window_model_continues_kept_turns_with_the_tokens_of_whole_prompts(tiny_model_dir, batch_size):
+    """Three turns on a sliding-window model (Mistral's, 12 tokens): a next turn continues the keys
+    and values its previous turn left (one contiguous run of the row's own columns, placed after a
+    head's left padding, never inside the row) and gets the tokens that one `chat` call per turn
+    gets at batch size 1, where every turn's prompt is computed again."""
+    from tests.test_drafts_redteam import REPEATS, k_turn_token_ids, sliding_window_engine
+
+    engine = sliding_window_engine(tiny_model_dir)
+    settings = SamplingSettings(max_new_tokens=20)
+    engine.batch_size = 1
+    expected, convs = [], [(i, conv) for i, conv in enumerate(REPEATS)]
+    for turn in range(3):
+        out = engine.chat([conv for _, conv in convs], settings)
+        expected += [((i, turn), [c.token_ids for c in cs]) for (i, _), cs in zip(convs, out)]
+        texts = [cs[0].text for cs in out]
+        convs = [
+            (i, conv + [{"role": "assistant", "content": text}, {"role": "user", "content": "Again: " + text}])
+            for (i, conv), text in zip(convs, texts)
+        ]
+    engine.batch_size = batch_size
+    assert k_turn_token_ids(engine, settings) == sorted(expected)
