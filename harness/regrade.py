@@ -12,16 +12,25 @@ from harness.data import ALL, load_problems
 from harness.errors import HarnessError
 from harness.grading import get_grader
 from harness.run import finish_run
-from harness.store import read_json, read_jsonl
+from harness.store import open_run_dir, read_json, read_jsonl
 from harness.tasks import load_task
 
 
 def regrade_run(run_dir: Path) -> tuple[dict, dict[str, int]]:
-    """Return the new summary document and the number of changed verdicts per turn."""
-    if not (run_dir / "summary.json").is_file() or not (run_dir / "config.json").is_file():
-        raise HarnessError(
-            f"{run_dir} is not a finished run (no summary.json); finish it with `score-eval run ... --resume` first"
-        )
+    """Return the new summary document and the number of changed verdicts per turn. The run is held
+    locked, as `run` holds it, so a run extending it meanwhile and this never both write its files."""
+    finished = HarnessError(
+        f"{run_dir} is not a finished run (no summary.json); finish it with `score-eval run ... --resume` first"
+    )
+    if not run_dir.is_dir():
+        raise finished
+    with open_run_dir(str(run_dir.parent), run_dir.name):
+        if not (run_dir / "summary.json").is_file() or not (run_dir / "config.json").is_file():
+            raise finished
+        return _regrade(run_dir)
+
+
+def _regrade(run_dir: Path) -> tuple[dict, dict[str, int]]:
     config, old = read_json(run_dir / "config.json"), read_json(run_dir / "summary.json")
     source = config["task"].get("source") or ""
     task = load_task(source if Path(source).is_file() else config["task"]["name"])

@@ -19,12 +19,16 @@ from typing import Any
 from harness.errors import HarnessError
 
 RUN_FILES = ("config.json", "samples.jsonl", "summary.json", "summary.csv", "summary.md")
+JOURNAL = "journal.jsonl"
+# atomic_write_text's temporary files of what a run writes, left behind only by a process killed
+# while writing them (other files, such as `report`'s report.html, are written without the lock).
+RUN_TEMPORARY = re.compile(rf"\.({'|'.join(map(re.escape, (*RUN_FILES, JOURNAL)))})\.[0-9a-f]{{12}}\.tmp")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     # Created as open() creates files (0666 less the umask), so results get the journal's mode,
     # not mkstemp's private 0600.
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"  # TEMPORARY matches it
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"  # see open_run_dir
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -35,10 +39,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-# atomic_write_text's temporary files; one is left behind only by a process killed while writing.
-TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 
 
 def json_text(obj: Any, **options: Any) -> str:
@@ -120,7 +120,7 @@ def open_run_dir(output_dir: str, run_name: str) -> Iterator[tuple[Path, dict | 
     A directory that holds a config.json is an earlier run of the same name: the caller continues
     it (after comparing settings). The lock is an exclusive flock on the directory itself, so two
     processes never write one run, it leaves no file behind, and the kernel drops it when the
-    process ends, a crash included. Temporary files of a process killed while writing are removed.
+    process ends, a crash included. Temporary run files of a process killed while writing are removed.
     """
     path = Path(output_dir) / run_name
     try:
@@ -135,9 +135,9 @@ def open_run_dir(output_dir: str, run_name: str) -> Iterator[tuple[Path, dict | 
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         _lock(fd, path)
-        # Held, so no other process is writing here: a temporary file is a killed process's.
+        # Held, so no other process is writing the run's files: their temporary files are a killed process's.
         for stray in path.iterdir():
-            if TEMPORARY.fullmatch(stray.name):
+            if RUN_TEMPORARY.fullmatch(stray.name):
                 stray.unlink(missing_ok=True)
         yield path, _earlier_config(path)
     finally:
@@ -153,9 +153,6 @@ def _earlier_config(path: Path) -> dict | None:
     if any((path / f).exists() for f in RUN_FILES):
         raise HarnessError(f"{path} holds run files but no config.json; remove it or choose another --run-name")
     return None
-
-
-JOURNAL = "journal.jsonl"
 
 
 class Journal:

@@ -127,7 +127,7 @@ def test_what_a_kill_while_writing_results_leaves_is_removed_when_the_run_is_rer
     two; the summaries already hold every journal line) and a half-written temporary file of
     atomic_write_text. Rerunning finds the run complete, generates nothing and removes both; they
     stayed forever before (tests/test_resume.py's kill "while writing results" can land there).
-    A file of the user's that only looks temporary stays."""
+    Other temporary files stay: the user's, and those of `report`, which writes without the run's lock."""
     from harness.episodes import journal_events
     from harness.store import JOURNAL, read_jsonl, write_jsonl
 
@@ -138,10 +138,14 @@ def test_what_a_kill_while_writing_results_leaves_is_removed_when_the_run_is_rer
     write_jsonl(run_dir / JOURNAL, (e for r in read_jsonl(run_dir / "samples.jsonl") for e in journal_events(r)))
     (run_dir / ".summary.md.0123456789ab.tmp").write_text("| half a tab")
     (run_dir / ".my-notes.tmp").write_text("mine")
+    (run_dir / ".report.html.0123456789ab.tmp").write_text("<html")  # `report` writes it without the lock
     engine = ScriptedEngine(lambda c: "y")
     again = execute_run(config, engine=engine)
     assert again.resumed and engine.calls == []
-    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == [".my-notes.tmp"]
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == [
+        ".my-notes.tmp",
+        ".report.html.0123456789ab.tmp",
+    ]
     assert not (run_dir / JOURNAL).exists()
     assert {name: (run_dir / name).read_bytes() for name in before} == before
 

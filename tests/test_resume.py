@@ -478,6 +478,26 @@ def test_regrade_keeps_old_verdicts_beside_new_ones(tmp_path, math500_path):
     assert summary["acc_t2"] == 2 / 3
 
 
+def test_regrade_refuses_a_run_in_use_and_creates_no_directory(tmp_path, math500_path):
+    """Regrade writes samples.jsonl and the summaries, as a run extending the same directory does: it
+    holds the run's lock, so the two never write together (it took no lock before). A directory that
+    does not exist is reported, not made."""
+    from harness.regrade import regrade_run
+    from harness.store import open_run_dir
+
+    config = RunConfig(data=str(math500_path), limit=1, output_dir=str(tmp_path), run_name="held")
+    run_dir = execute_run(config, engine=ScriptedEngine(lambda c: "x")).run_dir
+    before = (run_dir / "summary.json").read_bytes()
+    with open_run_dir(str(tmp_path), "held"):
+        with pytest.raises(HarnessError, match="in use by another score-eval process"):
+            regrade_run(run_dir)
+    assert (run_dir / "summary.json").read_bytes() == before
+    assert regrade_run(run_dir)[1] == {"regrade_changed_t1": 0, "regrade_changed_t2": 0}
+    with pytest.raises(HarnessError, match="is not a finished run"):
+        regrade_run(tmp_path / "nothing")
+    assert not (tmp_path / "nothing").exists()
+
+
 def test_prompt_too_long_skips_the_problem_and_counts_it(tmp_path, math500_path):
     class Overflowing(ScriptedEngine):
         def chat(self, conversations, settings, on_done=None, seeds=None):
