@@ -64,6 +64,8 @@ class Turn:
     extracted: str | None = None
     correct: bool | None = None  # None until graded
     detail: str | None = None
+    # The verdict before `score-eval regrade` ({extracted, correct[, detail]}), kept through an extension.
+    previous: dict[str, Any] | None = None
     # The ids the model was given and sampled (Completion.prompt_token_ids, .token_ids), kept in
     # memory only when run_episodes is asked to (the trainer); never saved.
     token_ids: tuple[int, ...] | None = field(default=None, repr=False)
@@ -79,6 +81,8 @@ class Turn:
         }
         if self.detail is not None:
             out["detail"] = self.detail
+        if self.previous is not None:
+            out["previous"] = self.previous
         return out
 
 
@@ -142,6 +146,7 @@ def _restore(episodes: list[Episode], events: list[dict]) -> None:
             episode.turns[turn].extracted = grade["extracted"]
             episode.turns[turn].correct = grade["correct"]
             episode.turns[turn].detail = grade.get("detail")
+            episode.turns[turn].previous = grade.get("previous")
 
 
 def journal_events(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -152,6 +157,8 @@ def journal_events(record: dict[str, Any]) -> list[dict[str, Any]]:
     for t, turn in enumerate(record["turns"]):
         generated = {k: turn[k] for k in ("response", "finish_reason", "completion_tokens")}
         grade = {"extracted": turn["extracted"], "correct": turn["correct"], "detail": turn.get("detail")}
+        if "previous" in turn:  # a regraded run's verdict before the regrade
+            grade["previous"] = turn["previous"]
         events += [{**key, "turn": t, **generated}, {**key, "turn": t, "grade": grade}]
     if record.get("skipped"):
         skipped = len(record["turns"])

@@ -478,6 +478,30 @@ def test_regrade_keeps_old_verdicts_beside_new_ones(tmp_path, math500_path):
     assert summary["acc_t2"] == 2 / 3
 
 
+def test_extending_a_regraded_run_keeps_the_verdicts_before_the_regrade(tmp_path, math500_path):
+    """A regraded run extended by one problem: its turns keep `previous` (an extension rebuilds
+    samples.jsonl from journal lines, which dropped it before), and the new problem's turns have none."""
+    from harness.regrade import regrade_run
+
+    answers = [json.loads(line)["answer"] for line in math500_path.read_text().splitlines()[:3]]
+    config = RunConfig(data=str(math500_path), limit=2, output_dir=str(tmp_path), run_name="x")
+    run_dir = execute_run(config, engine=ScriptedEngine(lambda c: RIGHT.format(answers[0]))).run_dir
+    samples = run_dir / "samples.jsonl"
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    records[0]["turns"][1]["correct"] = False  # pretend an older grader got this one wrong
+    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    regrade_run(run_dir)
+    config.limit, config.resume = 3, True
+    execute_run(config, engine=ScriptedEngine(lambda c: "no answer"))
+    extended = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert [[t.get("previous") for t in r["turns"]] for r in extended] == [
+        [{"extracted": answers[0], "correct": True}, {"extracted": answers[0], "correct": False}],
+        [{"extracted": answers[0], "correct": False}] * 2,  # problem 2 answered with problem 1's answer
+        [None, None],
+    ]
+    assert [[t["correct"] for t in r["turns"]] for r in extended] == [[True, True], [False, False], [False, False]]
+
+
 def test_regrade_refuses_a_run_in_use_and_creates_no_directory(tmp_path, math500_path):
     """Regrade writes samples.jsonl and the summaries, as a run extending the same directory does: it
     holds the run's lock, so the two never write together (it took no lock before). A directory that
