@@ -13,7 +13,6 @@ import errno
 import json
 import logging
 import platform
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -200,8 +199,7 @@ def execute_run(config: RunConfig, progress: Progress | None = None, engine: Eng
         except Exception as exc:
             saved = previous is not None or (run_dir / JOURNAL).exists()
             if not saved:
-                # Nothing was generated (e.g. the server went away): leave no run behind.
-                shutil.rmtree(run_dir, ignore_errors=True)
+                _remove_unsaved(run_dir)
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise HarnessError(
                     f"the disk holding {run_dir} is full ({exc.strerror}); "
@@ -213,6 +211,17 @@ def execute_run(config: RunConfig, progress: Progress | None = None, engine: Eng
                 ) from exc
             raise
     return RunResult(run_dir, document, resumed=previous is not None)
+
+
+def _remove_unsaved(run_dir: Path) -> None:
+    """Nothing was generated (e.g. the server went away): leave no run behind, but remove only what
+    this run wrote. The folder may have been there before, holding the user's files (no run files,
+    or it would have been continued): it goes only when that leaves it empty."""
+    (run_dir / "config.json").unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:
+        pass  # not empty: the files in it are not this run's
 
 
 def _continue(run_dir: Path, previous: dict[str, Any], run_config: dict[str, Any]) -> bool:

@@ -138,7 +138,10 @@ def open_run_dir(output_dir: str, run_name: str) -> Iterator[tuple[Path, dict | 
         # Held, so no other process is writing the run's files: their temporary files are a killed process's.
         for stray in path.iterdir():
             if RUN_TEMPORARY.fullmatch(stray.name):
-                stray.unlink(missing_ok=True)
+                try:
+                    stray.unlink(missing_ok=True)
+                except OSError:
+                    pass  # not a file of ours after all (a folder of that name): it harms nothing
         yield path, _earlier_config(path)
     finally:
         os.close(fd)
