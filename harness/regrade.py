@@ -12,8 +12,13 @@ from harness.data import ALL, load_problems
 from harness.errors import HarnessError
 from harness.grading import get_grader
 from harness.run import finish_run
-from harness.store import open_run_dir, read_json, read_jsonl
+from harness.store import LockErrors, locked_run_dir, read_json, read_jsonl
 from harness.tasks import load_task
+
+REGRADE_ERRORS = LockErrors(
+    "cannot write to {path} ({error}); make it writable to regrade the run",
+    "run {path} is in use by another score-eval process; wait for it to end, then regrade it",
+)
 
 
 def regrade_run(run_dir: Path) -> tuple[dict, dict[str, int]]:
@@ -24,14 +29,30 @@ def regrade_run(run_dir: Path) -> tuple[dict, dict[str, int]]:
     )
     if not run_dir.is_dir():
         raise finished
-    with open_run_dir(str(run_dir.parent), run_dir.name):
-        if not (run_dir / "summary.json").is_file() or not (run_dir / "config.json").is_file():
+    with locked_run_dir(run_dir, REGRADE_ERRORS):
+        if not (run_dir / "summary.json").is_file():
             raise finished
         return _regrade(run_dir)
 
 
+def _run_config(run_dir: Path) -> dict:
+    """config.json names the task and data the responses answer; without it nothing can be regraded
+    (and the run's results are still good: nothing here suggests removing them)."""
+    try:
+        return read_json(run_dir / "config.json")
+    except FileNotFoundError as exc:
+        raise HarnessError(
+            f"{run_dir} has no config.json (it names the task and data to regrade against); restore it from a copy"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise HarnessError(
+            f"{run_dir}/config.json is unreadable ({exc}); it names the task and data to regrade against: "
+            "restore it from a copy"
+        ) from exc
+
+
 def _regrade(run_dir: Path) -> tuple[dict, dict[str, int]]:
-    config, old = read_json(run_dir / "config.json"), read_json(run_dir / "summary.json")
+    config, old = _run_config(run_dir), read_json(run_dir / "summary.json")
     source = config["task"].get("source") or ""
     task = load_task(source if Path(source).is_file() else config["task"]["name"])
     data = config["data"]

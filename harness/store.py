@@ -13,6 +13,7 @@ import re
 import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +91,26 @@ def require_resumable(output_dir: str, run_name: str) -> None:
     )
 
 
-def _lock(fd: int, path: Path) -> None:
+@dataclass(frozen=True)
+class LockErrors:
+    """The error lines of a run directory that cannot be written or is held, each naming the fix
+    the command that opens it offers (`{path}`, and `{error}` for the system's reason)."""
+
+    unwritable: str
+    in_use: str
+
+
+RUN_ERRORS = LockErrors(
+    "cannot write to output directory {path} ({error}); pass a writable --output-dir",
+    "run {path} is in use by another score-eval process; wait for it to end, or choose another --run-name",
+)
+
+
+def _lock(fd: int, path: Path, errors: LockErrors = RUN_ERRORS) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
-        raise HarnessError(
-            f"run {path} is in use by another score-eval process; wait for it to end, or choose another --run-name"
-        ) from exc
+        raise HarnessError(errors.in_use.format(path=path)) from exc
 
 
 def require_not_in_use(output_dir: str, run_name: str) -> None:
@@ -118,23 +132,27 @@ def open_run_dir(output_dir: str, run_name: str) -> Iterator[tuple[Path, dict | 
     run already there, if any.
 
     A directory that holds a config.json is an earlier run of the same name: the caller continues
-    it (after comparing settings). The lock is an exclusive flock on the directory itself, so two
-    processes never write one run, it leaves no file behind, and the kernel drops it when the
-    process ends, a crash included. Temporary run files of a process killed while writing are removed.
-    """
-    path = Path(output_dir) / run_name
+    it (after comparing settings)."""
+    with locked_run_dir(Path(output_dir) / run_name, RUN_ERRORS) as path:
+        yield path, _earlier_config(path)
+
+
+@contextmanager
+def locked_run_dir(path: Path, errors: LockErrors) -> Iterator[Path]:
+    """Make (or open) a run directory and hold it locked. The lock is an exclusive flock on the
+    directory itself, so two processes never write one run, it leaves no file behind, and the
+    kernel drops it when the process ends, a crash included. Temporary run files of a process
+    killed while writing are removed."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise HarnessError(
-            f"cannot write to output directory {path} ({exc.strerror}); pass a writable --output-dir"
-        ) from exc
+        raise HarnessError(errors.unwritable.format(path=path, error=exc.strerror)) from exc
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        _lock(fd, path)
+        _lock(fd, path, errors)
         # Held, so no other process is writing the run's files: their temporary files are a killed process's.
         for stray in path.iterdir():
             if RUN_TEMPORARY.fullmatch(stray.name):
@@ -142,7 +160,7 @@ def open_run_dir(output_dir: str, run_name: str) -> Iterator[tuple[Path, dict | 
                     stray.unlink(missing_ok=True)
                 except OSError:
                     pass  # not a file of ours after all (a folder of that name): it harms nothing
-        yield path, _earlier_config(path)
+        yield path
     finally:
         os.close(fd)
 

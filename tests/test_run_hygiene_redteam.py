@@ -235,19 +235,49 @@ def test_regrade_of_a_folder_that_is_not_a_run_changes_nothing_in_it(tmp_path):
         regrade_run(folder / "a.txt")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
-def test_regrade_of_a_read_only_run_is_one_line_that_changes_nothing(tmp_path, math500_path):
+def test_regrade_of_a_read_only_run_names_a_fix_regrade_has_and_changes_nothing(tmp_path, math500_path, monkeypatch):
+    """Simulated (root writes to read-only folders): the write probe fails as on a read-only run.
+    The error named `run`'s fix (--output-dir), which regrade has no option for."""
     run_dir = _finished(tmp_path, math500_path)
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
-    run_dir.chmod(0o555)
-    try:
-        out = run_cli(["regrade", str(run_dir)])
-    finally:
-        run_dir.chmod(0o755)
-    assert out.returncode == 2, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and str(run_dir) in lines[0]
-    assert "--output-dir" not in lines[0]  # regrade has no such option
+    real_write_text = Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if self.name == ".write-test":
+            raise PermissionError(13, "Permission denied")
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    with pytest.raises(HarnessError) as error:
+        regrade_run(run_dir)
+    message = str(error.value)
+    assert str(run_dir) in message and "Permission denied" in message and "--output-dir" not in message
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_regrade_of_a_run_in_use_names_no_run_name_option(tmp_path, math500_path):
+    from harness.store import open_run_dir
+
+    run_dir = _finished(tmp_path, math500_path)
+    with open_run_dir(str(tmp_path), "r"):
+        with pytest.raises(HarnessError, match="in use by another score-eval process") as error:
+            regrade_run(run_dir)
+    assert "--run-name" not in str(error.value)
+
+
+@pytest.mark.parametrize("damage", ["no config.json", "config.json unreadable"])
+def test_regrade_never_advises_removing_a_run_it_cannot_read(tmp_path, math500_path, damage):
+    """A finished run whose config.json is missing or damaged cannot be regraded; the error must
+    not tell the user to remove the directory, which holds samples.jsonl and the summaries."""
+    run_dir = _finished(tmp_path, math500_path)
+    if damage == "no config.json":
+        (run_dir / "config.json").unlink()
+    else:
+        (run_dir / "config.json").write_text("{torn")
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    with pytest.raises(HarnessError) as error:
+        regrade_run(run_dir)
+    assert "remove" not in str(error.value) and "config.json" in str(error.value)
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
 
 
