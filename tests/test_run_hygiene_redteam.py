@@ -14,6 +14,7 @@ from harness.regrade import regrade_run
 from harness.run import execute_run
 from harness.store import JOURNAL, Journal
 from tests.conftest import ScriptedEngine, run_cli
+from tests.test_resume import _FailsAtTurn, _reply_by_turn
 
 RIGHT = "Final Answer: The final answer is ${}$. I hope it is correct."
 
@@ -23,10 +24,6 @@ def math500_path():
     from tests.conftest import MATH500, require_shared
 
     return require_shared(MATH500)
-
-
-def _reply_by_turn(conversation):
-    return f"attempt {(len(conversation) + 1) // 2}"
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -137,19 +134,6 @@ def test_an_extension_stopped_inside_continue_loses_nothing(tmp_path, math500_pa
         ["attempt 1", "attempt 2", "attempt 3"]
     ] * 2
     assert result.summary["run"]["turns"] == 3 and not (run_dir / JOURNAL).exists()
-
-
-class _FailsAtTurn(ScriptedEngine):
-    """Answers until `turn`, then fails as a lost server does (the journal keeps what was done)."""
-
-    def __init__(self, turn):
-        super().__init__(_reply_by_turn)
-        self.turn = turn
-
-    def chat(self, conversations, settings, on_done=None, seeds=None):
-        if (len(conversations[0]) + 1) // 2 == self.turn:
-            raise HarnessError("the server went away")
-        return super().chat(conversations, settings, on_done, seeds)
 
 
 def test_an_unfinished_run_extended_to_more_turns_equals_an_uninterrupted_one(tmp_path, math500_path):
