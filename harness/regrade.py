@@ -11,8 +11,8 @@ from pathlib import Path
 from harness.data import ALL, load_problems
 from harness.errors import HarnessError
 from harness.grading import get_grader
-from harness.run import finish_run
-from harness.store import LockErrors, locked_run_dir, read_json, read_jsonl
+from harness.run import write_run_summaries
+from harness.store import LockErrors, locked_run_dir, read_json, read_jsonl, write_jsonl
 from harness.tasks import load_task
 
 REGRADE_ERRORS = LockErrors(
@@ -84,4 +84,9 @@ def _regrade(run_dir: Path) -> tuple[dict, dict[str, int]]:
             turn["detail"] = verdict.detail
         if verdict.correct != previous["correct"]:
             changed[f"regrade_changed_t{t}"] += 1
-    return finish_run(run_dir, records, old["run"], extra_counts=changed), changed
+    # The summaries first, samples.jsonl last: the old verdicts stay in samples.jsonl until this
+    # regrade is complete, so a regrade stopped before that and run again keeps them as `previous`
+    # (written first, the first try's verdicts became `previous` and the originals were lost).
+    document = write_run_summaries(run_dir, records, old["run"], extra_counts=changed)
+    write_jsonl(run_dir / "samples.jsonl", records)
+    return document, changed

@@ -304,9 +304,17 @@ def _run_info(name: str, task: Task, model: str, backend: str, config: RunConfig
     }
 
 
-def finish_run(run_dir: Path, records: list[dict], run_info: dict[str, Any], extra_counts: dict | None = None) -> dict:
-    """Write samples.jsonl and the summaries from graded samples.jsonl records (summary.json last)."""
+def finish_run(run_dir: Path, records: list[dict], run_info: dict[str, Any]) -> dict:
+    """Write samples.jsonl and the summaries from graded samples.jsonl records (summary.json last:
+    its presence marks a finished run)."""
     write_jsonl(run_dir / "samples.jsonl", records)
+    return write_run_summaries(run_dir, records, run_info)
+
+
+def write_run_summaries(
+    run_dir: Path, records: list[dict], run_info: dict[str, Any], extra_counts: dict | None = None
+) -> dict:
+    """Write the summaries (summary.json last) of graded samples.jsonl records; returns summary.json's document."""
     scored = [r for r in records if not r.get("skipped")]
     if not scored:
         raise HarnessError(
