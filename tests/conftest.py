@@ -45,11 +45,12 @@ def run_cli(args: Sequence[str], env: dict | None = None, timeout: float = 600) 
 
 def start_cli(args: Sequence[str], env: dict | None = None) -> subprocess.Popen:
     """Start `score-eval ARGS` from this checkout in a subprocess, for tests that act on it while it
-    runs (Ctrl-C); its stderr is piped."""
+    runs (Ctrl-C, SIGKILL); its stdout and stderr are piped."""
     return subprocess.Popen(
         [sys.executable, "-m", "harness", *args],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -6,8 +6,6 @@ import json
 import os
 import shlex
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -17,7 +15,7 @@ from harness.engines.base import PROMPT_TOO_LONG, Completion
 from harness.errors import HarnessError
 from harness.run import execute_run
 from harness.store import Journal
-from tests.conftest import REPO, ScriptedEngine, run_cli
+from tests.conftest import ScriptedEngine, run_cli, start_cli
 
 RIGHT = "Final Answer: The final answer is ${}$. I hope it is correct."
 
@@ -43,18 +41,6 @@ def _run_args(math500, model, out, name, extra=()):
         name,
         *extra,
     ]
-
-
-def _start(args):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "harness", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def _wait_for(condition, proc, timeout=300):
@@ -109,7 +95,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_byte_for_byte(
     tmp_path, math500_path, tiny_model_dir, baseline, point
 ):
     args = _run_args(math500_path, tiny_model_dir, tmp_path, "r")
-    proc = _start(args)
+    proc = start_cli(args)
     reached = _wait_for(lambda: KILL_POINTS[point](tmp_path / "r"), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -136,7 +122,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_byte_for_byte(
 
 def test_ctrl_c_keeps_finished_work_and_prints_the_resume_command(tmp_path, math500_path, tiny_model_dir, baseline):
     args = _run_args(math500_path, tiny_model_dir, tmp_path, "r")
-    proc = _start(args)
+    proc = start_cli(args)
     assert _wait_for(lambda: _journal_lines(tmp_path / "r") >= 5, proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
@@ -363,7 +349,7 @@ def test_a_run_directory_in_use_is_refused(tmp_path, math500_path):
 
 def test_a_second_process_with_the_same_run_name_gets_one_line_and_exit_2(tmp_path, math500_path, tiny_model_dir):
     args = _run_args(math500_path, tiny_model_dir, tmp_path, "r", ["--limit", "200", "--max-new-tokens", "64"])
-    first = _start(args)
+    first = start_cli(args)
     try:
         assert _wait_for(lambda: _journal_lines(tmp_path / "r") >= 2, first)
         second = run_cli(args)
